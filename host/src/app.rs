@@ -1,0 +1,190 @@
+//! Application sockets: the TCP or UNIX connection at either end of a tunnel, and the client's
+//! listener that accepts them.
+//!
+//! Both directions of a tunnel work through `&AppStream` (readiness plus non-blocking reads
+//! and writes), so one relay task can drive both at once and still reach the socket afterwards
+//! to reset it.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use crate::addr::Address;
+
+/// One application connection.
+#[derive(Debug)]
+pub enum AppStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AppStream {
+    /// Dials `target`, trying each address a name resolves to, within `timeout` in all.
+    pub async fn connect(target: &Address, timeout: Duration) -> io::Result<AppStream> {
+        let dial = async {
+            match target {
+                Address::Unix(path) => Ok(AppStream::Unix(UnixStream::connect(path).await?)),
+                Address::Tcp(host_port) => {
+                    let mut last_error = None;
+                    for addr in host_port.resolve().await? {
+                        match TcpStream::connect(addr).await {
+                            Ok(stream) => return Ok(AppStream::from_tcp(stream)),
+                            Err(error) => last_error = Some(error),
+                        }
+                    }
+                    Err(last_error.unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, "name resolved to no address")
+                    }))
+                }
+            }
+        };
+        tokio::time::timeout(timeout, dial).await.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            )
+        })?
+    }
+
+    pub fn from_tcp(stream: TcpStream) -> AppStream {
+        // Interactive protocols (ssh, SPICE input) need each write sent at once.
+        let _ = stream.set_nodelay(true);
+        AppStream::Tcp(stream)
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            AppStream::Tcp(s) => s.readable().await,
+            AppStream::Unix(s) => s.readable().await,
+        }
+    }
+
+    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            AppStream::Tcp(s) => s.try_read_buf(buf),
+            AppStream::Unix(s) => s.try_read_buf(buf),
+        }
+    }
+
+    /// Writes all of `data`.
+    pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let written = match self {
+                AppStream::Tcp(s) => {
+                    s.writable().await?;
+                    s.try_write(data)
+                }
+                AppStream::Unix(s) => {
+                    s.writable().await?;
+                    s.try_write(data)
+                }
+            };
+            match written {
+                Ok(n) => data = &data[n..],
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    fn sock(&self) -> SockRef<'_> {
+        match self {
+            AppStream::Tcp(s) => SockRef::from(s),
+            AppStream::Unix(s) => SockRef::from(s),
+        }
+    }
+
+    /// Half-closes: the application reads EOF, and can still send.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.sock().shutdown(Shutdown::Write)
+    }
+
+    /// Closes abortively: a TCP peer gets a reset instead of a clean EOF, so a cut-off
+    /// transfer never looks complete.
+    pub fn reset(self) {
+        if let AppStream::Tcp(stream) = &self {
+            let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        }
+        drop(self);
+    }
+}
+
+/// The client's listener for application connections.
+#[derive(Debug)]
+pub enum AppListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl AppListener {
+    /// Binds `addr`. A stale UNIX socket file (nobody listening) is replaced.
+    pub async fn bind(addr: &Address) -> io::Result<AppListener> {
+        match addr {
+            Address::Tcp(host_port) => {
+                let addrs = host_port.resolve().await?;
+                Ok(AppListener::Tcp(TcpListener::bind(&addrs[..]).await?))
+            }
+            Address::Unix(path) => {
+                remove_stale_socket(path).await?;
+                Ok(AppListener::Unix(UnixListener::bind(path)?, path.clone()))
+            }
+        }
+    }
+
+    /// The bound address (with the actual port when 0 was asked for).
+    pub fn local_addr(&self) -> io::Result<Address> {
+        match self {
+            AppListener::Tcp(listener) => Ok(Address::Tcp(listener.local_addr()?.into())),
+            AppListener::Unix(_, path) => Ok(Address::Unix(path.clone())),
+        }
+    }
+
+    /// Accepts a connection and names its source: `IP:PORT` for TCP, and the listener's own
+    /// `unix:/path` for a UNIX socket, whose peers have no address.
+    pub async fn accept(&self) -> io::Result<(AppStream, String)> {
+        match self {
+            AppListener::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                Ok((AppStream::from_tcp(stream), peer.to_string()))
+            }
+            AppListener::Unix(listener, path) => {
+                let (stream, _) = listener.accept().await?;
+                Ok((AppStream::Unix(stream), format!("unix:{}", path.display())))
+            }
+        }
+    }
+}
+
+impl Drop for AppListener {
+    fn drop(&mut self) {
+        if let AppListener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+async fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        ));
+    }
+    match UnixStream::connect(path).await {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} is in use by another process", path.display()),
+        )),
+        Err(_) => std::fs::remove_file(path),
+    }
+}
