@@ -2,4 +2,11 @@
 //! QUIC connection.
 pub mod addr;
 pub mod app;
+pub mod cli;
+pub mod client;
+pub mod plugins;
+pub mod relay;
+pub mod server;
+pub mod tls;
+pub mod transport;
 pub mod wire;

@@ -1,1 +1,88 @@
-fn main() {}
+//! quictun-server: accepts tunnels from quictun-client over QUIC and relays each to the
+//! application its token names.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use quictun::cli::{self, CommonArgs, parse_duration};
+use quictun::plugins::TokenParser;
+use quictun::server::{Server, ServerConfig};
+use quictun::tls::Identity;
+use quictun::wire::ErrorCode;
+use tracing::{info, warn};
+
+/// Server endpoint of quic-tun: carries TCP and UNIX-socket connections over one QUIC
+/// connection per client and relays each to the application its token names.
+#[derive(Debug, Parser)]
+#[command(name = "quictun-server", version)]
+struct Args {
+    /// UDP address to accept QUIC connections on.
+    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:7500")]
+    listen_on: SocketAddr,
+
+    /// Token parser plugin: a built-in name (Cleartext) or the path of a .so file.
+    #[arg(long, value_name = "NAME|PATH", default_value = "Cleartext")]
+    token_parser_plugin: String,
+
+    /// Configuration of the token parser (Cleartext: "" or "base64").
+    #[arg(long, value_name = "KEY", default_value = "")]
+    token_parser_key: String,
+
+    /// Longest time for a QUIC handshake, and for a new stream's token to arrive.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    handshake_timeout: Duration,
+
+    /// Longest time to connect to a target application.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    connect_timeout: Duration,
+
+    /// Tunnels (streams) one client connection may have open at once.
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
+
+    /// Client connections served at once.
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> ExitCode {
+    let args: Args = cli::parse();
+    cli::run(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    cli::init_logging(&args.common)?;
+    let parser = TokenParser::load(
+        &args.token_parser_plugin,
+        &args.token_parser_key,
+        args.common.plugin_dir.as_deref(),
+    )?;
+    info!(plugin = %parser.info().name, path = %parser.info().path.display(), "token parser loaded");
+    let identity = Identity::self_signed(&["localhost"]).context("cannot make a certificate")?;
+    let server = Server::bind(ServerConfig {
+        listen: args.listen_on,
+        parser,
+        identity,
+        transport: args.common.transport(args.max_streams_per_connection),
+        handshake_timeout: args.handshake_timeout,
+        connect_timeout: args.connect_timeout,
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+    })?;
+    warn!("no --allow-target rule: this server relays to any address a client names");
+    let endpoint = server.endpoint();
+    tokio::select! {
+        _ = server.run() => {}
+        _ = cli::shutdown_signal() => info!("shutting down"),
+    }
+    endpoint.close(ErrorCode::Shutdown.varint(), b"server shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    Ok(())
+}

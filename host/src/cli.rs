@@ -1,0 +1,179 @@
+//! Command-line pieces shared by both binaries: common flags, value parsers, logging, and how
+//! errors are printed (one line, non-zero exit, never a backtrace).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+use crate::transport::{Congestion, TransportOptions};
+
+/// Flags both endpoints take.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Log level: error, warn, info, debug or trace, or a filter such as `quictun=debug`.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Directory searched first for built-in plugins given by name.
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+
+    /// Congestion controller of the QUIC connection.
+    #[arg(long, value_enum, value_name = "ALGORITHM", default_value_t = Congestion::Cubic)]
+    pub congestion: Congestion,
+
+    /// Interval of keep-alive packets on an idle connection (0s turns them off).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub keep_alive: Duration,
+
+    /// A connection with no packets for this long is closed.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub idle_timeout: Duration,
+}
+
+impl CommonArgs {
+    pub fn transport(&self, max_streams: u32) -> TransportOptions {
+        TransportOptions {
+            congestion: self.congestion,
+            keep_alive: self.keep_alive,
+            idle_timeout: self.idle_timeout,
+            max_streams,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let bad = || format!("{value:?} is not a duration (write 500ms, 10s, 2m or 1h)");
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(millis)
+        .map(Duration::from_millis)
+        .ok_or_else(bad)
+}
+
+/// Parses the command line; a bad flag is printed as one line and exits with 2.
+pub fn parse<T: Parser>() -> T {
+    T::try_parse().unwrap_or_else(|error| {
+        use clap::error::ErrorKind;
+        if matches!(
+            error.kind(),
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+        ) {
+            error.exit();
+        }
+        let rendered = error.render().to_string();
+        let line = rendered
+            .lines()
+            .next()
+            .unwrap_or("error: invalid command line");
+        eprintln!("{} {line} (see --help)", program());
+        std::process::exit(2);
+    })
+}
+
+/// Sets up logging to standard error.
+pub fn init_logging(common: &CommonArgs) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&common.log_level)
+        .map_err(|error| anyhow::anyhow!("invalid --log-level {:?}: {error}", common.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match common.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Runs a binary's main work on a multi-threaded runtime and turns an error into one line on
+/// standard error and exit code 1.
+pub fn run(main: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(anyhow::anyhow!("cannot start the runtime: {error}")),
+    };
+    match runtime.block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(error),
+    }
+}
+
+fn fail(error: anyhow::Error) -> ExitCode {
+    eprintln!("{}: error: {error:#}", program());
+    ExitCode::FAILURE
+}
+
+fn program() -> String {
+    std::env::args()
+        .next()
+        .and_then(|arg0| arg0.rsplit('/').next().map(str::to_owned))
+        .unwrap_or_else(|| "quictun".into())
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1.5s",
+            "-1s",
+            "10 s",
+            "3d",
+            "99999999999999999999s",
+        ] {
+            let error = parse_duration(bad).unwrap_err();
+            assert!(error.contains("not a duration"), "{bad}: {error}");
+        }
+    }
+}

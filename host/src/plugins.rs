@@ -1,0 +1,367 @@
+//! Loading plugins and calling them safely (SPEC §5).
+//!
+//! A plugin argument containing `/` or ending in `.so` is a path; anything else is a built-in
+//! name, found as `libquictun_plugin_<name>.so` in `--plugin-dir`, `$QUICTUN_PLUGIN_DIR`, the
+//! executable's directory and `<exe dir>/../lib/quictun/plugins`. Each library is loaded on its
+//! own (never through `abi_stable`'s one-module-per-type cache), so several plugins of one kind
+//! live side by side.
+//!
+//! Calls into plugins that may block run on tokio's blocking pool, at most
+//! [`MAX_BLOCKING_CALLS`] at a time, each with a deadline after which the tunnel fails: a hung
+//! plugin pins a bounded number of threads and never an async worker.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::std_types::{RResult, RStr};
+use quictun_plugin_api::{
+    FailureKind, HostLog, LogLevel, PluginError, PluginKind, PluginModuleRef, TokenParserBox,
+    TokenSourceBox,
+};
+use tokio::sync::Semaphore;
+
+/// Plugin calls that may block and run at the same time, across the process.
+pub const MAX_BLOCKING_CALLS: usize = 64;
+/// How long one plugin call may take before its tunnel fails.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(15);
+
+static BLOCKING_CALLS: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new(MAX_BLOCKING_CALLS)));
+
+/// Why a plugin could not be loaded or built. Each message names the plugin and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot find plugin {name:?} ({file}); looked in: {}", list(searched))]
+    NotFound {
+        name: String,
+        file: String,
+        searched: Vec<PathBuf>,
+    },
+    #[error("cannot load {}: {reason}", path.display())]
+    Open { path: PathBuf, reason: String },
+    #[error("cannot load {}: not a quictun plugin", path.display())]
+    NotAPlugin { path: PathBuf },
+    #[error("cannot load {}: it is a {found} plugin, not a {expected}", path.display())]
+    WrongKind {
+        path: PathBuf,
+        expected: PluginKind,
+        found: String,
+    },
+    #[error(
+        "cannot load {}: built for plugin ABI {found}, this quictun has {expected} (rebuild the plugin against quictun-plugin-api {expected})",
+        path.display()
+    )]
+    Version {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("cannot load {}: plugin ABI layout mismatch: {detail}", path.display())]
+    Layout { path: PathBuf, detail: String },
+    #[error("plugin {name} ({}) failed to start: {reason}", path.display())]
+    Init {
+        name: String,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    let shown: Vec<_> = paths.iter().map(|p| p.display().to_string()).collect();
+    shown.join(", ")
+}
+
+/// Where built-in plugins are looked for, in order.
+pub fn search_dirs(plugin_dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    dirs.extend(plugin_dir.map(Path::to_path_buf));
+    if let Some(dir) = std::env::var_os("QUICTUN_PLUGIN_DIR").filter(|d| !d.is_empty()) {
+        dirs.push(PathBuf::from(dir));
+    }
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        let installed = exe_dir.join("../lib/quictun/plugins");
+        dirs.push(exe_dir);
+        dirs.push(installed);
+    }
+    dirs
+}
+
+/// Turns a plugin argument into the file to load.
+pub fn resolve(arg: &str, plugin_dir: Option<&Path>) -> Result<PathBuf, LoadError> {
+    if arg.contains('/') || arg.ends_with(".so") {
+        // dlopen looks a bare file name up in system paths, not here: make it absolute.
+        return std::fs::canonicalize(arg).map_err(|error| LoadError::Open {
+            path: PathBuf::from(arg),
+            reason: error.to_string(),
+        });
+    }
+    let file = format!("libquictun_plugin_{}.so", arg.to_ascii_lowercase());
+    let searched = search_dirs(plugin_dir);
+    searched
+        .iter()
+        .map(|dir| dir.join(&file))
+        .find(|candidate| candidate.is_file())
+        .map(|found| std::fs::canonicalize(&found).unwrap_or(found))
+        .ok_or(LoadError::NotFound {
+            name: arg.to_owned(),
+            file,
+            searched,
+        })
+}
+
+/// A loaded plugin library, checked to be of the expected kind.
+#[derive(Clone, Copy)]
+struct Module {
+    root: PluginModuleRef,
+}
+
+fn load_module(
+    arg: &str,
+    plugin_dir: Option<&Path>,
+    expected: PluginKind,
+) -> Result<(Module, PathBuf), LoadError> {
+    let path = resolve(arg, plugin_dir)?;
+    let root = lib_header_from_path(&path)
+        .and_then(|header| header.init_root_module::<PluginModuleRef>())
+        .map_err(|error| library_error(&path, error))?;
+    match root.kind() {
+        Some(kind) if kind == expected => Ok((Module { root }, path)),
+        Some(kind) => Err(LoadError::WrongKind {
+            path,
+            expected,
+            found: kind.to_string(),
+        }),
+        None => Err(LoadError::WrongKind {
+            path,
+            expected,
+            found: "empty".into(),
+        }),
+    }
+}
+
+fn library_error(path: &Path, error: LibraryError) -> LoadError {
+    let path = path.to_path_buf();
+    match error {
+        LibraryError::OpenError { err, .. } => LoadError::Open {
+            path,
+            reason: err.to_string(),
+        },
+        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin { path },
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::Version {
+            path,
+            expected: expected_version.to_string(),
+            found: actual_version.to_string(),
+        },
+        LibraryError::AbiInstability(detail) => LoadError::Layout {
+            path,
+            detail: useful_layout_lines(&detail.to_string()),
+        },
+        other => LoadError::Layout {
+            path,
+            detail: useful_layout_lines(&other.to_string()),
+        },
+    }
+}
+
+/// A layout report runs to a thousand lines; the ones starting with `Error:` say what differs.
+fn useful_layout_lines(report: &str) -> String {
+    let lines: Vec<_> = report
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("Error:"))
+        .take(3)
+        .collect();
+    if lines.is_empty() {
+        report
+            .lines()
+            .next()
+            .unwrap_or("unknown difference")
+            .to_owned()
+    } else {
+        lines.join("; ")
+    }
+}
+
+/// The log callback handed to plugins: their messages land in our log with their name.
+extern "C" fn plugin_log(level: LogLevel, plugin: RStr<'_>, message: RStr<'_>) {
+    // A panic must not unwind out of an extern "C" function.
+    let _ = std::panic::catch_unwind(|| {
+        let (plugin, message) = (plugin.as_str(), message.as_str());
+        match level {
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+        }
+    });
+}
+
+fn host_log(name: &str) -> HostLog {
+    HostLog {
+        emit: plugin_log,
+        plugin: name.into(),
+    }
+}
+
+/// What every host-side plugin wrapper knows about its plugin.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub may_block: bool,
+}
+
+fn info(module: Module, path: PathBuf) -> PluginInfo {
+    PluginInfo {
+        name: module.root.name().as_str().to_owned(),
+        path,
+        may_block: module.root.may_block(),
+    }
+}
+
+fn init_error(info: &PluginInfo, reason: abi_stable::std_types::RString) -> LoadError {
+    LoadError::Init {
+        name: info.name.clone(),
+        path: info.path.clone(),
+        reason: reason.into(),
+    }
+}
+
+/// Runs a plugin call: inline when the plugin never blocks, otherwise on the blocking pool
+/// with a deadline.
+async fn call<T: Send + 'static>(
+    info: &PluginInfo,
+    work: impl FnOnce() -> RResult<T, PluginError> + Send + 'static,
+) -> Result<T, PluginError> {
+    if !info.may_block {
+        return work().into_result();
+    }
+    let timed_out = || {
+        PluginError::failed(format!(
+            "plugin {} did not answer within {CALL_DEADLINE:?}",
+            info.name
+        ))
+    };
+    let run = async {
+        let permit = BLOCKING_CALLS
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(permit);
+            result
+        })
+        .await
+    };
+    match tokio::time::timeout(CALL_DEADLINE, run).await {
+        Err(_) => Err(timed_out()),
+        Ok(Err(join_error)) => Err(PluginError {
+            kind: FailureKind::Panicked,
+            message: format!("plugin {} call failed: {join_error}", info.name).into(),
+        }),
+        Ok(Ok(result)) => result.into_result(),
+    }
+}
+
+/// A loaded token-source plugin (client side).
+#[derive(Clone)]
+pub struct TokenSource {
+    info: PluginInfo,
+    plugin: Arc<TokenSourceBox>,
+}
+
+impl TokenSource {
+    /// Loads `arg` (a built-in name or a path) and builds it from `config`.
+    pub fn load(arg: &str, config: &str, plugin_dir: Option<&Path>) -> Result<Self, LoadError> {
+        let (module, path) = load_module(arg, plugin_dir, PluginKind::TokenSource)?;
+        let info = info(module, path);
+        let build = module
+            .root
+            .new_token_source()
+            .expect("kind checked at load");
+        let plugin = build(config.into(), host_log(&info.name))
+            .into_result()
+            .map_err(|e| init_error(&info, e))?;
+        Ok(Self {
+            info,
+            plugin: Arc::new(plugin),
+        })
+    }
+
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// The token for a connection from `client_addr`.
+    pub async fn token(&self, client_addr: &str) -> Result<Vec<u8>, PluginError> {
+        let plugin = self.plugin.clone();
+        let client_addr = client_addr.to_owned();
+        call(&self.info, move || {
+            plugin.token(client_addr.as_str().into()).map(Into::into)
+        })
+        .await
+    }
+}
+
+/// A loaded token-parser plugin (server side).
+#[derive(Clone)]
+pub struct TokenParser {
+    info: PluginInfo,
+    plugin: Arc<TokenParserBox>,
+}
+
+impl TokenParser {
+    /// Loads `arg` (a built-in name or a path) and builds it from `config`.
+    pub fn load(arg: &str, config: &str, plugin_dir: Option<&Path>) -> Result<Self, LoadError> {
+        let (module, path) = load_module(arg, plugin_dir, PluginKind::TokenParser)?;
+        let info = info(module, path);
+        let build = module
+            .root
+            .new_token_parser()
+            .expect("kind checked at load");
+        let plugin = build(config.into(), host_log(&info.name))
+            .into_result()
+            .map_err(|e| init_error(&info, e))?;
+        Ok(Self {
+            info,
+            plugin: Arc::new(plugin),
+        })
+    }
+
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// The target address a token names, as text.
+    pub async fn target(&self, token: Vec<u8>) -> Result<String, PluginError> {
+        let plugin = self.plugin.clone();
+        call(&self.info, move || {
+            plugin.target(token.as_slice().into()).map(Into::into)
+        })
+        .await
+    }
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TokenSource").field(&self.info).finish()
+    }
+}
+
+impl std::fmt::Debug for TokenParser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TokenParser").field(&self.info).finish()
+    }
+}

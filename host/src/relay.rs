@@ -1,0 +1,294 @@
+//! One application connection ⇄ one QUIC stream, for both endpoints.
+//!
+//! Each direction is copied on its own, and half-close is kept: EOF from the application
+//! finishes the QUIC send side only, and a finished QUIC stream shuts down only the
+//! application's write side. An abort is never turned into a clean EOF: an application reset
+//! or a relay error resets the QUIC stream (RESET_STREAM and STOP_SENDING with
+//! [`ErrorCode::AppReset`]), and a reset from the peer resets the application connection.
+//!
+//! Copy buffers are taken only when the application socket is readable and released after the
+//! chunk is handed to QUIC, so an idle tunnel holds none. Bytes are counted with one atomic add
+//! per chunk.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use quinn::{
+    ConnectionError, ReadError, ReadExactError, RecvStream, SendStream, VarInt, WriteError,
+};
+use tracing::{debug, warn};
+
+use crate::app::AppStream;
+use crate::wire::{ANSWER_HEADER_LEN, Answer, ErrorCode, Status, WireError};
+
+/// Largest chunk read from an application socket at once.
+const CHUNK: usize = 64 * 1024;
+/// Chunks at least this big are handed to QUIC without a copy; smaller ones are copied so
+/// the 64 KiB buffer is not kept alive for a few bytes.
+const ZERO_COPY_MIN: usize = 16 * 1024;
+
+/// Bytes moved through one tunnel, by who sent them.
+#[derive(Debug, Default)]
+pub struct ByteCounters {
+    /// Bytes sent by the client application.
+    pub client_to_server: AtomicU64,
+    /// Bytes sent by the server application.
+    pub server_to_client: AtomicU64,
+}
+
+/// Which endpoint runs the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// What the relay must read from the QUIC stream before the peer's application bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preface {
+    /// Nothing: relay at once (the server, after it has answered).
+    None,
+    /// The server's `quic-tun/2` answer (the client).
+    Answer,
+}
+
+/// How a tunnel ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both directions finished cleanly.
+    Done,
+    /// The server refused the tunnel.
+    Refused(Answer),
+    /// The tunnel was cut off; both sides were reset.
+    Aborted(Abort),
+}
+
+/// Why a tunnel was cut off.
+#[derive(Debug, thiserror::Error)]
+pub enum Abort {
+    #[error("application connection failed: {0}")]
+    App(io::Error),
+    #[error("peer reset the stream ({})", describe_code(*.0))]
+    PeerReset(VarInt),
+    #[error("peer stopped reading ({})", describe_code(*.0))]
+    PeerStopped(VarInt),
+    #[error("connection lost: {0}")]
+    Connection(ConnectionError),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl Abort {
+    /// Expected ends (the application or the peer went away) are logged at debug.
+    pub fn is_trivial(&self) -> bool {
+        match self {
+            Abort::App(_) | Abort::PeerReset(_) | Abort::PeerStopped(_) => true,
+            Abort::Connection(error) => matches!(
+                error,
+                ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed
+            ),
+            Abort::Protocol(_) => false,
+        }
+    }
+
+    fn code(&self) -> ErrorCode {
+        match self {
+            Abort::Protocol(_) => ErrorCode::ProtocolViolation,
+            _ => ErrorCode::AppReset,
+        }
+    }
+}
+
+fn describe_code(code: VarInt) -> String {
+    match ErrorCode::from_varint(code) {
+        Some(ErrorCode::Done) => "done".into(),
+        Some(ErrorCode::AppReset) => "application connection reset".into(),
+        Some(ErrorCode::ProtocolViolation) => "protocol violation".into(),
+        Some(ErrorCode::Shutdown) => "endpoint shutting down".into(),
+        Some(ErrorCode::ClosedByOperator) => "closed by the operator".into(),
+        None => format!("code {code}"),
+    }
+}
+
+/// Logs how a tunnel ended, once.
+pub fn log_end(end: End, counters: &ByteCounters) {
+    let up = counters.client_to_server.load(Ordering::Relaxed);
+    let down = counters.server_to_client.load(Ordering::Relaxed);
+    match end {
+        End::Done => debug!(client_bytes = up, server_bytes = down, "tunnel closed"),
+        End::Refused(answer) => {
+            warn!(status = %answer.status, "tunnel refused by the server: {}", answer.reason)
+        }
+        End::Aborted(abort) if abort.is_trivial() => {
+            debug!(
+                client_bytes = up,
+                server_bytes = down,
+                "tunnel reset: {abort}"
+            )
+        }
+        End::Aborted(abort) => {
+            warn!(
+                client_bytes = up,
+                server_bytes = down,
+                "tunnel reset: {abort}"
+            )
+        }
+    }
+}
+
+/// Why one direction stopped early.
+enum Stop {
+    Refused(Answer),
+    Abort(Abort),
+}
+
+impl From<Abort> for Stop {
+    fn from(abort: Abort) -> Self {
+        Stop::Abort(abort)
+    }
+}
+
+/// Relays until both directions are done or one of them fails.
+pub async fn relay(
+    app: AppStream,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    side: Side,
+    counters: &ByteCounters,
+    preface: Preface,
+) -> End {
+    let (sent, received) = match side {
+        Side::Client => (&counters.client_to_server, &counters.server_to_client),
+        Side::Server => (&counters.server_to_client, &counters.client_to_server),
+    };
+    let outcome = tokio::try_join!(
+        upstream(&app, &mut send, sent),
+        downstream(&app, &mut recv, received, preface),
+    );
+    match outcome {
+        Ok(_) => End::Done,
+        Err(Stop::Refused(answer)) => {
+            let _ = send.reset(ErrorCode::Done.varint());
+            app.reset();
+            End::Refused(answer)
+        }
+        Err(Stop::Abort(abort)) => {
+            let code = abort.code().varint();
+            let _ = send.reset(code);
+            let _ = recv.stop(code);
+            app.reset();
+            End::Aborted(abort)
+        }
+    }
+}
+
+/// Application → QUIC.
+async fn upstream(app: &AppStream, send: &mut SendStream, sent: &AtomicU64) -> Result<(), Stop> {
+    loop {
+        app.readable().await.map_err(Abort::App)?;
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        let eof = fill(app, &mut buf).map_err(Abort::App)?;
+        if !buf.is_empty() {
+            sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            let written = if buf.len() >= ZERO_COPY_MIN {
+                send.write_chunk(buf.freeze()).await
+            } else {
+                send.write_all(&buf).await
+            };
+            match written {
+                Ok(()) => {}
+                // The server stops reading with "done" only when it refused the tunnel: the
+                // answer, read by the other direction, says why.
+                Err(WriteError::Stopped(code)) if code == ErrorCode::Done.varint() => return Ok(()),
+                Err(error) => return Err(write_abort(error).into()),
+            }
+        }
+        if eof {
+            let _ = send.finish();
+            return Ok(());
+        }
+    }
+}
+
+/// Reads what the socket has, up to [`CHUNK`] bytes, without waiting. Returns whether the
+/// application closed its side.
+fn fill(app: &AppStream, buf: &mut BytesMut) -> io::Result<bool> {
+    while buf.len() < CHUNK {
+        match app.try_read_buf(buf) {
+            Ok(0) => return Ok(true),
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(false)
+}
+
+/// QUIC → application.
+async fn downstream(
+    app: &AppStream,
+    recv: &mut RecvStream,
+    received: &AtomicU64,
+    preface: Preface,
+) -> Result<(), Stop> {
+    if preface == Preface::Answer {
+        let answer = read_answer(recv).await?;
+        if answer.status != Status::Ok {
+            return Err(Stop::Refused(answer));
+        }
+    }
+    loop {
+        match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => {
+                received.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                app.write_all(&chunk.bytes).await.map_err(Abort::App)?;
+            }
+            Ok(None) => {
+                // The application may already have closed its socket: nothing is lost then.
+                let _ = app.shutdown_write();
+                return Ok(());
+            }
+            Err(error) => return Err(read_abort(error).into()),
+        }
+    }
+}
+
+/// Reads the server's `quic-tun/2` answer.
+pub async fn read_answer(recv: &mut RecvStream) -> Result<Answer, Abort> {
+    let mut header = [0u8; ANSWER_HEADER_LEN];
+    read_exact(recv, &mut header).await?;
+    let (status, len) = Answer::decode_header(header).map_err(protocol)?;
+    let mut reason = vec![0u8; len];
+    read_exact(recv, &mut reason).await?;
+    Answer::from_parts(status, &reason).map_err(protocol)
+}
+
+/// Fills `buf` from the stream; a stream that ends first breaks the protocol.
+pub async fn read_exact(recv: &mut RecvStream, buf: &mut [u8]) -> Result<(), Abort> {
+    recv.read_exact(buf).await.map_err(|error| match error {
+        ReadExactError::FinishedEarly(_) => Abort::Protocol("stream ended inside a frame".into()),
+        ReadExactError::ReadError(error) => read_abort(error),
+    })
+}
+
+fn protocol(error: WireError) -> Abort {
+    Abort::Protocol(error.to_string())
+}
+
+fn read_abort(error: ReadError) -> Abort {
+    match error {
+        ReadError::Reset(code) => Abort::PeerReset(code),
+        ReadError::ConnectionLost(error) => Abort::Connection(error),
+        other => Abort::Protocol(other.to_string()),
+    }
+}
+
+fn write_abort(error: WriteError) -> Abort {
+    match error {
+        WriteError::Stopped(code) => Abort::PeerStopped(code),
+        WriteError::ConnectionLost(error) => Abort::Connection(error),
+        other => Abort::Protocol(other.to_string()),
+    }
+}

@@ -1,0 +1,233 @@
+//! The server endpoint: accepts QUIC connections, and for each stream reads the token, asks the
+//! token parser for the target, dials it and relays.
+//!
+//! Every stream is served by its own task: reading the token, the plugin call and dialing the
+//! target never run in the accept loop, so a slow target or plugin stalls only its own tunnel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use quinn::{Endpoint, Incoming, RecvStream, SendStream};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::addr::Address;
+use crate::app::AppStream;
+use crate::plugins::TokenParser;
+use crate::relay::{self, Abort, ByteCounters, Preface, Side, log_end};
+use crate::tls::{self, Identity};
+use crate::transport::{self, TransportOptions};
+use crate::wire::{self, Answer, ErrorCode, Status, TOKEN_HEADER_LEN, WireError};
+
+/// Everything the server needs, already checked.
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub parser: TokenParser,
+    pub identity: Identity,
+    pub transport: TransportOptions,
+    /// Longest time for a QUIC handshake, and for a stream's token to arrive.
+    pub handshake_timeout: Duration,
+    /// Longest time to connect to a target.
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// A bound server endpoint.
+pub struct Server {
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    parser: TokenParser,
+    handshake_timeout: Duration,
+    connect_timeout: Duration,
+    max_connections: usize,
+    connections: AtomicUsize,
+}
+
+impl Server {
+    /// Binds the UDP socket. The certificate's fingerprint is logged.
+    pub fn bind(config: ServerConfig) -> anyhow::Result<Server> {
+        use anyhow::Context;
+        if let Some(fingerprint) = config.identity.fingerprint() {
+            info!(%fingerprint, "server certificate");
+        }
+        let crypto = tls::server_crypto(config.identity).context("invalid certificate or key")?;
+        let mut server_config = quinn::ServerConfig::with_crypto(crypto);
+        server_config.transport_config(Arc::new(config.transport.build()?));
+        let endpoint = transport::endpoint(config.listen, Some(server_config))
+            .with_context(|| format!("cannot listen on udp {}", config.listen))?;
+        let shared = Arc::new(Shared {
+            parser: config.parser,
+            handshake_timeout: config.handshake_timeout,
+            connect_timeout: config.connect_timeout,
+            max_connections: config.max_connections,
+            connections: AtomicUsize::new(0),
+        });
+        Ok(Server { endpoint, shared })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// A handle to close the endpoint from elsewhere.
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
+    }
+
+    /// Accepts connections until the endpoint is closed.
+    pub async fn run(self) {
+        info!(listen = %self.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "server ready");
+        while let Some(incoming) = self.endpoint.accept().await {
+            let shared = self.shared.clone();
+            if shared.connections.load(Ordering::Relaxed) >= shared.max_connections {
+                warn!(remote = %incoming.remote_address(), limit = shared.max_connections, "connection refused: too many connections");
+                incoming.refuse();
+                continue;
+            }
+            let span = info_span!("connection", remote_endpoint = %incoming.remote_address());
+            tokio::spawn(serve_connection(incoming, shared).instrument(span));
+        }
+    }
+}
+
+async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let _count = scopeguard(|| {
+        shared.connections.fetch_sub(1, Ordering::Relaxed);
+    });
+    let connection = match tokio::time::timeout(shared.handshake_timeout, incoming).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => return warn!("handshake failed: {error}"),
+        Err(_) => return warn!("handshake timed out after {:?}", shared.handshake_timeout),
+    };
+    info!("connection established");
+    loop {
+        match connection.accept_bi().await {
+            Ok((send, recv)) => {
+                let span = info_span!("tunnel", stream_id = %send.id(), server_app = tracing::field::Empty);
+                tokio::spawn(serve_stream(send, recv, shared.clone()).instrument(span));
+            }
+            Err(error) => return info!("connection closed: {error}"),
+        }
+    }
+}
+
+/// Serves one tunnel.
+async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>) {
+    let token = match tokio::time::timeout(shared.handshake_timeout, read_token(&mut recv)).await {
+        Ok(Ok(token)) => token,
+        Ok(Err(TokenError::Wire(error))) => {
+            warn!("bad token frame: {error}");
+            return refuse(
+                send,
+                recv,
+                Answer::refuse(Status::BadToken, &error.to_string()),
+            )
+            .await;
+        }
+        Ok(Err(TokenError::Stream(abort))) => {
+            return debug!("stream ended before its token: {abort}");
+        }
+        Err(_) => {
+            warn!("no token within {:?}", shared.handshake_timeout);
+            let _ = recv.stop(ErrorCode::ProtocolViolation.varint());
+            let _ = send.reset(ErrorCode::ProtocolViolation.varint());
+            return;
+        }
+    };
+    let target = match target_of(&shared.parser, token).await {
+        Ok(target) => target,
+        Err(answer) => {
+            warn!(status = %answer.status, "tunnel refused: {}", answer.reason);
+            return refuse(send, recv, answer).await;
+        }
+    };
+    tracing::Span::current().record("server_app", tracing::field::display(&target));
+    let app = match AppStream::connect(&target, shared.connect_timeout).await {
+        Ok(app) => app,
+        Err(error) => {
+            let reason = format!("cannot reach {target}: {error}");
+            warn!(status = %Status::Unreachable, "tunnel refused: {reason}");
+            return refuse(send, recv, Answer::refuse(Status::Unreachable, &reason)).await;
+        }
+    };
+    let mut ok = Vec::with_capacity(wire::ANSWER_HEADER_LEN);
+    Answer::ok()
+        .encode(&mut ok)
+        .expect("an ok answer always encodes");
+    if let Err(error) = send.write_all(&ok).await {
+        return debug!("peer went away before the answer: {error}");
+    }
+    debug!("tunnel open");
+    let counters = ByteCounters::default();
+    log_end(
+        relay::relay(app, send, recv, Side::Server, &counters, Preface::None).await,
+        &counters,
+    );
+}
+
+enum TokenError {
+    Wire(WireError),
+    Stream(Abort),
+}
+
+/// Reads a `quic-tun/2` token. A bad length is refused before any token byte is read.
+async fn read_token(recv: &mut RecvStream) -> Result<Vec<u8>, TokenError> {
+    let mut header = [0u8; TOKEN_HEADER_LEN];
+    relay::read_exact(recv, &mut header)
+        .await
+        .map_err(TokenError::Stream)?;
+    let len = wire::decode_token_header(header).map_err(TokenError::Wire)?;
+    let mut token = vec![0u8; len];
+    relay::read_exact(recv, &mut token)
+        .await
+        .map_err(TokenError::Stream)?;
+    Ok(token)
+}
+
+/// Asks the parser for the target; a refusal becomes the answer to send.
+async fn target_of(parser: &TokenParser, token: Vec<u8>) -> Result<Address, Answer> {
+    use quictun_plugin_api::FailureKind;
+    let text = parser.target(token).await.map_err(|error| {
+        let status = match error.kind {
+            FailureKind::Refused => Status::BadToken,
+            FailureKind::Failed | FailureKind::Panicked => Status::PluginError,
+        };
+        Answer::refuse(status, &error.message)
+    })?;
+    text.parse::<Address>().map_err(|error| {
+        Answer::refuse(
+            Status::BadToken,
+            &format!("token names no valid target: {error}"),
+        )
+    })
+}
+
+/// Sends a refusal, finishes our side and stops reading theirs.
+async fn refuse(mut send: SendStream, mut recv: RecvStream, answer: Answer) {
+    let _ = recv.stop(ErrorCode::Done.varint());
+    let mut bytes = Vec::new();
+    if answer.encode(&mut bytes).is_ok() && send.write_all(&bytes).await.is_ok() {
+        let _ = send.finish();
+        // Keep the stream until the peer has the answer.
+        let _ = send.stopped().await;
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
