@@ -85,12 +85,14 @@ pub fn parse<T: Parser>() -> T {
         ) {
             error.exit();
         }
+        // clap spreads some messages over several lines before its usage text: join them.
         let rendered = error.render().to_string();
-        let line = rendered
+        let message: Vec<&str> = rendered
             .lines()
-            .next()
-            .unwrap_or("error: invalid command line");
-        eprintln!("{} {line} (see --help)", program());
+            .take_while(|line| !line.trim().is_empty() && !line.starts_with("Usage:"))
+            .map(str::trim)
+            .collect();
+        eprintln!("{}: {} (see --help)", program(), message.join(" "));
         std::process::exit(2);
     })
 }

@@ -1,0 +1,146 @@
+//! The binaries' start-up errors: one clear line on standard error and a non-zero exit.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn run(binary: &str, args: &[&str]) -> Output {
+    let dir = common::plugin_dir().to_str().unwrap().to_owned();
+    Command::new(binary)
+        .args(args)
+        .args(["--plugin-dir", &dir])
+        .env_remove("QUICTUN_PLUGIN_DIR")
+        .output()
+        .expect("run binary")
+}
+
+/// Asserts an exit code and a single line of standard error containing `expected`.
+fn assert_one_line(output: &Output, code: i32, expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "stderr: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "not one line: {stderr}"
+    );
+    assert!(stderr.contains(expected), "{expected:?} not in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+const SERVER: &str = env!("CARGO_BIN_EXE_quictun-server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_quictun-client");
+
+#[test]
+fn a_bad_listen_address_names_the_value_and_the_forms() {
+    let output = run(
+        CLIENT,
+        &["--listen-on", "bogus", "--server-endpoint", "127.0.0.1:1"],
+    );
+    assert_one_line(
+        &output,
+        2,
+        "invalid address \"bogus\": no scheme (expected tcp:HOST:PORT or unix:/path/to/socket)",
+    );
+}
+
+#[test]
+fn a_missing_required_flag_is_named() {
+    let output = run(CLIENT, &["--insecure-skip-verify"]);
+    assert_one_line(&output, 2, "--server-endpoint");
+}
+
+#[test]
+fn a_bad_duration_is_explained() {
+    let output = run(SERVER, &["--connect-timeout", "5"]);
+    assert_one_line(
+        &output,
+        2,
+        "\"5\" is not a duration (write 500ms, 10s, 2m or 1h)",
+    );
+}
+
+#[test]
+fn booleans_take_an_optional_value_after_an_equals_sign() {
+    let output = run(
+        CLIENT,
+        &[
+            "--server-endpoint",
+            "127.0.0.1:1",
+            "--insecure-skip-verify=maybe",
+        ],
+    );
+    assert_one_line(&output, 2, "maybe");
+}
+
+#[test]
+fn a_missing_plugin_file_is_a_start_up_error() {
+    let output = run(
+        SERVER,
+        &[
+            "--listen-on",
+            "127.0.0.1:0",
+            "--token-parser-plugin",
+            "./nope.so",
+        ],
+    );
+    assert_one_line(
+        &output,
+        1,
+        "quictun-server: error: cannot load ./nope.so: No such file or directory",
+    );
+}
+
+#[test]
+fn a_plugin_of_the_wrong_kind_is_a_start_up_error() {
+    let output = run(
+        SERVER,
+        &[
+            "--listen-on",
+            "127.0.0.1:0",
+            "--token-parser-plugin",
+            "Fixed",
+        ],
+    );
+    assert_one_line(
+        &output,
+        1,
+        "it is a token source plugin, not a token parser",
+    );
+}
+
+#[test]
+fn a_bad_plugin_configuration_is_a_start_up_error() {
+    let output = run(
+        SERVER,
+        &["--listen-on", "127.0.0.1:0", "--token-parser-key", "aes"],
+    );
+    assert_one_line(&output, 1, "unknown --token-parser-key \"aes\"");
+}
+
+#[test]
+fn the_client_refuses_to_start_without_a_way_to_verify_the_server() {
+    let output = run(
+        CLIENT,
+        &[
+            "--server-endpoint",
+            "127.0.0.1:1",
+            "--token-source",
+            "tcp:127.0.0.1:22",
+        ],
+    );
+    assert_one_line(&output, 1, "no way to verify the server");
+}
+
+#[test]
+fn a_bad_fingerprint_is_explained() {
+    let output = run(
+        CLIENT,
+        &[
+            "--server-endpoint",
+            "127.0.0.1:1",
+            "--server-cert-fingerprint",
+            "sha256:12",
+        ],
+    );
+    assert_one_line(&output, 2, "is not a fingerprint");
+}

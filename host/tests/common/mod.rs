@@ -1,0 +1,313 @@
+//! Helpers for the integration tests: real endpoints on loopback with the real plugin .so
+//! files, real application servers, and byte-exact checks.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use quictun::addr::Address;
+use quictun::client::{Client, ClientConfig};
+use quictun::plugins::{TokenParser, TokenSource};
+use quictun::server::{Server, ServerConfig};
+use quictun::tls::{Identity, Verification};
+use quictun::transport::TransportOptions;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+
+/// The directory holding freshly built plugin libraries (`target/debug`).
+///
+/// `cargo test` does not build cdylibs, so the first call builds them; cargo has released its
+/// lock by the time tests run.
+pub fn plugin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // target/<profile>/deps/<test binary> → target/<profile>
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "quictun-plugin-fixed",
+            "-p",
+            "quictun-plugin-cleartext",
+        ]);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build for the plugins");
+        assert!(status.success(), "building the plugins failed");
+        dir
+    })
+}
+
+pub fn plugin_path(name: &str) -> PathBuf {
+    plugin_dir().join(format!("libquictun_plugin_{name}.so"))
+}
+
+/// A scratch directory removed at drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("quictun-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Short time-outs so failure tests finish quickly.
+pub fn transport() -> TransportOptions {
+    TransportOptions {
+        idle_timeout: Duration::from_secs(10),
+        ..TransportOptions::default()
+    }
+}
+
+/// A running server endpoint on 127.0.0.1 with the Cleartext parser.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn start_server(parser_key: &str) -> TestServer {
+    let parser =
+        TokenParser::load("Cleartext", parser_key, Some(plugin_dir())).expect("load Cleartext");
+    let server = Server::bind(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        parser,
+        identity: Identity::self_signed(&["localhost"]).unwrap(),
+        transport: transport(),
+        handshake_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        max_connections: 100,
+    })
+    .expect("bind server");
+    let addr = server.local_addr().unwrap();
+    TestServer {
+        addr,
+        task: tokio::spawn(server.run()),
+    }
+}
+
+/// A running client endpoint with the Fixed token source.
+pub struct TestClient {
+    pub addr: Address,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn start_client(listen: Address, server: SocketAddr, token: &str) -> TestClient {
+    let source = TokenSource::load("Fixed", token, Some(plugin_dir())).expect("load Fixed");
+    let client = Client::bind(ClientConfig {
+        listen,
+        server: server.into(),
+        source,
+        verification: Verification::Insecure,
+        transport: transport(),
+        handshake_timeout: Duration::from_secs(5),
+        outage_wait: Duration::from_secs(5),
+    })
+    .await
+    .expect("bind client");
+    let addr = client.local_addr().unwrap();
+    TestClient {
+        addr,
+        task: tokio::spawn(client.run()),
+    }
+}
+
+pub fn local_tcp() -> Address {
+    "tcp:127.0.0.1:0".parse().unwrap()
+}
+
+/// What a test application server does with each connection.
+#[derive(Clone, Copy)]
+pub enum Behaviour {
+    /// Sends back everything it receives, then closes its side after the peer's EOF.
+    Echo,
+    /// Reads until EOF, then answers with the SHA-256 of what it read, then closes.
+    DigestAfterEof,
+}
+
+/// A real application server on loopback TCP or a UNIX socket.
+pub struct AppServer {
+    pub addr: Address,
+    task: JoinHandle<()>,
+}
+
+impl Drop for AppServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn app_server_tcp(behaviour: Behaviour) -> AppServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = Address::Tcp(listener.local_addr().unwrap().into());
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve_app(stream, behaviour));
+        }
+    });
+    AppServer { addr, task }
+}
+
+pub async fn app_server_unix(dir: &TempDir, behaviour: Behaviour) -> AppServer {
+    let path = dir.join("app.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve_app(stream, behaviour));
+        }
+    });
+    AppServer {
+        addr: Address::Unix(path),
+        task,
+    }
+}
+
+async fn serve_app<S: AsyncRead + AsyncWrite + Unpin>(stream: S, behaviour: Behaviour) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    match behaviour {
+        Behaviour::Echo => {
+            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+        }
+        Behaviour::DigestAfterEof => {
+            let mut all = Vec::new();
+            if reader.read_to_end(&mut all).await.is_ok() {
+                let _ = writer.write_all(&sha256(&all)).await;
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+/// Deterministic bytes that are not a repeating pattern.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Any application-side connection.
+pub enum AppConn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+pub async fn connect(addr: &Address) -> AppConn {
+    match addr {
+        Address::Tcp(hp) => AppConn::Tcp(TcpStream::connect(hp.to_string()).await.unwrap()),
+        Address::Unix(path) => AppConn::Unix(UnixStream::connect(path).await.unwrap()),
+    }
+}
+
+/// Sends `data` through the connection while reading everything that comes back, then
+/// returns what came back. The write side is shut after `data`, so the far end sees EOF.
+pub async fn exchange(conn: AppConn, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    match conn {
+        AppConn::Tcp(stream) => exchange_on(stream, data).await,
+        AppConn::Unix(stream) => exchange_on(stream, data).await,
+    }
+}
+
+async fn exchange_on<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
+    data: Vec<u8>,
+) -> std::io::Result<Vec<u8>> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let write = tokio::spawn(async move {
+        writer.write_all(&data).await?;
+        writer.shutdown().await?;
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut received = Vec::new();
+    let read = reader.read_to_end(&mut received).await;
+    let _writer = write.await.expect("writer task")?;
+    read?;
+    Ok(received)
+}
+
+/// Runs `future` with a generous bound, so a hang fails the test instead of the CI run.
+pub async fn within<T>(secs: u64, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), future)
+        .await
+        .expect("timed out")
+}
+
+/// A bare QUIC connection to a server, for speaking the wire protocol by hand.
+pub async fn raw_connection(server: SocketAddr) -> quinn::Connection {
+    let endpoint = quictun::transport::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let crypto = quictun::tls::client_crypto(&Verification::Insecure).unwrap();
+    let config = quinn::ClientConfig::new(crypto);
+    endpoint
+        .connect_with(config, server, "localhost")
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+/// Opens a stream, sends `bytes` as they are, and reads the server's answer.
+pub async fn raw_answer(
+    connection: &quinn::Connection,
+    bytes: &[u8],
+) -> Result<quictun::wire::Answer, quictun::relay::Abort> {
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    quictun::relay::read_answer(&mut recv).await
+}
+
+/// A `quic-tun/2` token frame.
+pub fn token_frame(token: &str) -> Vec<u8> {
+    let mut frame = Vec::new();
+    quictun::wire::encode_token(token.as_bytes(), &mut frame).unwrap();
+    frame
+}
