@@ -115,11 +115,9 @@ async fn rejected_token_is_status_2_and_a_closed_connection() {
     );
 
     let client = start_client(local_tcp(), server.addr, "not-an-address").await;
-    let mut app =
-        tokio::net::TcpStream::connect(client.addr.to_string().trim_start_matches("tcp:"))
-            .await
-            .unwrap();
-    app.write_all(b"hello").await.unwrap();
+    let mut app = connect_tcp(&client.addr);
+    // The refusal may already have reset the connection: the write may fail.
+    let _ = app.write_all(b"hello").await;
     assert_closed_without_data(&mut app).await;
 }
 
@@ -160,10 +158,7 @@ async fn unreachable_target_is_status_3_and_a_closed_connection() {
     assert_eq!(answer.status, Status::Unreachable);
 
     let client = start_client(local_tcp(), server.addr, &target).await;
-    let mut app =
-        tokio::net::TcpStream::connect(client.addr.to_string().trim_start_matches("tcp:"))
-            .await
-            .unwrap();
+    let mut app = connect_tcp(&client.addr);
     assert_closed_without_data(&mut app).await;
 }
 
@@ -194,19 +189,22 @@ async fn an_application_reset_reaches_the_other_application_as_a_reset() {
     // The server application records how its connection ended.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = format!("tcp:{}", listener.local_addr().unwrap());
+    let (established_tx, established) = tokio::sync::oneshot::channel();
     let ended = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
+        let mut first = [0u8; 1024];
+        stream.read_exact(&mut first).await.unwrap();
+        established_tx.send(()).unwrap();
         let mut sink = Vec::new();
         stream.read_to_end(&mut sink).await.map(|_| sink.len())
     });
     let server = start_server("");
     let client = start_client(local_tcp(), server.addr, &target).await;
-    let app = tokio::net::TcpStream::connect(client.addr.to_string().trim_start_matches("tcp:"))
-        .await
-        .unwrap();
-    let mut app = app;
+    let mut app = connect_tcp(&client.addr);
     app.write_all(&pattern(256 * 1024, 3)).await.unwrap();
-    // Abort: SO_LINGER 0 makes close send a reset.
+    // Only once the tunnel reaches the server application: abort. SO_LINGER 0 makes close
+    // send a reset.
+    within(30, established).await.unwrap();
     socket2::SockRef::from(&app)
         .set_linger(Some(std::time::Duration::ZERO))
         .unwrap();

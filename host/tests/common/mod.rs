@@ -245,9 +245,21 @@ pub enum AppConn {
 
 pub async fn connect(addr: &Address) -> AppConn {
     match addr {
-        Address::Tcp(hp) => AppConn::Tcp(TcpStream::connect(hp.to_string()).await.unwrap()),
+        Address::Tcp(_) => AppConn::Tcp(connect_tcp(addr)),
         Address::Unix(path) => AppConn::Unix(UnixStream::connect(path).await.unwrap()),
     }
+}
+
+/// Connects with a blocking `connect`, which returns as soon as the handshake is done: a
+/// tunnel refused right after (a reset) must show up on the first read, not as a connect
+/// error when the test's task happens to be polled late.
+pub fn connect_tcp(addr: &Address) -> TcpStream {
+    let Address::Tcp(host_port) = addr else {
+        panic!("{addr} is not a TCP address")
+    };
+    let stream = std::net::TcpStream::connect(host_port.to_string()).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    TcpStream::from_std(stream).unwrap()
 }
 
 /// Sends `data` through the connection while reading everything that comes back, then
