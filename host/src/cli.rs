@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
+use crate::plugins::{Discriminator, LoadError};
 use crate::transport::{Congestion, TransportOptions};
 
 /// Flags both endpoints take.
@@ -24,6 +25,10 @@ pub struct CommonArgs {
     #[arg(long, value_name = "DIR")]
     pub plugin_dir: Option<PathBuf>,
 
+    /// Protocol discriminator plugin, NAME_OR_PATH[=CONFIG]; repeat for several.
+    #[arg(long, value_name = "NAME|PATH[=CONFIG]", default_values_t = [String::from("Spice")])]
+    pub discriminator_plugin: Vec<String>,
+
     /// Congestion controller of the QUIC connection.
     #[arg(long, value_enum, value_name = "ALGORITHM", default_value_t = Congestion::Cubic)]
     pub congestion: Congestion,
@@ -38,6 +43,20 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// Loads every `--discriminator-plugin`.
+    pub fn discriminators(&self) -> Result<Vec<Discriminator>, LoadError> {
+        let dir = self.plugin_dir.as_deref();
+        let loaded: Vec<Discriminator> = self
+            .discriminator_plugin
+            .iter()
+            .map(|arg| Discriminator::load(arg, dir))
+            .collect::<Result<_, _>>()?;
+        for d in &loaded {
+            tracing::info!(plugin = %d.info().name, path = %d.info().path.display(), "discriminator loaded");
+        }
+        Ok(loaded)
+    }
+
     pub fn transport(&self, max_streams: u32) -> TransportOptions {
         TransportOptions {
             congestion: self.congestion,

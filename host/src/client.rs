@@ -17,10 +17,12 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::addr::{Address, Host, HostPort};
 use crate::app::{AppListener, AppStream};
-use crate::plugins::TokenSource;
-use crate::relay::{self, ByteCounters, Preface, Side, log_end};
+use crate::plugins::{Discriminator, TokenSource};
+use crate::relay::{self, Preface, Side, log_end};
+use crate::sniff::Sniffer;
 use crate::tls::{self, Verification};
 use crate::transport::{self, TransportOptions};
+use crate::tunnel::{Tunnel, TunnelRegistry, TunnelSpec};
 use crate::wire;
 
 /// Everything the client needs, already checked.
@@ -35,6 +37,8 @@ pub struct ClientConfig {
     pub handshake_timeout: Duration,
     /// How long an application connection waits for the QUIC connection or a free stream.
     pub outage_wait: Duration,
+    /// Discriminators run on every tunnel.
+    pub discriminators: Vec<Discriminator>,
 }
 
 /// A client with its application listener bound.
@@ -45,6 +49,8 @@ pub struct Client {
 
 struct Shared {
     source: TokenSource,
+    discriminators: Vec<Discriminator>,
+    registry: Arc<TunnelRegistry>,
     outage_wait: Duration,
     connector: Connector,
 }
@@ -67,10 +73,17 @@ impl Client {
         };
         let shared = Arc::new(Shared {
             source: config.source,
+            discriminators: config.discriminators,
+            registry: Arc::default(),
             outage_wait: config.outage_wait,
             connector,
         });
         Ok(Client { listener, shared })
+    }
+
+    /// The live tunnels.
+    pub fn registry(&self) -> Arc<TunnelRegistry> {
+        self.shared.registry.clone()
     }
 
     pub fn local_addr(&self) -> std::io::Result<Address> {
@@ -114,9 +127,10 @@ async fn serve_app(app: AppStream, client_app: String, shared: Arc<Shared>) {
     let wait = shared.outage_wait;
     let opened = tokio::time::timeout(wait, async {
         let connection = shared.connector.connection().await?;
-        connection.open_bi().await.context("cannot open a stream")
+        let streams = connection.open_bi().await.context("cannot open a stream")?;
+        Ok::<_, anyhow::Error>((streams, connection.remote_address()))
     });
-    let (mut send, recv) = match opened.await {
+    let ((mut send, recv), remote_endpoint) = match opened.await {
         Ok(Ok(streams)) => streams,
         Ok(Err(error)) => {
             warn!("connection closed: {error:#}");
@@ -132,10 +146,18 @@ async fn serve_app(app: AppStream, client_app: String, shared: Arc<Shared>) {
         warn!("connection closed: cannot send the token: {error}");
         return app.reset();
     }
-    let counters = ByteCounters::default();
+    let registered = shared.registry.register(Tunnel::new(TunnelSpec {
+        stream_id: u64::from(send.id()),
+        side: Side::Client,
+        client_app: Some(client_app),
+        server_app: None,
+        remote_endpoint,
+    }));
+    let tunnel = registered.tunnel();
+    let sniffer = Sniffer::start(&shared.discriminators, tunnel.clone());
     log_end(
-        relay::relay(app, send, recv, Side::Client, &counters, Preface::Answer).await,
-        &counters,
+        relay::relay(app, send, recv, tunnel, Preface::Answer, sniffer.as_ref()).await,
+        tunnel,
     );
 }
 

@@ -7,6 +7,8 @@ pub mod client;
 pub mod plugins;
 pub mod relay;
 pub mod server;
+pub mod sniff;
 pub mod tls;
 pub mod transport;
+pub mod tunnel;
 pub mod wire;

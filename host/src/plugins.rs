@@ -15,10 +15,10 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use abi_stable::library::{LibraryError, lib_header_from_path};
-use abi_stable::std_types::{RResult, RStr};
+use abi_stable::std_types::{RResult, RStr, RString};
 use quictun_plugin_api::{
-    FailureKind, HostLog, LogLevel, PluginError, PluginKind, PluginModuleRef, TokenParserBox,
-    TokenSourceBox,
+    DiscriminatorBox, DiscriminatorSessionBox, FailureKind, HostLog, LogLevel, PluginError,
+    PluginKind, PluginModuleRef, TokenParserBox, TokenSourceBox,
 };
 use tokio::sync::Semaphore;
 
@@ -229,14 +229,6 @@ fn info(module: Module, path: PathBuf) -> PluginInfo {
     }
 }
 
-fn init_error(info: &PluginInfo, reason: abi_stable::std_types::RString) -> LoadError {
-    LoadError::Init {
-        name: info.name.clone(),
-        path: info.path.clone(),
-        reason: reason.into(),
-    }
-}
-
 /// Runs a plugin call: inline when the plugin never blocks, otherwise on the blocking pool
 /// with a deadline.
 async fn call<T: Send + 'static>(
@@ -275,6 +267,33 @@ async fn call<T: Send + 'static>(
     }
 }
 
+/// Loads a plugin of `kind` and builds its object from `config`.
+fn instantiate<B>(
+    arg: &str,
+    config: &str,
+    plugin_dir: Option<&Path>,
+    kind: PluginKind,
+    constructor: impl FnOnce(PluginModuleRef) -> Option<Constructor<B>>,
+) -> Result<(PluginInfo, B), LoadError> {
+    let (module, path) = load_module(arg, plugin_dir, kind)?;
+    let info = info(module, path);
+    let build = constructor(module.root).ok_or_else(|| LoadError::WrongKind {
+        path: info.path.clone(),
+        expected: kind,
+        found: "different".into(),
+    })?;
+    let object = build(config.into(), host_log(&info.name))
+        .into_result()
+        .map_err(|reason| LoadError::Init {
+            name: info.name.clone(),
+            path: info.path.clone(),
+            reason: reason.into(),
+        })?;
+    Ok((info, object))
+}
+
+type Constructor<B> = extern "C" fn(RStr<'_>, HostLog) -> RResult<B, RString>;
+
 /// A loaded token-source plugin (client side).
 #[derive(Clone)]
 pub struct TokenSource {
@@ -285,15 +304,9 @@ pub struct TokenSource {
 impl TokenSource {
     /// Loads `arg` (a built-in name or a path) and builds it from `config`.
     pub fn load(arg: &str, config: &str, plugin_dir: Option<&Path>) -> Result<Self, LoadError> {
-        let (module, path) = load_module(arg, plugin_dir, PluginKind::TokenSource)?;
-        let info = info(module, path);
-        let build = module
-            .root
-            .new_token_source()
-            .expect("kind checked at load");
-        let plugin = build(config.into(), host_log(&info.name))
-            .into_result()
-            .map_err(|e| init_error(&info, e))?;
+        let (info, plugin) = instantiate(arg, config, plugin_dir, PluginKind::TokenSource, |m| {
+            m.new_token_source()
+        })?;
         Ok(Self {
             info,
             plugin: Arc::new(plugin),
@@ -325,15 +338,9 @@ pub struct TokenParser {
 impl TokenParser {
     /// Loads `arg` (a built-in name or a path) and builds it from `config`.
     pub fn load(arg: &str, config: &str, plugin_dir: Option<&Path>) -> Result<Self, LoadError> {
-        let (module, path) = load_module(arg, plugin_dir, PluginKind::TokenParser)?;
-        let info = info(module, path);
-        let build = module
-            .root
-            .new_token_parser()
-            .expect("kind checked at load");
-        let plugin = build(config.into(), host_log(&info.name))
-            .into_result()
-            .map_err(|e| init_error(&info, e))?;
+        let (info, plugin) = instantiate(arg, config, plugin_dir, PluginKind::TokenParser, |m| {
+            m.new_token_parser()
+        })?;
         Ok(Self {
             info,
             plugin: Arc::new(plugin),
@@ -351,6 +358,51 @@ impl TokenParser {
             plugin.target(token.as_slice().into()).map(Into::into)
         })
         .await
+    }
+}
+
+/// A loaded protocol-discriminator plugin (both sides).
+#[derive(Clone)]
+pub struct Discriminator {
+    info: PluginInfo,
+    protocol: String,
+    plugin: Arc<DiscriminatorBox>,
+}
+
+impl Discriminator {
+    /// Loads `NAME_OR_PATH[=CONFIG]`.
+    pub fn load(arg: &str, plugin_dir: Option<&Path>) -> Result<Self, LoadError> {
+        let (name, config) = arg.split_once('=').unwrap_or((arg, ""));
+        let (info, plugin) =
+            instantiate(name, config, plugin_dir, PluginKind::Discriminator, |m| {
+                m.new_discriminator()
+            })?;
+        let protocol = plugin.protocol().into();
+        Ok(Self {
+            info,
+            protocol,
+            plugin: Arc::new(plugin),
+        })
+    }
+
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// The protocol this discriminator recognises, e.g. `spice`.
+    pub fn protocol(&self) -> &str {
+        &self.protocol
+    }
+
+    /// A fresh state for one tunnel.
+    pub fn session(&self) -> Result<DiscriminatorSessionBox, PluginError> {
+        self.plugin.session().into_result()
+    }
+}
+
+impl std::fmt::Debug for Discriminator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Discriminator").field(&self.info).finish()
     }
 }
 

@@ -19,7 +19,11 @@ use quinn::{
 };
 use tracing::{debug, warn};
 
+use quictun_plugin_api::Direction;
+
 use crate::app::AppStream;
+use crate::sniff::Sniffer;
+use crate::tunnel::Tunnel;
 use crate::wire::{ANSWER_HEADER_LEN, Answer, ErrorCode, Status, WireError};
 
 /// Largest chunk read from an application socket at once.
@@ -77,6 +81,8 @@ pub enum Abort {
     Connection(ConnectionError),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    #[error("closed by the operator")]
+    Operator,
 }
 
 impl Abort {
@@ -89,12 +95,14 @@ impl Abort {
                 ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed
             ),
             Abort::Protocol(_) => false,
+            Abort::Operator => false,
         }
     }
 
     fn code(&self) -> ErrorCode {
         match self {
             Abort::Protocol(_) => ErrorCode::ProtocolViolation,
+            Abort::Operator => ErrorCode::ClosedByOperator,
             _ => ErrorCode::AppReset,
         }
     }
@@ -112,9 +120,8 @@ fn describe_code(code: VarInt) -> String {
 }
 
 /// Logs how a tunnel ended, once.
-pub fn log_end(end: End, counters: &ByteCounters) {
-    let up = counters.client_to_server.load(Ordering::Relaxed);
-    let down = counters.server_to_client.load(Ordering::Relaxed);
+pub fn log_end(end: End, tunnel: &Tunnel) {
+    let (up, down) = (tunnel.client_to_server(), tunnel.server_to_client());
     match end {
         End::Done => debug!(client_bytes = up, server_bytes = down, "tunnel closed"),
         End::Refused(answer) => {
@@ -149,23 +156,49 @@ impl From<Abort> for Stop {
     }
 }
 
-/// Relays until both directions are done or one of them fails.
+/// Relays until both directions are done, one of them fails, or the operator closes the
+/// tunnel.
 pub async fn relay(
     app: AppStream,
     mut send: SendStream,
     mut recv: RecvStream,
-    side: Side,
-    counters: &ByteCounters,
+    tunnel: &Tunnel,
     preface: Preface,
+    sniffer: Option<&Sniffer>,
 ) -> End {
-    let (sent, received) = match side {
-        Side::Client => (&counters.client_to_server, &counters.server_to_client),
-        Side::Server => (&counters.server_to_client, &counters.client_to_server),
+    let counters = &tunnel.counters;
+    let (up, down) = match tunnel.side {
+        Side::Client => (
+            Way {
+                count: &counters.client_to_server,
+                direction: Direction::ClientToServer,
+                sniffer,
+            },
+            Way {
+                count: &counters.server_to_client,
+                direction: Direction::ServerToClient,
+                sniffer,
+            },
+        ),
+        Side::Server => (
+            Way {
+                count: &counters.server_to_client,
+                direction: Direction::ServerToClient,
+                sniffer,
+            },
+            Way {
+                count: &counters.client_to_server,
+                direction: Direction::ClientToServer,
+                sniffer,
+            },
+        ),
     };
-    let outcome = tokio::try_join!(
-        upstream(&app, &mut send, sent),
-        downstream(&app, &mut recv, received, preface),
-    );
+    let outcome = tokio::select! {
+        outcome = async {
+            tokio::try_join!(upstream(&app, &mut send, up), downstream(&app, &mut recv, down, preface))
+        } => outcome,
+        () = tunnel.closed() => Err(Stop::Abort(Abort::Operator)),
+    };
     match outcome {
         Ok(_) => End::Done,
         Err(Stop::Refused(answer)) => {
@@ -183,14 +216,32 @@ pub async fn relay(
     }
 }
 
+/// One direction's accounting.
+#[derive(Clone, Copy)]
+struct Way<'a> {
+    count: &'a AtomicU64,
+    direction: Direction,
+    sniffer: Option<&'a Sniffer>,
+}
+
+impl Way<'_> {
+    /// Accounts for one chunk: one atomic add, and the discriminators while they listen.
+    fn saw(&self, data: &[u8]) {
+        self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Some(sniffer) = self.sniffer {
+            sniffer.feed(self.direction, data);
+        }
+    }
+}
+
 /// Application → QUIC.
-async fn upstream(app: &AppStream, send: &mut SendStream, sent: &AtomicU64) -> Result<(), Stop> {
+async fn upstream(app: &AppStream, send: &mut SendStream, way: Way<'_>) -> Result<(), Stop> {
     loop {
         app.readable().await.map_err(Abort::App)?;
         let mut buf = BytesMut::with_capacity(CHUNK);
         let eof = fill(app, &mut buf).map_err(Abort::App)?;
         if !buf.is_empty() {
-            sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            way.saw(&buf);
             let written = if buf.len() >= ZERO_COPY_MIN {
                 send.write_chunk(buf.freeze()).await
             } else {
@@ -230,7 +281,7 @@ fn fill(app: &AppStream, buf: &mut BytesMut) -> io::Result<bool> {
 async fn downstream(
     app: &AppStream,
     recv: &mut RecvStream,
-    received: &AtomicU64,
+    way: Way<'_>,
     preface: Preface,
 ) -> Result<(), Stop> {
     if preface == Preface::Answer {
@@ -242,7 +293,7 @@ async fn downstream(
     loop {
         match recv.read_chunk(usize::MAX, true).await {
             Ok(Some(chunk)) => {
-                received.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                way.saw(&chunk.bytes);
                 app.write_all(&chunk.bytes).await.map_err(Abort::App)?;
             }
             Ok(None) => {

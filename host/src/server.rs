@@ -14,10 +14,12 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::addr::Address;
 use crate::app::AppStream;
-use crate::plugins::TokenParser;
-use crate::relay::{self, Abort, ByteCounters, Preface, Side, log_end};
+use crate::plugins::{Discriminator, TokenParser};
+use crate::relay::{self, Abort, Preface, Side, log_end};
+use crate::sniff::Sniffer;
 use crate::tls::{self, Identity};
 use crate::transport::{self, TransportOptions};
+use crate::tunnel::{Tunnel, TunnelRegistry, TunnelSpec};
 use crate::wire::{self, Answer, ErrorCode, Status, TOKEN_HEADER_LEN, WireError};
 
 /// Everything the server needs, already checked.
@@ -32,6 +34,8 @@ pub struct ServerConfig {
     /// Longest time to connect to a target.
     pub connect_timeout: Duration,
     pub max_connections: usize,
+    /// Discriminators run on every tunnel.
+    pub discriminators: Vec<Discriminator>,
 }
 
 /// A bound server endpoint.
@@ -42,6 +46,8 @@ pub struct Server {
 
 struct Shared {
     parser: TokenParser,
+    discriminators: Vec<Discriminator>,
+    registry: Arc<TunnelRegistry>,
     handshake_timeout: Duration,
     connect_timeout: Duration,
     max_connections: usize,
@@ -62,6 +68,8 @@ impl Server {
             .with_context(|| format!("cannot listen on udp {}", config.listen))?;
         let shared = Arc::new(Shared {
             parser: config.parser,
+            discriminators: config.discriminators,
+            registry: Arc::default(),
             handshake_timeout: config.handshake_timeout,
             connect_timeout: config.connect_timeout,
             max_connections: config.max_connections,
@@ -72,6 +80,11 @@ impl Server {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// The live tunnels.
+    pub fn registry(&self) -> Arc<TunnelRegistry> {
+        self.shared.registry.clone()
     }
 
     /// A handle to close the endpoint from elsewhere.
@@ -110,7 +123,8 @@ async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
                 let span = info_span!("tunnel", stream_id = %send.id(), server_app = tracing::field::Empty);
-                tokio::spawn(serve_stream(send, recv, shared.clone()).instrument(span));
+                let remote = connection.remote_address();
+                tokio::spawn(serve_stream(send, recv, remote, shared.clone()).instrument(span));
             }
             Err(error) => return info!("connection closed: {error}"),
         }
@@ -118,7 +132,12 @@ async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
 }
 
 /// Serves one tunnel.
-async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>) {
+async fn serve_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    remote_endpoint: SocketAddr,
+    shared: Arc<Shared>,
+) {
     let token = match tokio::time::timeout(shared.handshake_timeout, read_token(&mut recv)).await {
         Ok(Ok(token)) => token,
         Ok(Err(TokenError::Wire(error))) => {
@@ -164,10 +183,18 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Sh
         return debug!("peer went away before the answer: {error}");
     }
     debug!("tunnel open");
-    let counters = ByteCounters::default();
+    let registered = shared.registry.register(Tunnel::new(TunnelSpec {
+        stream_id: u64::from(send.id()),
+        side: Side::Server,
+        client_app: None,
+        server_app: Some(target.to_string()),
+        remote_endpoint,
+    }));
+    let tunnel = registered.tunnel();
+    let sniffer = Sniffer::start(&shared.discriminators, tunnel.clone());
     log_end(
-        relay::relay(app, send, recv, Side::Server, &counters, Preface::None).await,
-        &counters,
+        relay::relay(app, send, recv, tunnel, Preface::None, sniffer.as_ref()).await,
+        tunnel,
     );
 }
 

@@ -92,6 +92,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         transport: args.common.transport(0),
         handshake_timeout: args.handshake_timeout,
         outage_wait: args.outage_wait,
+        discriminators: args.common.discriminators()?,
     })
     .await?;
     tokio::select! {

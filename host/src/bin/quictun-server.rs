@@ -75,6 +75,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         handshake_timeout: args.handshake_timeout,
         connect_timeout: args.connect_timeout,
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        discriminators: args.common.discriminators()?,
     })?;
     warn!("no --allow-target rule: this server relays to any address a client names");
     let endpoint = server.endpoint();

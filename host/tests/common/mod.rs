@@ -5,18 +5,22 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use quictun::addr::Address;
 use quictun::client::{Client, ClientConfig};
-use quictun::plugins::{TokenParser, TokenSource};
+use quictun::plugins::{Discriminator, TokenParser, TokenSource};
 use quictun::server::{Server, ServerConfig};
 use quictun::tls::{Identity, Verification};
 use quictun::transport::TransportOptions;
+use quictun::tunnel::TunnelRegistry;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
+
+/// The plugin packages the tests load.
+const PLUGINS: &[&str] = &["fixed", "cleartext", "file", "http", "spice"];
 
 /// The directory holding freshly built plugin libraries (`target/debug`).
 ///
@@ -49,6 +53,11 @@ pub fn plugin_dir() -> &'static Path {
         assert!(status.success(), "building the plugins failed");
         dir
     })
+}
+
+/// The built-in Spice discriminator, as both endpoints load it by default.
+pub fn discriminators() -> Vec<Discriminator> {
+    vec![Discriminator::load("Spice", Some(plugin_dir())).expect("load Spice")]
 }
 
 pub fn plugin_path(name: &str) -> PathBuf {
@@ -91,6 +100,7 @@ pub fn transport() -> TransportOptions {
 /// A running server endpoint on 127.0.0.1 with the Cleartext parser.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub registry: Arc<TunnelRegistry>,
     task: JoinHandle<()>,
 }
 
@@ -111,11 +121,14 @@ pub fn start_server(parser_key: &str) -> TestServer {
         handshake_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
         max_connections: 100,
+        discriminators: discriminators(),
     })
     .expect("bind server");
     let addr = server.local_addr().unwrap();
+    let registry = server.registry();
     TestServer {
         addr,
+        registry,
         task: tokio::spawn(server.run()),
     }
 }
@@ -123,6 +136,7 @@ pub fn start_server(parser_key: &str) -> TestServer {
 /// A running client endpoint with the Fixed token source.
 pub struct TestClient {
     pub addr: Address,
+    pub registry: Arc<TunnelRegistry>,
     task: JoinHandle<()>,
 }
 
@@ -142,12 +156,15 @@ pub async fn start_client(listen: Address, server: SocketAddr, token: &str) -> T
         transport: transport(),
         handshake_timeout: Duration::from_secs(5),
         outage_wait: Duration::from_secs(5),
+        discriminators: discriminators(),
     })
     .await
     .expect("bind client");
     let addr = client.local_addr().unwrap();
+    let registry = client.registry();
     TestClient {
         addr,
+        registry,
         task: tokio::spawn(client.run()),
     }
 }

@@ -1,0 +1,219 @@
+//! The live tunnels of one endpoint: what the REST API lists and what an operator can close.
+//!
+//! A tunnel is registered when its stream is open and removed when its relay ends (the
+//! registration is a guard, so no path forgets it). Byte counts are atomics updated by the
+//! relay; the protocol is set by the discriminators as soon as one affirms.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::relay::{ByteCounters, Side};
+
+/// One application connection carried by one QUIC stream.
+#[derive(Debug)]
+pub struct Tunnel {
+    pub uuid: Uuid,
+    pub stream_id: u64,
+    pub side: Side,
+    /// The client application's address (client side only).
+    pub client_app: Option<String>,
+    /// The server application's address (server side only).
+    pub server_app: Option<String>,
+    pub remote_endpoint: SocketAddr,
+    pub created_at: SystemTime,
+    pub counters: ByteCounters,
+    protocol: Mutex<Option<Protocol>>,
+    closed_by_operator: Notify,
+}
+
+/// What a discriminator found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Protocol {
+    pub name: String,
+    /// The discriminator's properties, a JSON object, once it has any.
+    pub properties: Option<serde_json::Value>,
+}
+
+/// Which endpoint and peer a new tunnel belongs to.
+#[derive(Debug, Clone)]
+pub struct TunnelSpec {
+    pub stream_id: u64,
+    pub side: Side,
+    pub client_app: Option<String>,
+    pub server_app: Option<String>,
+    pub remote_endpoint: SocketAddr,
+}
+
+impl Tunnel {
+    pub fn new(spec: TunnelSpec) -> Tunnel {
+        Tunnel {
+            uuid: Uuid::new_v4(),
+            stream_id: spec.stream_id,
+            side: spec.side,
+            client_app: spec.client_app,
+            server_app: spec.server_app,
+            remote_endpoint: spec.remote_endpoint,
+            created_at: SystemTime::now(),
+            counters: ByteCounters::default(),
+            protocol: Mutex::new(None),
+            closed_by_operator: Notify::new(),
+        }
+    }
+
+    pub fn protocol(&self) -> Option<Protocol> {
+        lock(&self.protocol).clone()
+    }
+
+    /// Records an affirmation by `name`. The first protocol affirmed wins; later updates of
+    /// the same protocol replace its properties.
+    pub fn affirm(&self, name: &str, properties: Option<serde_json::Value>) {
+        let mut protocol = lock(&self.protocol);
+        match protocol.as_mut() {
+            None => {
+                *protocol = Some(Protocol {
+                    name: name.to_owned(),
+                    properties,
+                });
+            }
+            Some(known) if known.name == name && properties.is_some() => {
+                known.properties = properties;
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Asks the relay to close this tunnel.
+    pub fn close(&self) {
+        self.closed_by_operator.notify_one();
+    }
+
+    /// Resolves when [`close`](Self::close) was called.
+    pub async fn closed(&self) {
+        self.closed_by_operator.notified().await;
+    }
+
+    pub fn client_to_server(&self) -> u64 {
+        self.counters.client_to_server.load(Ordering::Relaxed)
+    }
+
+    pub fn server_to_client(&self) -> u64 {
+        self.counters.server_to_client.load(Ordering::Relaxed)
+    }
+}
+
+/// The registry of one endpoint's live tunnels.
+#[derive(Debug, Default)]
+pub struct TunnelRegistry {
+    tunnels: Mutex<HashMap<Uuid, Arc<Tunnel>>>,
+    opened: AtomicU64,
+}
+
+impl TunnelRegistry {
+    /// Adds a tunnel; it stays listed until the returned guard is dropped.
+    pub fn register(self: &Arc<Self>, tunnel: Tunnel) -> Registered {
+        let tunnel = Arc::new(tunnel);
+        lock(&self.tunnels).insert(tunnel.uuid, tunnel.clone());
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Registered {
+            registry: self.clone(),
+            tunnel,
+        }
+    }
+
+    /// The live tunnels, oldest first.
+    pub fn list(&self) -> Vec<Arc<Tunnel>> {
+        let mut all: Vec<_> = lock(&self.tunnels).values().cloned().collect();
+        all.sort_by_key(|t| (t.created_at, t.stream_id));
+        all
+    }
+
+    pub fn get(&self, uuid: &Uuid) -> Option<Arc<Tunnel>> {
+        lock(&self.tunnels).get(uuid).cloned()
+    }
+
+    pub fn open_count(&self) -> usize {
+        lock(&self.tunnels).len()
+    }
+
+    /// Tunnels opened since start.
+    pub fn opened_total(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
+/// A tunnel's place in the registry, given up on drop.
+#[derive(Debug)]
+pub struct Registered {
+    registry: Arc<TunnelRegistry>,
+    tunnel: Arc<Tunnel>,
+}
+
+impl Registered {
+    pub fn tunnel(&self) -> &Arc<Tunnel> {
+        &self.tunnel
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.registry.tunnels).remove(&self.tunnel.uuid);
+    }
+}
+
+/// A poisoned lock only means another tunnel's task panicked; the data is still sound.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(stream_id: u64) -> TunnelSpec {
+        TunnelSpec {
+            stream_id,
+            side: Side::Server,
+            client_app: None,
+            server_app: Some("tcp:127.0.0.1:22".into()),
+            remote_endpoint: "127.0.0.1:5000".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn registration_lasts_as_long_as_the_guard() {
+        let registry = Arc::new(TunnelRegistry::default());
+        let first = registry.register(Tunnel::new(spec(0)));
+        let second = registry.register(Tunnel::new(spec(4)));
+        assert_eq!(registry.open_count(), 2);
+        assert!(registry.get(&first.tunnel().uuid).is_some());
+        drop(first);
+        assert_eq!(registry.list().len(), 1);
+        assert_eq!(registry.list()[0].stream_id, 4);
+        drop(second);
+        assert_eq!(registry.open_count(), 0);
+        assert_eq!(registry.opened_total(), 2);
+    }
+
+    #[test]
+    fn the_first_affirmed_protocol_wins() {
+        let tunnel = Tunnel::new(spec(0));
+        assert_eq!(tunnel.protocol(), None);
+        tunnel.affirm("spice", None);
+        tunnel.affirm("other", Some(serde_json::json!({"x": 1})));
+        tunnel.affirm("spice", Some(serde_json::json!({"version": "2.2"})));
+        let protocol = tunnel.protocol().unwrap();
+        assert_eq!(protocol.name, "spice");
+        assert_eq!(
+            protocol.properties,
+            Some(serde_json::json!({"version": "2.2"}))
+        );
+    }
+}
