@@ -161,34 +161,79 @@ fn library_error(path: &Path, error: LibraryError) -> LoadError {
             expected: expected_version.to_string(),
             found: actual_version.to_string(),
         },
-        LibraryError::AbiInstability(detail) => LoadError::Layout {
-            path,
-            detail: useful_layout_lines(&detail.to_string()),
-        },
-        other => LoadError::Layout {
-            path,
-            detail: useful_layout_lines(&other.to_string()),
-        },
+        LibraryError::AbiInstability(detail) => layout_error(path, &detail.to_string()),
+        other => layout_error(path, &other.to_string()),
     }
 }
 
-/// A layout report runs to a thousand lines; the ones starting with `Error:` say what differs.
-fn useful_layout_lines(report: &str) -> String {
-    let lines: Vec<_> = report
-        .lines()
-        .map(str::trim)
-        .filter(|line| line.starts_with("Error:"))
-        .take(3)
-        .collect();
-    if lines.is_empty() {
-        report
+/// A layout report runs to a thousand lines. Its `Error:` lines, each followed by
+/// `Expected:` and `Found:` values, say what differs; a package version difference is an ABI
+/// version mismatch.
+fn layout_error(path: PathBuf, report: &str) -> LoadError {
+    let differences = layout_differences(report);
+    if let Some(version) = differences
+        .iter()
+        .find(|d| d.reason == "incompatible package versions")
+    {
+        return LoadError::Version {
+            path,
+            expected: version.expected.clone(),
+            found: version.found.clone(),
+        };
+    }
+    let mut lines: Vec<String> = differences.iter().map(ToString::to_string).collect();
+    lines.dedup();
+    let detail = match lines.len() {
+        0 => report
             .lines()
             .next()
             .unwrap_or("unknown difference")
-            .to_owned()
-    } else {
-        lines.join("; ")
+            .to_owned(),
+        _ => lines.into_iter().take(3).collect::<Vec<_>>().join("; "),
+    };
+    LoadError::Layout { path, detail }
+}
+
+/// One `Error:` entry of a layout report.
+#[derive(Debug, PartialEq)]
+struct Difference {
+    reason: String,
+    expected: String,
+    found: String,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (expected {}, found {})",
+            self.reason, self.expected, self.found
+        )
     }
+}
+
+fn layout_differences(report: &str) -> Vec<Difference> {
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    // The value on the line after `label`, within the few lines that follow an `Error:`.
+    let value_after = |label: &str, from: usize| {
+        let window = lines.get(from..(from + 4).min(lines.len()))?;
+        let at = window.iter().position(|line| *line == label)?;
+        window.get(at + 1).map(|value| value.to_string())
+    };
+    lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let reason = line.strip_prefix("Error:")?.trim().to_owned();
+            let expected = value_after("Expected:", i + 1).unwrap_or_default();
+            let found = value_after("Found:", i + 1).unwrap_or_default();
+            Some(Difference {
+                reason,
+                expected,
+                found,
+            })
+        })
+        .collect()
 }
 
 /// The log callback handed to plugins: their messages land in our log with their name.
@@ -415,5 +460,28 @@ impl std::fmt::Debug for TokenSource {
 impl std::fmt::Debug for TokenParser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("TokenParser").field(&self.info).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_reports_are_boiled_down_to_their_differences() {
+        let report = "header\n\nError:incompatible package versions\nExpected:\n    0.1.0\nFound:\n    0.2.0\n1 error(s)inside:\n";
+        let error = layout_error(PathBuf::from("/x.so"), report);
+        assert_eq!(
+            error.to_string(),
+            "cannot load /x.so: built for plugin ABI 0.2.0, this quictun has 0.1.0 (rebuild the plugin against quictun-plugin-api 0.1.0)"
+        );
+        let report = "Error:mismatched type\nExpected:\n  A\nFound:\n  B\nError:mismatched type\nExpected:\n  A\nFound:\n  B\n";
+        let error = layout_error(PathBuf::from("/x.so"), report);
+        assert_eq!(
+            error.to_string(),
+            "cannot load /x.so: plugin ABI layout mismatch: mismatched type (expected A, found B)"
+        );
+        let error = layout_error(PathBuf::from("/x.so"), "");
+        assert!(error.to_string().ends_with("unknown difference"), "{error}");
     }
 }

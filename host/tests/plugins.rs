@@ -133,3 +133,112 @@ async fn two_copies_of_one_plugin_load_side_by_side() {
     assert_eq!(first.token("a").await.unwrap(), b"tcp:127.0.0.1:1");
     assert_eq!(second.token("a").await.unwrap(), b"tcp:127.0.0.1:2");
 }
+
+#[test]
+fn a_plugin_built_for_another_abi_version_names_both_versions() {
+    let path = plugin_dir().join("libquictun_test_future_abi.so");
+    let error = TokenSource::load(path.to_str().unwrap(), "", None).unwrap_err();
+    assert!(matches!(error, LoadError::Version { .. }), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("built for plugin ABI 0.2.0"), "{text}");
+    assert!(text.contains("this quictun has 0.1.0"), "{text}");
+}
+
+fn test_parser() -> TokenParser {
+    let path = plugin_dir().join("libquictun_test_parser.so");
+    TokenParser::load(path.to_str().unwrap(), "", None).unwrap()
+}
+
+#[tokio::test]
+async fn a_panic_inside_a_plugin_becomes_an_error_and_the_plugin_goes_on() {
+    let parser = test_parser();
+    let error = parser.target(b"panic".to_vec()).await.unwrap_err();
+    assert_eq!(error.kind, FailureKind::Panicked);
+    assert_eq!(error.message.as_str(), "plugin panicked: asked to panic");
+    assert_eq!(
+        parser.target(b"tcp:127.0.0.1:1".to_vec()).await.unwrap(),
+        "tcp:127.0.0.1:1"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_blocking_plugin_call_does_not_stall_the_runtime() {
+    // One runtime thread: if the plugin blocked it, the timer below could not fire before
+    // the plugin returned.
+    let parser = test_parser();
+    let call =
+        tokio::spawn(async move { parser.target(b"sleep:1500,tcp:127.0.0.1:9".to_vec()).await });
+    let started = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!call.is_finished());
+    assert_eq!(call.await.unwrap().unwrap(), "tcp:127.0.0.1:9");
+}
+
+#[tokio::test]
+async fn two_discriminators_and_two_token_sources_of_different_files_work_together() {
+    use quictun::plugins::Discriminator;
+    use quictun_plugin_api::{Direction, Verdict};
+    let dir = TempDir::new("side-by-side");
+    let copy = dir.join("libanother_spice.so");
+    std::fs::copy(plugin_dir().join("libquictun_plugin_spice.so"), &copy).unwrap();
+    let first = Discriminator::load("Spice", Some(plugin_dir())).unwrap();
+    let second = Discriminator::load(copy.to_str().unwrap(), None).unwrap();
+    for discriminator in [&first, &second] {
+        let mut session = discriminator.session().unwrap();
+        let verdict = session.feed(Direction::ClientToServer, b"REDQ".as_slice().into());
+        assert_eq!(verdict.into_result().unwrap(), Verdict::AffirmedIncomplete);
+        let mut other = discriminator.session().unwrap();
+        let verdict = other.feed(
+            Direction::ClientToServer,
+            b"GET / HTTP/1.1".as_slice().into(),
+        );
+        assert_eq!(verdict.into_result().unwrap(), Verdict::Denied);
+    }
+    let table = dir.join("tokens");
+    std::fs::write(&table, "127.0.0.1 tcp:127.0.0.1:7\n").unwrap();
+    let file = TokenSource::load("File", table.to_str().unwrap(), Some(plugin_dir())).unwrap();
+    let fixed = TokenSource::load("Fixed", "tcp:127.0.0.1:8", Some(plugin_dir())).unwrap();
+    assert_eq!(
+        file.token("127.0.0.1:1000").await.unwrap(),
+        b"tcp:127.0.0.1:7"
+    );
+    assert_eq!(
+        fixed.token("127.0.0.1:1000").await.unwrap(),
+        b"tcp:127.0.0.1:8"
+    );
+    assert_eq!(
+        file.token("10.0.0.1:1000").await.unwrap_err().kind,
+        FailureKind::Refused
+    );
+}
+
+#[tokio::test]
+async fn the_third_party_example_loads_by_path() {
+    let path = plugin_dir().join("libround_robin_source.so");
+    let source = TokenSource::load(
+        path.to_str().unwrap(),
+        "tcp:127.0.0.1:1, tcp:127.0.0.1:2",
+        None,
+    )
+    .unwrap();
+    assert_eq!(source.info().name, "RoundRobin");
+    let turns: Vec<Vec<u8>> = [
+        source.token("a").await.unwrap(),
+        source.token("b").await.unwrap(),
+        source.token("c").await.unwrap(),
+    ]
+    .into();
+    assert_eq!(
+        turns,
+        [
+            b"tcp:127.0.0.1:1".to_vec(),
+            b"tcp:127.0.0.1:2".to_vec(),
+            b"tcp:127.0.0.1:1".to_vec()
+        ]
+    );
+}

@@ -19,8 +19,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-/// The plugin packages the tests load.
-const PLUGINS: &[&str] = &["fixed", "cleartext", "file", "http", "spice"];
+/// The packages whose libraries the tests load: the built-in plugins, the test fixtures and
+/// the third-party example.
+const LIBRARIES: &[&str] = &[
+    "quictun-plugin-fixed",
+    "quictun-plugin-cleartext",
+    "quictun-plugin-file",
+    "quictun-plugin-http",
+    "quictun-plugin-spice",
+    "quictun-test-parser",
+    "round-robin-source",
+];
 
 /// The directory holding freshly built plugin libraries (`target/debug`).
 ///
@@ -36,23 +45,56 @@ pub fn plugin_dir() -> &'static Path {
             .and_then(Path::parent)
             .expect("target/<profile>")
             .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "quictun-plugin-fixed",
-            "-p",
-            "quictun-plugin-cleartext",
-        ]);
-        if dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build for the plugins");
-        assert!(status.success(), "building the plugins failed");
+        let release = dir.ends_with("release");
+        cargo_build(
+            &LIBRARIES.iter().flat_map(|p| ["-p", p]).collect::<Vec<_>>(),
+            release,
+        );
+        // A plugin built against a later plugin API: its own workspace, the same target dir.
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/future-abi/Cargo.toml"
+        );
+        let target = dir
+            .parent()
+            .expect("target dir")
+            .to_str()
+            .expect("UTF-8 path");
+        cargo_build(
+            &["--manifest-path", fixture, "--target-dir", target],
+            release,
+        );
         dir
     })
+}
+
+fn cargo_build(args: &[&str], release: bool) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "--quiet"]).args(args);
+    // Cargo sets these for the test process. Build scripts that watch them (ring's does)
+    // would see a changed environment and rebuild, then rebuild again for the next plain
+    // `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_for_tests = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&&*name);
+        if set_for_tests {
+            build.env_remove(&*name);
+        }
+    }
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
 }
 
 /// The built-in Spice discriminator, as both endpoints load it by default.
@@ -113,11 +155,19 @@ impl Drop for TestServer {
 pub fn start_server(parser_key: &str) -> TestServer {
     let parser =
         TokenParser::load("Cleartext", parser_key, Some(plugin_dir())).expect("load Cleartext");
+    start_server_with(parser)
+}
+
+pub fn start_server_with(parser: TokenParser) -> TestServer {
+    start_server_opts(parser, transport())
+}
+
+pub fn start_server_opts(parser: TokenParser, transport: TransportOptions) -> TestServer {
     let server = Server::bind(ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         parser,
         identity: Identity::self_signed(&["localhost"]).unwrap(),
-        transport: transport(),
+        transport: transport.clone(),
         handshake_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
         max_connections: 100,
@@ -147,13 +197,22 @@ impl Drop for TestClient {
 }
 
 pub async fn start_client(listen: Address, server: SocketAddr, token: &str) -> TestClient {
+    start_client_opts(listen, server, token, transport()).await
+}
+
+pub async fn start_client_opts(
+    listen: Address,
+    server: SocketAddr,
+    token: &str,
+    transport: TransportOptions,
+) -> TestClient {
     let source = TokenSource::load("Fixed", token, Some(plugin_dir())).expect("load Fixed");
     let client = Client::bind(ClientConfig {
         listen,
         server: server.into(),
         source,
         verification: Verification::Insecure,
-        transport: transport(),
+        transport: transport.clone(),
         handshake_timeout: Duration::from_secs(5),
         outage_wait: Duration::from_secs(5),
         discriminators: discriminators(),
