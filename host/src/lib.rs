@@ -4,6 +4,7 @@ pub mod addr;
 pub mod app;
 pub mod cli;
 pub mod client;
+pub mod congestion;
 pub mod plugins;
 pub mod relay;
 pub mod server;

@@ -29,6 +29,9 @@ pub enum Congestion {
     Cubic,
     Newreno,
     Bbr,
+    /// Our own model-based controller (docs/CONGESTION.md): keeps the link full under random
+    /// loss without flooding the bottleneck queue.
+    Adaptive,
 }
 
 /// Settings both endpoints apply to their QUIC connections.
@@ -69,6 +72,7 @@ impl TransportOptions {
             Congestion::Cubic => Arc::new(CubicConfig::default()),
             Congestion::Newreno => Arc::new(NewRenoConfig::default()),
             Congestion::Bbr => Arc::new(BbrConfig::default()),
+            Congestion::Adaptive => Arc::new(crate::congestion::AdaptiveConfig::default()),
         };
         config.congestion_controller_factory(factory);
         Ok(config)

@@ -213,3 +213,54 @@ async fn an_application_reset_reaches_the_other_application_as_a_reset() {
     let error = result.expect_err("a reset must not look like a complete transfer");
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_parser_fails_only_its_tunnel_with_status_5() {
+    use quictun::plugins::TokenParser;
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let path = plugin_dir().join("libquictun_test_parser.so");
+    let server = start_server_with(TokenParser::load(path.to_str().unwrap(), "", None).unwrap());
+    let connection = raw_connection(server.addr).await;
+    let answer = raw_answer(&connection, &token_frame("panic"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, Status::PluginError);
+    assert_eq!(answer.reason, "plugin panicked: asked to panic");
+    // The server, the connection and the plugin all go on.
+    let client = start_client(local_tcp(), server.addr, &app.addr.to_string()).await;
+    let echoed = within(30, exchange(connect(&client.addr).await, b"alive".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(echoed, b"alive");
+    let answer = raw_answer(&connection, &token_frame("panic"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, Status::PluginError);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_congestion_controller_carries_the_bytes_exactly() {
+    use quictun::plugins::TokenParser;
+    use quictun::transport::{Congestion, TransportOptions};
+    let app = app_server_tcp(Behaviour::Echo).await;
+    for congestion in [
+        Congestion::Cubic,
+        Congestion::Newreno,
+        Congestion::Bbr,
+        Congestion::Adaptive,
+    ] {
+        let options = TransportOptions {
+            congestion,
+            ..transport()
+        };
+        let parser = TokenParser::load("Cleartext", "", Some(plugin_dir())).unwrap();
+        let server = start_server_opts(parser, options.clone());
+        let client =
+            start_client_opts(local_tcp(), server.addr, &app.addr.to_string(), options).await;
+        let data = pattern(16 * 1024 * 1024, congestion as u64);
+        let echoed = within(60, exchange(connect(&client.addr).await, data.clone()))
+            .await
+            .unwrap();
+        assert!(echoed == data, "{congestion:?} changed the bytes");
+    }
+}
