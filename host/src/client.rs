@@ -17,6 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::addr::{Address, Host, HostPort};
 use crate::app::{AppListener, AppStream};
+use crate::connections::{ConnectionRegistry, handshake_failure_reason};
 use crate::plugins::{Discriminator, TokenSource};
 use crate::relay::{self, Preface, Side, log_end};
 use crate::sniff::Sniffer;
@@ -70,6 +71,7 @@ impl Client {
             config: quic,
             handshake_timeout: config.handshake_timeout,
             current: Mutex::new(None),
+            registry: Arc::default(),
         };
         let shared = Arc::new(Shared {
             source: config.source,
@@ -79,6 +81,11 @@ impl Client {
             connector,
         });
         Ok(Client { listener, shared })
+    }
+
+    /// The live QUIC connection and handshake failures.
+    pub fn connections(&self) -> Arc<ConnectionRegistry> {
+        self.shared.connector.registry.clone()
     }
 
     /// The live tunnels.
@@ -168,6 +175,7 @@ struct Connector {
     config: quinn::ClientConfig,
     handshake_timeout: Duration,
     current: Mutex<Option<Connection>>,
+    registry: Arc<ConnectionRegistry>,
 }
 
 impl Connector {
@@ -178,6 +186,7 @@ impl Connector {
             return Ok(connection.clone());
         }
         let connection = self.connect().await?;
+        self.registry.watch(&connection);
         *current = Some(connection.clone());
         Ok(connection)
     }
@@ -198,15 +207,21 @@ impl Connector {
         let connecting = endpoint
             .connect_with(self.config.clone(), addr, &name)
             .with_context(|| format!("cannot connect to server {server}"))?;
-        let connection = tokio::time::timeout(self.handshake_timeout, connecting)
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
+        let connection = match tokio::time::timeout(self.handshake_timeout, connecting).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
+                self.registry
+                    .handshake_failed(handshake_failure_reason(&error));
+                anyhow::bail!("cannot connect to server {server}: {error}");
+            }
+            Err(_) => {
+                self.registry.handshake_failed("timeout");
+                anyhow::bail!(
                     "no handshake with server {server} within {:?}",
                     self.handshake_timeout
-                )
-            })?
-            .with_context(|| format!("cannot connect to server {server}"))?;
+                );
+            }
+        };
         info!(server = %server, remote_endpoint = %addr, "connected to server");
         debug!(rtt = ?connection.rtt(), "first round trip");
         Ok(connection)

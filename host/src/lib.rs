@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod client;
 pub mod congestion;
+pub mod connections;
 pub mod plugins;
 pub mod relay;
 pub mod server;

@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::addr::Address;
 use crate::app::AppStream;
+use crate::connections::{ConnectionRegistry, handshake_failure_reason};
 use crate::plugins::{Discriminator, TokenParser};
 use crate::relay::{self, Abort, Preface, Side, log_end};
 use crate::sniff::Sniffer;
@@ -48,6 +49,7 @@ struct Shared {
     parser: TokenParser,
     discriminators: Vec<Discriminator>,
     registry: Arc<TunnelRegistry>,
+    connections_registry: Arc<ConnectionRegistry>,
     handshake_timeout: Duration,
     connect_timeout: Duration,
     max_connections: usize,
@@ -70,6 +72,7 @@ impl Server {
             parser: config.parser,
             discriminators: config.discriminators,
             registry: Arc::default(),
+            connections_registry: Arc::default(),
             handshake_timeout: config.handshake_timeout,
             connect_timeout: config.connect_timeout,
             max_connections: config.max_connections,
@@ -87,6 +90,11 @@ impl Server {
         self.shared.registry.clone()
     }
 
+    /// The live QUIC connections and handshake failures.
+    pub fn connections(&self) -> Arc<ConnectionRegistry> {
+        self.shared.connections_registry.clone()
+    }
+
     /// A handle to close the endpoint from elsewhere.
     pub fn endpoint(&self) -> Endpoint {
         self.endpoint.clone()
@@ -99,6 +107,9 @@ impl Server {
             let shared = self.shared.clone();
             if shared.connections.load(Ordering::Relaxed) >= shared.max_connections {
                 warn!(remote = %incoming.remote_address(), limit = shared.max_connections, "connection refused: too many connections");
+                shared
+                    .connections_registry
+                    .handshake_failed("too_many_connections");
                 incoming.refuse();
                 continue;
             }
@@ -115,9 +126,18 @@ async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
     });
     let connection = match tokio::time::timeout(shared.handshake_timeout, incoming).await {
         Ok(Ok(connection)) => connection,
-        Ok(Err(error)) => return warn!("handshake failed: {error}"),
-        Err(_) => return warn!("handshake timed out after {:?}", shared.handshake_timeout),
+        Ok(Err(error)) => {
+            shared
+                .connections_registry
+                .handshake_failed(handshake_failure_reason(&error));
+            return warn!("handshake failed: {error}");
+        }
+        Err(_) => {
+            shared.connections_registry.handshake_failed("timeout");
+            return warn!("handshake timed out after {:?}", shared.handshake_timeout);
+        }
     };
+    let _listed = shared.connections_registry.register(&connection);
     info!("connection established");
     loop {
         match connection.accept_bi().await {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use quictun::addr::Address;
 use quictun::client::{Client, ClientConfig};
+use quictun::connections::ConnectionRegistry;
 use quictun::plugins::{Discriminator, TokenParser, TokenSource};
 use quictun::server::{Server, ServerConfig};
 use quictun::tls::{Identity, Verification};
@@ -143,6 +144,7 @@ pub fn transport() -> TransportOptions {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub registry: Arc<TunnelRegistry>,
+    pub connections: Arc<ConnectionRegistry>,
     task: JoinHandle<()>,
 }
 
@@ -176,9 +178,11 @@ pub fn start_server_opts(parser: TokenParser, transport: TransportOptions) -> Te
     .expect("bind server");
     let addr = server.local_addr().unwrap();
     let registry = server.registry();
+    let connections = server.connections();
     TestServer {
         addr,
         registry,
+        connections,
         task: tokio::spawn(server.run()),
     }
 }
@@ -187,6 +191,7 @@ pub fn start_server_opts(parser: TokenParser, transport: TransportOptions) -> Te
 pub struct TestClient {
     pub addr: Address,
     pub registry: Arc<TunnelRegistry>,
+    pub connections: Arc<ConnectionRegistry>,
     task: JoinHandle<()>,
 }
 
@@ -221,9 +226,11 @@ pub async fn start_client_opts(
     .expect("bind client");
     let addr = client.local_addr().unwrap();
     let registry = client.registry();
+    let connections = client.connections();
     TestClient {
         addr,
         registry,
+        connections,
         task: tokio::spawn(client.run()),
     }
 }

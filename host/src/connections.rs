@@ -1,0 +1,138 @@
+//! The live QUIC connections of one endpoint, and its handshake failures, for the REST API
+//! and the metrics.
+//!
+//! A connection is listed from the end of its handshake until it closes. Its RTT, congestion
+//! window and losses are read from quinn when asked, never copied on the data path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use quinn::{Connection, ConnectionError};
+
+/// One endpoint's connections.
+#[derive(Debug, Default)]
+pub struct ConnectionRegistry {
+    live: Mutex<HashMap<usize, Entry>>,
+    handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    connection: Connection,
+    created_at: SystemTime,
+}
+
+/// A snapshot of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub id: usize,
+    pub remote: SocketAddr,
+    pub created_at: SystemTime,
+    pub rtt: Duration,
+    pub congestion_window: u64,
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    pub lost_bytes: u64,
+    pub congestion_events: u64,
+}
+
+impl ConnectionRegistry {
+    /// Lists `connection` until the returned guard is dropped.
+    pub fn register(self: &Arc<Self>, connection: &Connection) -> ListedConnection {
+        let id = connection.stable_id();
+        let entry = Entry {
+            connection: connection.clone(),
+            created_at: SystemTime::now(),
+        };
+        lock(&self.live).insert(id, entry);
+        ListedConnection {
+            registry: self.clone(),
+            id,
+        }
+    }
+
+    /// Lists `connection` until it closes.
+    pub fn watch(self: &Arc<Self>, connection: &Connection) {
+        let listed = self.register(connection);
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            connection.closed().await;
+            drop(listed);
+        });
+    }
+
+    pub fn list(&self) -> Vec<ConnectionInfo> {
+        let mut all: Vec<ConnectionInfo> = lock(&self.live)
+            .iter()
+            .map(|(&id, entry)| {
+                let stats = entry.connection.stats();
+                ConnectionInfo {
+                    id,
+                    remote: entry.connection.remote_address(),
+                    created_at: entry.created_at,
+                    rtt: stats.path.rtt,
+                    congestion_window: stats.path.cwnd,
+                    sent_packets: stats.path.sent_packets,
+                    lost_packets: stats.path.lost_packets,
+                    lost_bytes: stats.path.lost_bytes,
+                    congestion_events: stats.path.congestion_events,
+                }
+            })
+            .collect();
+        all.sort_by_key(|c| (c.created_at, c.id));
+        all
+    }
+
+    pub fn open_count(&self) -> usize {
+        lock(&self.live).len()
+    }
+
+    /// Counts a failed handshake under a short reason.
+    pub fn handshake_failed(&self, reason: &'static str) {
+        *lock(&self.handshake_failures).entry(reason).or_default() += 1;
+    }
+
+    /// Failed handshakes by reason.
+    pub fn handshake_failures(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.handshake_failures)
+            .iter()
+            .map(|(&k, &v)| (k, v))
+            .collect()
+    }
+}
+
+/// The short reason a handshake failed, for the metrics.
+pub fn handshake_failure_reason(error: &ConnectionError) -> &'static str {
+    match error {
+        ConnectionError::TimedOut => "timeout",
+        // TLS alerts travel as CRYPTO_ERROR codes 0x0100-0x01ff (RFC 9000 §20.1).
+        ConnectionError::TransportError(e) if (0x100..0x200).contains(&u64::from(e.code)) => "tls",
+        ConnectionError::TransportError(_) => "transport",
+        ConnectionError::ConnectionClosed(_) => "closed_by_peer",
+        ConnectionError::ApplicationClosed(_) => "closed_by_peer",
+        ConnectionError::Reset => "reset",
+        ConnectionError::VersionMismatch => "version",
+        ConnectionError::LocallyClosed | ConnectionError::CidsExhausted => "local",
+    }
+}
+
+/// A connection's place in the registry, given up on drop.
+#[derive(Debug)]
+pub struct ListedConnection {
+    registry: Arc<ConnectionRegistry>,
+    id: usize,
+}
+
+impl Drop for ListedConnection {
+    fn drop(&mut self) {
+        lock(&self.registry.live).remove(&self.id);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
