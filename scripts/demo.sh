@@ -24,6 +24,7 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 web_port=$(free_port); quic_port=$(free_port); tunnel_port=$(free_port)
+server_api=$(free_port); client_api=$(free_port)
 
 echo "==> a local web server on 127.0.0.1:$web_port (the application to reach)"
 mkdir "$work/www"
@@ -32,19 +33,21 @@ head -c $((64 * 1024 * 1024)) /dev/urandom > "$work/www/big.bin"
 python3 -m http.server "$web_port" --bind 127.0.0.1 --directory "$work/www" >"$work/web.log" 2>&1 &
 pids+=($!)
 
-echo "==> quictun-server on udp 127.0.0.1:$quic_port"
-"$bin/quictun-server" --listen-on "127.0.0.1:$quic_port" >"$work/server.log" 2>&1 &
+echo "==> quictun-server on udp 127.0.0.1:$quic_port, REST API on 127.0.0.1:$server_api"
+"$bin/quictun-server" --listen-on "127.0.0.1:$quic_port" \
+    --httpd-listen-on "127.0.0.1:$server_api" >"$work/server.log" 2>&1 &
 pids+=($!)
 
-echo "==> quictun-client on tcp 127.0.0.1:$tunnel_port, token tcp:127.0.0.1:$web_port"
+echo "==> quictun-client on tcp 127.0.0.1:$tunnel_port, token tcp:127.0.0.1:$web_port, REST API on 127.0.0.1:$client_api"
 "$bin/quictun-client" --listen-on "tcp:127.0.0.1:$tunnel_port" \
+    --httpd-listen-on "127.0.0.1:$client_api" \
     --server-endpoint "127.0.0.1:$quic_port" \
     --token-source "tcp:127.0.0.1:$web_port" \
     --insecure-skip-verify >"$work/client.log" 2>&1 &
 pids+=($!)
 
-# Wait until the web server and the tunnel's listener accept connections.
-for port in "$web_port" "$tunnel_port"; do
+# Wait until the web server, the tunnel's listener and the REST APIs accept connections.
+for port in "$web_port" "$tunnel_port" "$server_api" "$client_api"; do
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
         sleep 0.1
@@ -66,6 +69,22 @@ else
     echo "demo: the copy differs from the original" >&2
     exit 1
 fi
+
+echo
+echo "==> a connection held open through the tunnel: curl -s http://127.0.0.1:$client_api/tunnels"
+exec 3<>"/dev/tcp/127.0.0.1/$tunnel_port"
+tunnels=""
+for _ in $(seq 50); do
+    tunnels=$(curl -sS --max-time 5 "http://127.0.0.1:$client_api/tunnels")
+    [ "$tunnels" != "[]" ] && break
+    sleep 0.1
+done
+python3 -m json.tool <<<"$tunnels" | sed 's/^/  /'
+exec 3>&-
+
+echo
+echo "==> the server's accounting: curl -s http://127.0.0.1:$server_api/metrics | grep -v '^#'"
+curl -sS --max-time 5 "http://127.0.0.1:$server_api/metrics" | grep -v '^#' | sed 's/^/  /'
 
 echo
 echo "==> what the endpoints logged"

@@ -6,7 +6,7 @@
 //! to reset it.
 
 use std::io;
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,31 +25,28 @@ pub enum AppStream {
 }
 
 impl AppStream {
-    /// Dials `target`, trying each address a name resolves to, within `timeout` in all.
-    pub async fn connect(target: &Address, timeout: Duration) -> io::Result<AppStream> {
+    /// Dials the first of `addrs` that answers, within `timeout` in all.
+    pub async fn connect_tcp(addrs: &[SocketAddr], timeout: Duration) -> io::Result<AppStream> {
         let dial = async {
-            match target {
-                Address::Unix(path) => Ok(AppStream::Unix(UnixStream::connect(path).await?)),
-                Address::Tcp(host_port) => {
-                    let mut last_error = None;
-                    for addr in host_port.resolve().await? {
-                        match TcpStream::connect(addr).await {
-                            Ok(stream) => return Ok(AppStream::from_tcp(stream)),
-                            Err(error) => last_error = Some(error),
-                        }
-                    }
-                    Err(last_error.unwrap_or_else(|| {
-                        io::Error::new(io::ErrorKind::NotFound, "name resolved to no address")
-                    }))
+            let mut last_error = None;
+            for &addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(stream) => return Ok(AppStream::from_tcp(stream)),
+                    Err(error) => last_error = Some(error),
                 }
             }
+            Err(last_error
+                .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to dial")))
         };
-        tokio::time::timeout(timeout, dial).await.map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no answer within {timeout:?}"),
-            )
-        })?
+        within(timeout, dial).await
+    }
+
+    /// Dials a UNIX socket within `timeout`.
+    pub async fn connect_unix(path: &Path, timeout: Duration) -> io::Result<AppStream> {
+        within(timeout, async {
+            Ok(AppStream::Unix(UnixStream::connect(path).await?))
+        })
+        .await
     }
 
     pub fn from_tcp(stream: TcpStream) -> AppStream {
@@ -114,6 +111,21 @@ impl AppStream {
         }
         drop(self);
     }
+}
+
+/// Runs `work` with a time limit; running out is a `TimedOut` error.
+pub async fn within<T>(
+    timeout: Duration,
+    work: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            ))
+        })
 }
 
 /// The client's listener for application connections.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
+use crate::identity::{self, Identity};
 use crate::plugins::{Discriminator, LoadError};
 use crate::transport::{Congestion, TransportOptions};
 
@@ -20,6 +21,30 @@ pub struct CommonArgs {
     /// Log format.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// PEM certificate chain this endpoint presents (with --key-file). The server generates
+    /// one in --state-dir when none is given.
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+
+    /// PEM private key of --cert-file (ECDSA, Ed25519 or RSA).
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+
+    /// PEM bundle of the CA certificates that sign the other endpoint's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Verify the other endpoint's certificate against --ca-file (on the server: require
+    /// client certificates).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub verify_remote_endpoint: bool,
+
+    /// Where the server keeps its generated certificate and the client its known hosts
+    /// [default: $XDG_DATA_HOME/quictun or ~/.local/share/quictun].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 
     /// Directory searched first for built-in plugins given by name.
     #[arg(long, value_name = "DIR")]
@@ -43,6 +68,35 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(identity::default_state_dir)
+    }
+
+    /// The certificate this endpoint presents, when --cert-file and --key-file are given.
+    pub fn own_identity(&self) -> anyhow::Result<Option<Identity>> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Ok(Some(
+                Identity::from_pem_files(cert, key).map_err(anyhow::Error::msg)?,
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// The CA roots of --ca-file, required when --verify-remote-endpoint is given.
+    pub fn roots(&self) -> anyhow::Result<Option<rustls::RootCertStore>> {
+        match &self.ca_file {
+            Some(file) => Ok(Some(
+                identity::load_roots(file).map_err(anyhow::Error::msg)?,
+            )),
+            None if self.verify_remote_endpoint => anyhow::bail!(
+                "--verify-remote-endpoint needs --ca-file, the CA that signs the other endpoint's certificate"
+            ),
+            None => Ok(None),
+        }
+    }
+
     /// Loads every `--discriminator-plugin`.
     pub fn discriminators(&self) -> Result<Vec<Discriminator>, LoadError> {
         let dir = self.plugin_dir.as_deref();

@@ -6,23 +6,23 @@
 //! The QUIC connection is made lazily, on the first application connection, and made again
 //! when it has been lost.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use quinn::{Connection, Endpoint};
-use tokio::sync::Mutex;
+use quinn::{RecvStream, SendStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::addr::{Address, Host, HostPort};
+use crate::addr::{Address, HostPort};
 use crate::app::{AppListener, AppStream};
-use crate::connections::{ConnectionRegistry, handshake_failure_reason};
+use crate::connections::ConnectionRegistry;
+use crate::connector::{Connector, ConnectorConfig};
 use crate::plugins::{Discriminator, TokenSource};
 use crate::relay::{self, Preface, Side, log_end};
 use crate::sniff::Sniffer;
 use crate::tls::{self, Verification};
-use crate::transport::{self, TransportOptions};
+use crate::transport::TransportOptions;
 use crate::tunnel::{Tunnel, TunnelRegistry, TunnelSpec};
 use crate::wire;
 
@@ -33,11 +33,15 @@ pub struct ClientConfig {
     pub server: HostPort,
     pub source: TokenSource,
     pub verification: Verification,
+    /// The client's certificate, for servers that require one.
+    pub identity: Option<crate::identity::Identity>,
     pub transport: TransportOptions,
     /// Longest time for a QUIC handshake.
     pub handshake_timeout: Duration,
     /// How long an application connection waits for the QUIC connection or a free stream.
     pub outage_wait: Duration,
+    /// Longest pause between reconnection attempts.
+    pub reconnect_max_backoff: Duration,
     /// Discriminators run on every tunnel.
     pub discriminators: Vec<Discriminator>,
 }
@@ -45,6 +49,7 @@ pub struct ClientConfig {
 /// A client with its application listener bound.
 pub struct Client {
     listener: AppListener,
+    server: HostPort,
     shared: Arc<Shared>,
 }
 
@@ -62,17 +67,15 @@ impl Client {
         let listener = AppListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let crypto = tls::client_crypto(&config.verification)?;
+        let crypto = tls::client_crypto(&config.verification, config.identity)?;
         let mut quic = quinn::ClientConfig::new(crypto);
         quic.transport_config(Arc::new(config.transport.build()?));
-        let connector = Connector {
-            endpoint: None.into(),
-            server: config.server,
-            config: quic,
+        let connector = Connector::start(ConnectorConfig {
+            server: config.server.clone(),
+            quic,
             handshake_timeout: config.handshake_timeout,
-            current: Mutex::new(None),
-            registry: Arc::default(),
-        };
+            max_backoff: config.reconnect_max_backoff,
+        });
         let shared = Arc::new(Shared {
             source: config.source,
             discriminators: config.discriminators,
@@ -80,12 +83,16 @@ impl Client {
             outage_wait: config.outage_wait,
             connector,
         });
-        Ok(Client { listener, shared })
+        Ok(Client {
+            listener,
+            server: config.server,
+            shared,
+        })
     }
 
     /// The live QUIC connection and handshake failures.
     pub fn connections(&self) -> Arc<ConnectionRegistry> {
-        self.shared.connector.registry.clone()
+        self.shared.connector.registry()
     }
 
     /// The live tunnels.
@@ -100,7 +107,7 @@ impl Client {
     /// Accepts application connections until the task is dropped.
     pub async fn run(self) {
         info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-              server = %self.shared.connector.server, "client ready");
+              server = %self.server, "client ready");
         loop {
             match self.listener.accept().await {
                 Ok((app, client_app)) => {
@@ -132,19 +139,22 @@ async fn serve_app(app: AppStream, client_app: String, shared: Arc<Shared>) {
         return app.reset();
     }
     let wait = shared.outage_wait;
-    let opened = tokio::time::timeout(wait, async {
-        let connection = shared.connector.connection().await?;
-        let streams = connection.open_bi().await.context("cannot open a stream")?;
-        Ok::<_, anyhow::Error>((streams, connection.remote_address()))
-    });
-    let ((mut send, recv), remote_endpoint) = match opened.await {
-        Ok(Ok(streams)) => streams,
-        Ok(Err(error)) => {
-            warn!("connection closed: {error:#}");
-            return app.reset();
-        }
+    let ((mut send, recv), remote_endpoint) = match tokio::time::timeout(
+        wait,
+        open_stream(&shared.connector),
+    )
+    .await
+    {
+        Ok(opened) => opened,
         Err(_) => {
-            warn!("connection closed: no connection or free stream to the server within {wait:?}");
+            let why = shared
+                .connector
+                .last_error()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default();
+            warn!(
+                "connection closed: no connection or free stream to the server within {wait:?}{why}"
+            );
             return app.reset();
         }
     };
@@ -168,77 +178,14 @@ async fn serve_app(app: AppStream, client_app: String, shared: Arc<Shared>) {
     );
 }
 
-/// Holds the one QUIC connection to the server, making it when needed.
-struct Connector {
-    endpoint: std::sync::Mutex<Option<Endpoint>>,
-    server: HostPort,
-    config: quinn::ClientConfig,
-    handshake_timeout: Duration,
-    current: Mutex<Option<Connection>>,
-    registry: Arc<ConnectionRegistry>,
-}
-
-impl Connector {
-    /// The live connection, or a new one.
-    async fn connection(&self) -> anyhow::Result<Connection> {
-        let mut current = self.current.lock().await;
-        if let Some(connection) = current.as_ref().filter(|c| c.close_reason().is_none()) {
-            return Ok(connection.clone());
+/// Opens a stream on the live connection, waiting out outages and the stream limit (the
+/// caller bounds the wait); a connection lost under our feet is replaced.
+async fn open_stream(connector: &Connector) -> ((SendStream, RecvStream), SocketAddr) {
+    loop {
+        let connection = connector.connection().await;
+        match connection.open_bi().await {
+            Ok(streams) => return (streams, connection.remote_address()),
+            Err(error) => debug!("stream not opened, retrying: {error}"),
         }
-        let connection = self.connect().await?;
-        self.registry.watch(&connection);
-        *current = Some(connection.clone());
-        Ok(connection)
-    }
-
-    async fn connect(&self) -> anyhow::Result<Connection> {
-        let server = &self.server;
-        let addr = *server
-            .resolve()
-            .await
-            .with_context(|| format!("cannot resolve server {server}"))?
-            .first()
-            .with_context(|| format!("server {server} resolves to no address"))?;
-        let endpoint = self.endpoint_for(addr)?;
-        let name = match &server.host {
-            Host::Name(name) => name.clone(),
-            Host::Ip(ip) => ip.to_string(),
-        };
-        let connecting = endpoint
-            .connect_with(self.config.clone(), addr, &name)
-            .with_context(|| format!("cannot connect to server {server}"))?;
-        let connection = match tokio::time::timeout(self.handshake_timeout, connecting).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => {
-                self.registry
-                    .handshake_failed(handshake_failure_reason(&error));
-                anyhow::bail!("cannot connect to server {server}: {error}");
-            }
-            Err(_) => {
-                self.registry.handshake_failed("timeout");
-                anyhow::bail!(
-                    "no handshake with server {server} within {:?}",
-                    self.handshake_timeout
-                );
-            }
-        };
-        info!(server = %server, remote_endpoint = %addr, "connected to server");
-        debug!(rtt = ?connection.rtt(), "first round trip");
-        Ok(connection)
-    }
-
-    /// The client's UDP endpoint, bound on first use to the server's address family.
-    fn endpoint_for(&self, server: SocketAddr) -> anyhow::Result<Endpoint> {
-        let mut endpoint = self.endpoint.lock().expect("endpoint lock");
-        if let Some(endpoint) = endpoint.as_ref() {
-            return Ok(endpoint.clone());
-        }
-        let local = match server {
-            SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-        };
-        let created = transport::endpoint(local, None).context("cannot open a UDP socket")?;
-        *endpoint = Some(created.clone());
-        Ok(created)
     }
 }

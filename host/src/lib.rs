@@ -1,12 +1,17 @@
 //! quic-tun: carries TCP and UNIX-socket application connections as streams of one encrypted
 //! QUIC connection.
 pub mod addr;
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod client;
 pub mod congestion;
 pub mod connections;
+pub mod connector;
+pub mod identity;
+pub mod known_hosts;
 pub mod plugins;
+pub mod policy;
 pub mod relay;
 pub mod server;
 pub mod sniff;

@@ -13,9 +13,10 @@ use quinn::{Endpoint, Incoming, RecvStream, SendStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::addr::Address;
-use crate::app::AppStream;
+use crate::app::{AppStream, within};
 use crate::connections::{ConnectionRegistry, handshake_failure_reason};
 use crate::plugins::{Discriminator, TokenParser};
+use crate::policy::Policy;
 use crate::relay::{self, Abort, Preface, Side, log_end};
 use crate::sniff::Sniffer;
 use crate::tls::{self, Identity};
@@ -37,6 +38,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Discriminators run on every tunnel.
     pub discriminators: Vec<Discriminator>,
+    /// Which targets tokens may name.
+    pub policy: Policy,
+    /// With roots, clients must present a certificate signed by one of them.
+    pub client_roots: Option<rustls::RootCertStore>,
 }
 
 /// A bound server endpoint.
@@ -47,6 +52,7 @@ pub struct Server {
 
 struct Shared {
     parser: TokenParser,
+    policy: Policy,
     discriminators: Vec<Discriminator>,
     registry: Arc<TunnelRegistry>,
     connections_registry: Arc<ConnectionRegistry>,
@@ -63,13 +69,15 @@ impl Server {
         if let Some(fingerprint) = config.identity.fingerprint() {
             info!(%fingerprint, "server certificate");
         }
-        let crypto = tls::server_crypto(config.identity).context("invalid certificate or key")?;
+        let crypto = tls::server_crypto(config.identity, config.client_roots)
+            .context("invalid certificate or key")?;
         let mut server_config = quinn::ServerConfig::with_crypto(crypto);
         server_config.transport_config(Arc::new(config.transport.build()?));
         let endpoint = transport::endpoint(config.listen, Some(server_config))
             .with_context(|| format!("cannot listen on udp {}", config.listen))?;
         let shared = Arc::new(Shared {
             parser: config.parser,
+            policy: config.policy,
             discriminators: config.discriminators,
             registry: Arc::default(),
             connections_registry: Arc::default(),
@@ -187,12 +195,11 @@ async fn serve_stream(
         }
     };
     tracing::Span::current().record("server_app", tracing::field::display(&target));
-    let app = match AppStream::connect(&target, shared.connect_timeout).await {
+    let app = match dial(&target, &shared.policy, shared.connect_timeout).await {
         Ok(app) => app,
-        Err(error) => {
-            let reason = format!("cannot reach {target}: {error}");
-            warn!(status = %Status::Unreachable, "tunnel refused: {reason}");
-            return refuse(send, recv, Answer::refuse(Status::Unreachable, &reason)).await;
+        Err(answer) => {
+            warn!(status = %answer.status, "tunnel refused: {}", answer.reason);
+            return refuse(send, recv, answer).await;
         }
     };
     let mut ok = Vec::with_capacity(wire::ANSWER_HEADER_LEN);
@@ -253,6 +260,54 @@ async fn target_of(parser: &TokenParser, token: Vec<u8>) -> Result<Address, Answ
             &format!("token names no valid target: {error}"),
         )
     })
+}
+
+/// Dials the target if the policy allows it. CIDR rules are checked against each resolved
+/// address, so only allowed addresses are ever dialed.
+async fn dial(target: &Address, policy: &Policy, timeout: Duration) -> Result<AppStream, Answer> {
+    let unreachable = |error: std::io::Error| {
+        Answer::refuse(
+            Status::Unreachable,
+            &format!("cannot reach {target}: {error}"),
+        )
+    };
+    let not_allowed = |detail: String| {
+        Answer::refuse(
+            Status::NotAllowed,
+            &format!("target {target}{detail} is not allowed by --allow-target"),
+        )
+    };
+    match target {
+        Address::Unix(path) if !policy.allows_unix(path) => Err(not_allowed(String::new())),
+        Address::Unix(path) => AppStream::connect_unix(path, timeout)
+            .await
+            .map_err(unreachable),
+        Address::Tcp(host_port) => {
+            let resolved = within(timeout, host_port.resolve())
+                .await
+                .map_err(unreachable)?;
+            let allowed: Vec<SocketAddr> = if policy.allows_name(host_port) {
+                resolved.clone()
+            } else {
+                resolved
+                    .iter()
+                    .copied()
+                    .filter(|&addr| policy.allows_addr(addr))
+                    .collect()
+            };
+            if allowed.is_empty() && !resolved.is_empty() {
+                let addrs: Vec<String> = resolved.iter().map(ToString::to_string).collect();
+                let detail = match &host_port.host {
+                    crate::addr::Host::Name(_) => format!(" ({})", addrs.join(", ")),
+                    crate::addr::Host::Ip(_) => String::new(),
+                };
+                return Err(not_allowed(detail));
+            }
+            AppStream::connect_tcp(&allowed, timeout)
+                .await
+                .map_err(unreachable)
+        }
+    }
 }
 
 /// Sends a refusal, finishes our side and stops reading theirs.

@@ -3,14 +3,19 @@
 //! One crypto provider, ring, is named explicitly everywhere: rustls then never has to guess a
 //! process-wide default.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+pub use crate::identity::{Fingerprint, Identity};
+use crate::known_hosts::KnownHosts;
 use crate::wire::ALPN_V2;
 
 /// The process's crypto provider.
@@ -18,37 +23,25 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A certificate chain and its private key.
-#[derive(Debug)]
-pub struct Identity {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-}
-
-impl Identity {
-    /// A fresh self-signed certificate (ECDSA P-256) for `names`.
-    pub fn self_signed(names: &[&str]) -> Result<Identity, rcgen::Error> {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let certified = rcgen::generate_simple_self_signed(names)?;
-        let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
-        Ok(Identity {
-            chain: vec![certified.cert.der().clone()],
-            key: key.into(),
-        })
-    }
-
-    /// The SHA-256 fingerprint of the leaf certificate.
-    pub fn fingerprint(&self) -> Option<Fingerprint> {
-        self.chain.first().map(Fingerprint::of)
-    }
-}
-
-/// The server's QUIC crypto: TLS 1.3 with `identity`, offering our ALPN.
-pub fn server_crypto(identity: Identity) -> Result<Arc<QuicServerConfig>, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(identity.chain, identity.key)?;
+/// The server's QUIC crypto: TLS 1.3 with `identity`, offering our ALPN; with `client_roots`,
+/// clients must present a certificate signed by one of them (mutual TLS).
+pub fn server_crypto(
+    identity: Identity,
+    client_roots: Option<rustls::RootCertStore>,
+) -> Result<Arc<QuicServerConfig>, rustls::Error> {
+    let provider = provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match client_roots {
+        None => builder.with_no_client_auth(),
+        Some(roots) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(identity.chain, identity.key)?;
     config.alpn_protocols = vec![ALPN_V2.to_vec()];
     let quic = QuicServerConfig::try_from(config)
         .map_err(|error| rustls::Error::General(error.to_string()))?;
@@ -62,86 +55,90 @@ pub enum Verification {
     Insecure,
     /// The certificate must have this SHA-256 fingerprint (`--server-cert-fingerprint`).
     Pinned(Fingerprint),
+    /// Trust on first use: the first certificate seen for `endpoint` is recorded in the
+    /// known-hosts file; a different one later is refused.
+    FirstUse {
+        known_hosts: PathBuf,
+        endpoint: String,
+    },
+    /// The certificate must chain to one of these roots and name the server.
+    Pki(rustls::RootCertStore),
 }
 
-/// A certificate's SHA-256 digest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint(pub [u8; 32]);
-
-impl Fingerprint {
-    pub fn of(cert: &CertificateDer<'_>) -> Fingerprint {
-        let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Fingerprint(bytes)
-    }
-}
-
-impl std::fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("sha256:")?;
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl std::str::FromStr for Fingerprint {
-    type Err = String;
-
-    /// Parses `sha256:` and 64 hex digits; colons and upper case are accepted.
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{value:?} is not a fingerprint (expected sha256: and 64 hex digits)");
-        let hex = value
-            .get(..7)
-            .filter(|p| p.eq_ignore_ascii_case("sha256:"))
-            .map(|_| &value[7..]);
-        let digits: Vec<u8> = hex
-            .ok_or_else(bad)?
-            .bytes()
-            .filter(|&b| b != b':')
-            .collect();
-        if digits.len() != 64 {
-            return Err(bad());
-        }
-        let mut bytes = [0u8; 32];
-        for (byte, pair) in bytes.iter_mut().zip(digits.chunks(2)) {
-            let text = std::str::from_utf8(pair).map_err(|_| bad())?;
-            *byte = u8::from_str_radix(text, 16).map_err(|_| bad())?;
-        }
-        Ok(Fingerprint(bytes))
-    }
-}
-
-/// The client's QUIC crypto.
-pub fn client_crypto(verification: &Verification) -> Result<Arc<QuicClientConfig>, rustls::Error> {
+/// The client's QUIC crypto; with `identity`, the client presents it (mutual TLS).
+pub fn client_crypto(
+    verification: &Verification,
+    identity: Option<Identity>,
+) -> Result<Arc<QuicClientConfig>, rustls::Error> {
     let provider = provider();
-    let verifier = match verification {
-        Verification::Insecure => Arc::new(CheckFingerprint {
+    let check = |rule| {
+        Arc::new(CheckFingerprint {
             provider: provider.clone(),
-            pinned: None,
-        }),
-        Verification::Pinned(fingerprint) => Arc::new(CheckFingerprint {
-            provider: provider.clone(),
-            pinned: Some(*fingerprint),
-        }),
+            rule,
+        })
     };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let verifier: Arc<dyn ServerCertVerifier> = match verification {
+        Verification::Insecure => check(Rule::Any),
+        Verification::Pinned(fingerprint) => check(Rule::Pinned(*fingerprint)),
+        Verification::FirstUse {
+            known_hosts,
+            endpoint,
+        } => check(Rule::FirstUse {
+            known_hosts: KnownHosts::new(known_hosts.clone()),
+            endpoint: endpoint.clone(),
+        }),
+        Verification::Pki(roots) => {
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots.clone()), provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?
+        }
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => builder.with_client_auth_cert(identity.chain, identity.key)?,
+    };
     config.alpn_protocols = vec![ALPN_V2.to_vec()];
     let quic = QuicClientConfig::try_from(config)
         .map_err(|error| rustls::Error::General(error.to_string()))?;
     Ok(Arc::new(quic))
 }
 
-/// Trusts a certificate with the pinned fingerprint, or any certificate when none is pinned.
-/// The handshake signature is checked either way, so the peer holds the key of the
-/// certificate it showed.
+/// Checks the server's certificate by its fingerprint. The handshake signature is checked in
+/// every case, so the peer holds the key of the certificate it showed.
 #[derive(Debug)]
 struct CheckFingerprint {
     provider: Arc<CryptoProvider>,
-    pinned: Option<Fingerprint>,
+    rule: Rule,
+}
+
+#[derive(Debug)]
+enum Rule {
+    Any,
+    Pinned(Fingerprint),
+    FirstUse {
+        known_hosts: KnownHosts,
+        endpoint: String,
+    },
+}
+
+impl CheckFingerprint {
+    fn check(&self, seen: Fingerprint) -> Result<(), String> {
+        match &self.rule {
+            Rule::Any => Ok(()),
+            Rule::Pinned(pinned) if *pinned == seen => Ok(()),
+            Rule::Pinned(pinned) => Err(format!(
+                "server certificate {seen} does not match the pinned {pinned}"
+            )),
+            Rule::FirstUse {
+                known_hosts,
+                endpoint,
+            } => known_hosts.check(endpoint, seen),
+        }
+    }
 }
 
 impl ServerCertVerifier for CheckFingerprint {
@@ -153,15 +150,9 @@ impl ServerCertVerifier for CheckFingerprint {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.pinned {
-            Some(pinned) if Fingerprint::of(end_entity) != pinned => {
-                Err(rustls::Error::General(format!(
-                    "server certificate {} does not match the pinned {pinned}",
-                    Fingerprint::of(end_entity)
-                )))
-            }
-            _ => Ok(ServerCertVerified::assertion()),
-        }
+        self.check(Fingerprint::of(end_entity))
+            .map(|()| ServerCertVerified::assertion())
+            .map_err(rustls::Error::General)
     }
 
     fn verify_tls12_signature(
@@ -193,37 +184,5 @@ impl ServerCertVerifier for CheckFingerprint {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fingerprint_text_forms() {
-        let lower = format!("sha256:{}", "ab".repeat(32));
-        let parsed: Fingerprint = lower.parse().unwrap();
-        assert_eq!(parsed.to_string(), lower);
-        let colons = format!("SHA256:{}", vec!["AB"; 32].join(":"));
-        assert_eq!(colons.parse::<Fingerprint>().unwrap(), parsed);
-        for bad in [
-            "",
-            "sha256:",
-            "md5:ab",
-            &format!("sha256:{}", "a".repeat(63)),
-            &format!("sha256:{}", "zz".repeat(32)),
-            "sha256:é",
-        ] {
-            assert!(bad.parse::<Fingerprint>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn self_signed_identity_has_a_fingerprint() {
-        let identity = Identity::self_signed(&["localhost"]).unwrap();
-        let fingerprint = identity.fingerprint().unwrap();
-        assert_eq!(fingerprint, Fingerprint::of(&identity.chain[0]));
-        assert_eq!(fingerprint.to_string().len(), 7 + 64);
     }
 }

@@ -112,6 +112,8 @@ impl Tunnel {
 pub struct TunnelRegistry {
     tunnels: Mutex<HashMap<Uuid, Arc<Tunnel>>>,
     opened: AtomicU64,
+    /// Bytes of the tunnels that have ended, so the totals do not drop when one does.
+    ended: ByteCounters,
 }
 
 impl TunnelRegistry {
@@ -145,6 +147,33 @@ impl TunnelRegistry {
     pub fn opened_total(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)
     }
+
+    /// Bytes moved since start by all tunnels, ended ones included: (sent by client
+    /// applications, sent by server applications).
+    pub fn bytes_total(&self) -> (u64, u64) {
+        // Under the lock, so a tunnel ending meanwhile is counted once: live or ended.
+        let live = lock(&self.tunnels);
+        live.values().fold(
+            (
+                self.ended.client_to_server.load(Ordering::Relaxed),
+                self.ended.server_to_client.load(Ordering::Relaxed),
+            ),
+            |(up, down), t| (up + t.client_to_server(), down + t.server_to_client()),
+        )
+    }
+
+    /// Removes a tunnel whose relay has ended and keeps its byte counts in the totals.
+    fn end(&self, tunnel: &Tunnel) {
+        let mut live = lock(&self.tunnels);
+        live.remove(&tunnel.uuid);
+        let ended = &self.ended;
+        ended
+            .client_to_server
+            .fetch_add(tunnel.client_to_server(), Ordering::Relaxed);
+        ended
+            .server_to_client
+            .fetch_add(tunnel.server_to_client(), Ordering::Relaxed);
+    }
 }
 
 /// A tunnel's place in the registry, given up on drop.
@@ -162,7 +191,7 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        lock(&self.registry.tunnels).remove(&self.tunnel.uuid);
+        self.registry.end(&self.tunnel);
     }
 }
 
@@ -200,6 +229,26 @@ mod tests {
         drop(second);
         assert_eq!(registry.open_count(), 0);
         assert_eq!(registry.opened_total(), 2);
+    }
+
+    #[test]
+    fn byte_totals_keep_the_tunnels_that_ended() {
+        let registry = Arc::new(TunnelRegistry::default());
+        let first = registry.register(Tunnel::new(spec(0)));
+        let second = registry.register(Tunnel::new(spec(4)));
+        let add = |r: &Registered, up: u64, down: u64| {
+            let counters = &r.tunnel().counters;
+            counters.client_to_server.fetch_add(up, Ordering::Relaxed);
+            counters.server_to_client.fetch_add(down, Ordering::Relaxed);
+        };
+        add(&first, 10, 100);
+        add(&second, 1, 2);
+        assert_eq!(registry.bytes_total(), (11, 102));
+        drop(first);
+        assert_eq!(registry.bytes_total(), (11, 102));
+        add(&second, 1, 1);
+        drop(second);
+        assert_eq!(registry.bytes_total(), (12, 103));
     }
 
     #[test]

@@ -9,7 +9,14 @@ fn run(binary: &str, args: &[&str]) -> Output {
     Command::new(binary)
         .args(args)
         .args(["--plugin-dir", &dir])
+        // Only the error itself: start-up progress is logged at info.
+        .args(["--log-level", "error"])
         .env_remove("QUICTUN_PLUGIN_DIR")
+        // Never the user's own state directory.
+        .env(
+            "XDG_DATA_HOME",
+            std::env::temp_dir().join(format!("quictun-cli-{}", std::process::id())),
+        )
         .output()
         .expect("run binary")
 }
@@ -118,17 +125,77 @@ fn a_bad_plugin_configuration_is_a_start_up_error() {
 }
 
 #[test]
-fn the_client_refuses_to_start_without_a_way_to_verify_the_server() {
+fn verification_choices_exclude_each_other() {
+    let fingerprint = format!("sha256:{}", "ab".repeat(32));
     let output = run(
         CLIENT,
         &[
             "--server-endpoint",
             "127.0.0.1:1",
-            "--token-source",
-            "tcp:127.0.0.1:22",
+            "--insecure-skip-verify",
+            "--server-cert-fingerprint",
+            &fingerprint,
         ],
     );
-    assert_one_line(&output, 1, "no way to verify the server");
+    assert_one_line(
+        &output,
+        1,
+        "choose one of --insecure-skip-verify, --server-cert-fingerprint",
+    );
+}
+
+#[test]
+fn verifying_the_remote_endpoint_needs_a_ca() {
+    let output = run(
+        CLIENT,
+        &[
+            "--server-endpoint",
+            "127.0.0.1:1",
+            "--verify-remote-endpoint",
+        ],
+    );
+    assert_one_line(&output, 1, "--verify-remote-endpoint needs --ca-file");
+    let output = run(
+        SERVER,
+        &[
+            "--listen-on",
+            "127.0.0.1:0",
+            "--httpd-listen-on",
+            "",
+            "--verify-remote-endpoint",
+        ],
+    );
+    assert_one_line(&output, 1, "--verify-remote-endpoint needs --ca-file");
+}
+
+#[test]
+fn a_certificate_needs_its_key() {
+    let output = run(SERVER, &["--cert-file", "/tmp/c.pem"]);
+    assert_one_line(&output, 2, "--key-file");
+    let output = run(
+        SERVER,
+        &[
+            "--listen-on",
+            "127.0.0.1:0",
+            "--httpd-listen-on",
+            "",
+            "--cert-file",
+            "/nonexistent/c.pem",
+            "--key-file",
+            "/nonexistent/k.pem",
+        ],
+    );
+    assert_one_line(&output, 1, "cannot read certificate /nonexistent/c.pem");
+}
+
+#[test]
+fn a_bad_allow_target_rule_is_explained() {
+    let output = run(SERVER, &["--allow-target", "10.0.0.0/33"]);
+    assert_one_line(
+        &output,
+        1,
+        "invalid --allow-target \"10.0.0.0/33\": bad prefix length",
+    );
 }
 
 #[test]

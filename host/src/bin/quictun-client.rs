@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 use quictun::addr::{Address, HostPort};
+use quictun::api::{self, ApiListen, ApiState};
 use quictun::cli::{self, CommonArgs, parse_duration};
 use quictun::client::{Client, ClientConfig};
 use quictun::plugins::TokenSource;
+use quictun::relay::Side;
 use quictun::tls::{Fingerprint, Verification};
 use tracing::{info, warn};
 
@@ -51,6 +53,14 @@ struct Args {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     outage_wait: Duration,
 
+    /// Longest pause between attempts to reconnect to the server.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    reconnect_max_backoff: Duration,
+
+    /// TCP address of the REST API (tunnels, connections, metrics), or "" for none.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8087")]
+    httpd_listen_on: ApiListen,
+
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -61,6 +71,36 @@ fn parse_host_port(value: &str) -> Result<HostPort, String> {
         .map_err(|reason| format!("{value:?}: {reason} (expected HOST:PORT)"))
 }
 
+/// How to check the server: one of --insecure-skip-verify, --server-cert-fingerprint and a CA
+/// (--ca-file / --verify-remote-endpoint), or by default trust on first use.
+fn verification(args: &Args) -> anyhow::Result<Verification> {
+    let pki = args.common.ca_file.is_some() || args.common.verify_remote_endpoint;
+    let chosen = [
+        args.insecure_skip_verify,
+        args.server_cert_fingerprint.is_some(),
+        pki,
+    ];
+    if chosen.iter().filter(|&&c| c).count() > 1 {
+        anyhow::bail!(
+            "choose one of --insecure-skip-verify, --server-cert-fingerprint and --ca-file/--verify-remote-endpoint"
+        );
+    }
+    if let Some(fingerprint) = args.server_cert_fingerprint {
+        return Ok(Verification::Pinned(fingerprint));
+    }
+    if let Some(roots) = args.common.roots()? {
+        return Ok(Verification::Pki(roots));
+    }
+    if args.insecure_skip_verify {
+        warn!("--insecure-skip-verify: the server's identity is not checked");
+        return Ok(Verification::Insecure);
+    }
+    Ok(Verification::FirstUse {
+        known_hosts: args.common.state_dir().join("known_hosts"),
+        endpoint: args.server_endpoint.to_string(),
+    })
+}
+
 fn main() -> ExitCode {
     let args: Args = cli::parse();
     cli::run(serve(args))
@@ -68,16 +108,7 @@ fn main() -> ExitCode {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     cli::init_logging(&args.common)?;
-    let verification = match (args.server_cert_fingerprint, args.insecure_skip_verify) {
-        (Some(fingerprint), _) => Verification::Pinned(fingerprint),
-        (None, true) => {
-            warn!("--insecure-skip-verify: the server's identity is not checked");
-            Verification::Insecure
-        }
-        (None, false) => anyhow::bail!(
-            "no way to verify the server: give --server-cert-fingerprint (the server logs it at start) or --insecure-skip-verify"
-        ),
-    };
+    let verification = verification(&args)?;
     let source = TokenSource::load(
         &args.token_source_plugin,
         &args.token_source,
@@ -89,12 +120,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         server: args.server_endpoint,
         source,
         verification,
+        identity: args.common.own_identity()?,
         transport: args.common.transport(0),
         handshake_timeout: args.handshake_timeout,
         outage_wait: args.outage_wait,
+        reconnect_max_backoff: args.reconnect_max_backoff,
         discriminators: args.common.discriminators()?,
     })
     .await?;
+    if let ApiListen(Some(listen)) = &args.httpd_listen_on {
+        let state = ApiState::new(Side::Client, client.registry(), client.connections());
+        api::start(listen, state).await?;
+    }
     tokio::select! {
         _ = client.run() => {}
         _ = cli::shutdown_signal() => info!("shutting down"),

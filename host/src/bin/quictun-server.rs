@@ -5,10 +5,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
+use quictun::api::{self, ApiListen, ApiState};
 use quictun::cli::{self, CommonArgs, parse_duration};
 use quictun::plugins::TokenParser;
+use quictun::policy::Policy;
+use quictun::relay::Side;
 use quictun::server::{Server, ServerConfig};
 use quictun::tls::Identity;
 use quictun::wire::ErrorCode;
@@ -49,6 +51,15 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
 
+    /// TCP address of the REST API (tunnels, connections, metrics), or "" for none.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8086")]
+    httpd_listen_on: ApiListen,
+
+    /// Targets tokens may name: CIDR, CIDR:PORT, CIDR:LOW-HIGH, HOST:PORT or unix:/dir/
+    /// (repeatable). Without any, every target is allowed.
+    #[arg(long, value_name = "RULE")]
+    allow_target: Vec<String>,
+
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -60,13 +71,21 @@ fn main() -> ExitCode {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     cli::init_logging(&args.common)?;
+    let policy = Policy::new(&args.allow_target)?;
+    let client_roots = match args.common.verify_remote_endpoint {
+        true => args.common.roots()?,
+        false => None,
+    };
+    let identity = match args.common.own_identity()? {
+        Some(identity) => identity,
+        None => Identity::load_or_create(&args.common.state_dir()).map_err(anyhow::Error::msg)?,
+    };
     let parser = TokenParser::load(
         &args.token_parser_plugin,
         &args.token_parser_key,
         args.common.plugin_dir.as_deref(),
     )?;
     info!(plugin = %parser.info().name, path = %parser.info().path.display(), "token parser loaded");
-    let identity = Identity::self_signed(&["localhost"]).context("cannot make a certificate")?;
     let server = Server::bind(ServerConfig {
         listen: args.listen_on,
         parser,
@@ -76,8 +95,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         discriminators: args.common.discriminators()?,
+        policy: policy.clone(),
+        client_roots,
     })?;
-    warn!("no --allow-target rule: this server relays to any address a client names");
+    if let ApiListen(Some(listen)) = &args.httpd_listen_on {
+        let state = ApiState::new(Side::Server, server.registry(), server.connections());
+        api::start(listen, state).await?;
+    }
+    if policy.is_open() {
+        warn!("no --allow-target rule: this server relays to any address a client names");
+    }
     let endpoint = server.endpoint();
     tokio::select! {
         _ = server.run() => {}

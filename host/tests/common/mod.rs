@@ -174,6 +174,8 @@ pub fn start_server_opts(parser: TokenParser, transport: TransportOptions) -> Te
         connect_timeout: Duration::from_secs(5),
         max_connections: 100,
         discriminators: discriminators(),
+        policy: Default::default(),
+        client_roots: None,
     })
     .expect("bind server");
     let addr = server.local_addr().unwrap();
@@ -217,9 +219,11 @@ pub async fn start_client_opts(
         server: server.into(),
         source,
         verification: Verification::Insecure,
+        identity: None,
         transport: transport.clone(),
         handshake_timeout: Duration::from_secs(5),
         outage_wait: Duration::from_secs(5),
+        reconnect_max_backoff: Duration::from_secs(1),
         discriminators: discriminators(),
     })
     .await
@@ -381,7 +385,7 @@ pub async fn within<T>(secs: u64, future: impl std::future::Future<Output = T>) 
 /// A bare QUIC connection to a server, for speaking the wire protocol by hand.
 pub async fn raw_connection(server: SocketAddr) -> quinn::Connection {
     let endpoint = quictun::transport::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
-    let crypto = quictun::tls::client_crypto(&Verification::Insecure).unwrap();
+    let crypto = quictun::tls::client_crypto(&Verification::Insecure, None).unwrap();
     let config = quinn::ClientConfig::new(crypto);
     endpoint
         .connect_with(config, server, "localhost")

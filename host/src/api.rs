@@ -1,0 +1,380 @@
+//! The REST API of one endpoint (SPEC §8): the live tunnels with the original's field names,
+//! closing a tunnel, the QUIC connections, Prometheus metrics and a health check.
+//!
+//! Everything is read from the registries when asked. The only state of the API's own is the
+//! send rates, sampled from the tunnels' byte counters by a background task ([`Rates`]), so
+//! the data path pays nothing for the API.
+
+mod metrics;
+mod rates;
+
+pub use rates::{Rate, Rates};
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::addr::HostPort;
+use crate::connections::{ConnectionInfo, ConnectionRegistry};
+use crate::relay::Side;
+use crate::tunnel::{Tunnel, TunnelRegistry};
+
+/// How often the send rates are sampled: they are rates over the last second.
+pub const RATE_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest request body accepted. No route reads one; this bounds any that ever does.
+const BODY_LIMIT: usize = 4 * 1024;
+/// How long DELETE waits for the tunnel to end, so a listing right after it no longer shows it.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// What the handlers read: one endpoint's registries and its send rates.
+#[derive(Clone)]
+pub struct ApiState {
+    pub side: Side,
+    pub tunnels: Arc<TunnelRegistry>,
+    pub connections: Arc<ConnectionRegistry>,
+    pub rates: Arc<Rates>,
+}
+
+impl ApiState {
+    /// The API state of one endpoint, its rates sampled every second. Starts the sampler, so
+    /// it must be called inside a tokio runtime.
+    pub fn new(
+        side: Side,
+        tunnels: Arc<TunnelRegistry>,
+        connections: Arc<ConnectionRegistry>,
+    ) -> ApiState {
+        ApiState::with_rate_interval(side, tunnels, connections, RATE_INTERVAL)
+    }
+
+    /// As [`new`](Self::new), sampling every `interval` (tests use a short one).
+    pub fn with_rate_interval(
+        side: Side,
+        tunnels: Arc<TunnelRegistry>,
+        connections: Arc<ConnectionRegistry>,
+        interval: Duration,
+    ) -> ApiState {
+        let rates = Rates::start(tunnels.clone(), interval);
+        ApiState {
+            side,
+            tunnels,
+            connections,
+            rates,
+        }
+    }
+}
+
+/// The value of `--httpd-listen-on`: `HOST:PORT`, or `""` for no REST API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiListen(pub Option<HostPort>);
+
+impl FromStr for ApiListen {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value.is_empty() {
+            return Ok(ApiListen(None));
+        }
+        value
+            .parse()
+            .map(|addr| ApiListen(Some(addr)))
+            .map_err(|reason| format!("{reason} (expected HOST:PORT, or \"\" for no REST API)"))
+    }
+}
+
+/// Binds the REST API's TCP port and serves it in the background. A port that cannot be
+/// bound is an error, for the binary to report at start-up. Returns the bound address.
+pub async fn start(listen: &HostPort, state: ApiState) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen.to_string())
+        .await
+        .with_context(|| format!("cannot listen on tcp {listen} for the REST API"))?;
+    let local = listener.local_addr()?;
+    info!(listen = %local, "REST API ready");
+    tokio::spawn(serve(listener, state));
+    Ok(local)
+}
+
+/// Serves the API on a bound listener until the task is dropped.
+pub async fn serve(listener: TcpListener, state: ApiState) {
+    if let Err(error) = axum::serve(listener, router(state)).await {
+        warn!("REST API stopped: {error}");
+    }
+}
+
+/// The API's routes, with JSON answers for unknown paths and wrong methods.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/tunnels", get(list_tunnels))
+        .route("/tunnels/{uuid}", get(get_tunnel).delete(close_tunnel))
+        .route("/connections", get(list_connections))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        // After the routes: it applies to the routes already added.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// One tunnel as the original listed it (field names and order kept), plus numeric rates.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TunnelView {
+    uuid: String,
+    stream_id: u64,
+    endpoint: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_app_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_app_addr: Option<String>,
+    remote_endpoint_addr: String,
+    created_at: String,
+    server_total_bytes: u64,
+    client_total_bytes: u64,
+    server_send_rate: String,
+    client_send_rate: String,
+    protocol: String,
+    protocol_properties: Option<serde_json::Value>,
+    server_send_bytes_per_second: u64,
+    client_send_bytes_per_second: u64,
+}
+
+/// One QUIC connection.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConnectionView {
+    id: u64,
+    remote_endpoint_addr: String,
+    created_at: String,
+    rtt_ms: f64,
+    congestion_window: u64,
+    sent_packets: u64,
+    lost_packets: u64,
+    lost_bytes: u64,
+    congestion_events: u64,
+    open_tunnels: usize,
+}
+
+/// An error answer: a status and `{"message": ...}`.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, message(&self.1)).into_response()
+    }
+}
+
+fn message(text: &str) -> Json<serde_json::Value> {
+    Json(json!({ "message": text }))
+}
+
+async fn list_tunnels(State(state): State<ApiState>) -> Json<Vec<TunnelView>> {
+    Json(
+        state
+            .tunnels
+            .list()
+            .iter()
+            .map(|t| view(&state, t))
+            .collect(),
+    )
+}
+
+async fn get_tunnel(
+    State(state): State<ApiState>,
+    uuid: Result<Path<String>, PathRejection>,
+) -> Result<Json<TunnelView>, ApiError> {
+    let tunnel = find(&state, uuid)?;
+    Ok(Json(view(&state, &tunnel)))
+}
+
+/// Closes a tunnel: its relay resets both sides (QUIC code 4, "closed by the operator").
+async fn close_tunnel(
+    State(state): State<ApiState>,
+    uuid: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let tunnel = find(&state, uuid)?;
+    info!(uuid = %tunnel.uuid, stream_id = tunnel.stream_id, "closing tunnel on request");
+    tunnel.close();
+    if ended_within(&state.tunnels, tunnel.uuid, CLOSE_WAIT).await {
+        return Ok((StatusCode::OK, message("tunnel closed")).into_response());
+    }
+    Ok((StatusCode::ACCEPTED, message("tunnel closing")).into_response())
+}
+
+/// Waits, up to `limit`, until the tunnel has left the registry.
+async fn ended_within(tunnels: &TunnelRegistry, uuid: Uuid, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tunnels.get(&uuid).is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+async fn list_connections(State(state): State<ApiState>) -> Json<Vec<ConnectionView>> {
+    let tunnels = state.tunnels.list();
+    let views = state.connections.list().into_iter().map(|c| {
+        let open_tunnels = tunnels
+            .iter()
+            .filter(|t| t.remote_endpoint == c.remote)
+            .count();
+        connection_view(c, open_tunnels)
+    });
+    Json(views.collect())
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    let text = metrics::render(&state);
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such resource".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this resource".into(),
+    )
+}
+
+/// The live tunnel a path names; a path that is not a UUID names none.
+fn find(
+    state: &ApiState,
+    uuid: Result<Path<String>, PathRejection>,
+) -> Result<Arc<Tunnel>, ApiError> {
+    let not_found = |text: String| ApiError(StatusCode::NOT_FOUND, text);
+    let Ok(Path(text)) = uuid else {
+        return Err(not_found("not a tunnel uuid".into()));
+    };
+    let uuid = Uuid::try_parse(&text).map_err(|_| not_found("not a tunnel uuid".into()))?;
+    state
+        .tunnels
+        .get(&uuid)
+        .ok_or_else(|| not_found(format!("no tunnel {uuid}")))
+}
+
+fn view(state: &ApiState, tunnel: &Tunnel) -> TunnelView {
+    let rate = state.rates.of(&tunnel.uuid);
+    let protocol = tunnel.protocol();
+    TunnelView {
+        uuid: tunnel.uuid.to_string(),
+        stream_id: tunnel.stream_id,
+        endpoint: side_name(state.side),
+        client_app_addr: tunnel.client_app.clone(),
+        server_app_addr: tunnel.server_app.as_deref().map(app_addr),
+        remote_endpoint_addr: tunnel.remote_endpoint.to_string(),
+        created_at: rfc3339(tunnel.created_at),
+        server_total_bytes: tunnel.server_to_client(),
+        client_total_bytes: tunnel.client_to_server(),
+        server_send_rate: kib_per_second(rate.server_to_client),
+        client_send_rate: kib_per_second(rate.client_to_server),
+        protocol: protocol
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_default(),
+        protocol_properties: protocol.and_then(|p| p.properties),
+        server_send_bytes_per_second: rate.server_to_client.round() as u64,
+        client_send_bytes_per_second: rate.client_to_server.round() as u64,
+    }
+}
+
+fn connection_view(c: ConnectionInfo, open_tunnels: usize) -> ConnectionView {
+    ConnectionView {
+        id: c.id as u64,
+        remote_endpoint_addr: c.remote.to_string(),
+        created_at: rfc3339(c.created_at),
+        rtt_ms: c.rtt.as_secs_f64() * 1000.0,
+        congestion_window: c.congestion_window,
+        sent_packets: c.sent_packets,
+        lost_packets: c.lost_packets,
+        lost_bytes: c.lost_bytes,
+        congestion_events: c.congestion_events,
+        open_tunnels,
+    }
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Client => "client",
+        Side::Server => "server",
+    }
+}
+
+/// A TCP application address as the original printed it, `IP:PORT`; a UNIX one keeps its
+/// `unix:` so it reads as a path.
+fn app_addr(address: &str) -> String {
+    address.strip_prefix("tcp:").unwrap_or(address).to_owned()
+}
+
+/// As the original: two decimals, kB = 1024 bytes.
+fn kib_per_second(bytes_per_second: f64) -> String {
+    format!("{:.2} kB/s", bytes_per_second / 1024.0)
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    use time::format_description::well_known::Rfc3339;
+    // Fails only for years past 9999.
+    time::OffsetDateTime::from(at)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_as_the_original_printed_them() {
+        assert_eq!(kib_per_second(0.0), "0.00 kB/s");
+        assert_eq!(kib_per_second(12636.16), "12.34 kB/s");
+        assert_eq!(kib_per_second(1024.0 * 1024.0), "1024.00 kB/s");
+    }
+
+    #[test]
+    fn app_addresses_drop_the_tcp_scheme_only() {
+        assert_eq!(app_addr("tcp:127.0.0.1:22"), "127.0.0.1:22");
+        assert_eq!(app_addr("tcp:[::1]:22"), "[::1]:22");
+        assert_eq!(app_addr("unix:/run/app.sock"), "unix:/run/app.sock");
+        assert_eq!(app_addr("10.0.0.1:5000"), "10.0.0.1:5000");
+    }
+
+    #[test]
+    fn times_are_rfc3339_in_utc() {
+        let at = SystemTime::UNIX_EPOCH + Duration::new(1_655_783_045, 74_778_434);
+        assert_eq!(rfc3339(at), "2022-06-21T03:44:05.074778434Z");
+    }
+
+    #[test]
+    fn the_listen_flag_takes_host_port_or_nothing() {
+        assert_eq!("".parse::<ApiListen>(), Ok(ApiListen(None)));
+        let listen: ApiListen = "127.0.0.1:8086".parse().unwrap();
+        assert_eq!(
+            listen.0.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:8086")
+        );
+        let error = "8086".parse::<ApiListen>().unwrap_err();
+        assert!(error.contains("expected HOST:PORT"), "{error}");
+    }
+}

@@ -1,0 +1,138 @@
+//! `GET /metrics`: the endpoint's counters in the Prometheus text format, version 0.0.4.
+//!
+//! Rendered from the registries on each scrape; nothing is kept between scrapes.
+
+use std::fmt::{Display, Write};
+
+use super::ApiState;
+
+/// The content type Prometheus expects for the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders every metric of the endpoint.
+pub fn render(state: &ApiState) -> String {
+    let mut out = Exposition::default();
+    tunnels(&mut out, state);
+    connections(&mut out, state);
+    out.0
+}
+
+fn tunnels(out: &mut Exposition, state: &ApiState) {
+    let tunnels = &state.tunnels;
+    out.family("quictun_tunnels_open", "gauge", "Tunnels open now.");
+    out.sample("quictun_tunnels_open", &[], tunnels.open_count());
+    out.family(
+        "quictun_tunnels_total",
+        "counter",
+        "Tunnels opened since start.",
+    );
+    out.sample("quictun_tunnels_total", &[], tunnels.opened_total());
+    let (up, down) = tunnels.bytes_total();
+    out.family(
+        "quictun_bytes_total",
+        "counter",
+        "Bytes relayed since start, by direction (client_to_server: sent by client applications).",
+    );
+    out.sample(
+        "quictun_bytes_total",
+        &[("direction", "client_to_server")],
+        up,
+    );
+    out.sample(
+        "quictun_bytes_total",
+        &[("direction", "server_to_client")],
+        down,
+    );
+}
+
+fn connections(out: &mut Exposition, state: &ApiState) {
+    let registry = &state.connections;
+    out.family(
+        "quictun_handshake_failures_total",
+        "counter",
+        "QUIC handshakes that failed, by reason.",
+    );
+    for (reason, count) in registry.handshake_failures() {
+        out.sample(
+            "quictun_handshake_failures_total",
+            &[("reason", reason)],
+            count,
+        );
+    }
+    out.family(
+        "quictun_connections_open",
+        "gauge",
+        "QUIC connections open now.",
+    );
+    out.sample("quictun_connections_open", &[], registry.open_count());
+    let live = registry.list();
+    // The id keeps two connections from one address (a reconnect) apart.
+    let labels: Vec<(String, String)> = live
+        .iter()
+        .map(|c| (c.remote.to_string(), c.id.to_string()))
+        .collect();
+    let name = "quictun_connection_rtt_seconds";
+    out.family(
+        name,
+        "gauge",
+        "Smoothed round-trip time of each QUIC connection.",
+    );
+    for (c, (remote, id)) in live.iter().zip(&labels) {
+        out.sample(name, &[("remote", remote), ("id", id)], c.rtt.as_secs_f64());
+    }
+    let name = "quictun_connection_lost_packets_total";
+    out.family(name, "counter", "Packets lost on each QUIC connection.");
+    for (c, (remote, id)) in live.iter().zip(&labels) {
+        out.sample(name, &[("remote", remote), ("id", id)], c.lost_packets);
+    }
+}
+
+/// The text being built.
+#[derive(Default)]
+struct Exposition(String);
+
+// Writing to a String cannot fail, so the results of `write!` are ignored.
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(key, value)| format!("{key}=\"{}\"", escape(value)))
+                .collect();
+            let _ = write!(self.0, "{{{}}}", labels.join(","));
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// Escapes a label value as the text format requires.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_and_families_follow_the_text_format() {
+        let mut out = Exposition::default();
+        out.family("quictun_x_total", "counter", "Some things.");
+        out.sample("quictun_x_total", &[], 3);
+        out.sample("quictun_x_total", &[("a", "1"), ("b", "q\"\\\n")], 0.25);
+        assert_eq!(
+            out.0,
+            "# HELP quictun_x_total Some things.\n# TYPE quictun_x_total counter\n\
+             quictun_x_total 3\nquictun_x_total{a=\"1\",b=\"q\\\"\\\\\\n\"} 0.25\n"
+        );
+    }
+}

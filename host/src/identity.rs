@@ -1,0 +1,234 @@
+//! Who an endpoint is and whom it trusts: certificates and keys from PEM files or kept in the
+//! state directory, certificate fingerprints, and CA bundles.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// File names of the generated server identity inside the state directory.
+const STATE_CERT: &str = "server-cert.pem";
+const STATE_KEY: &str = "server-key.pem";
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// Reads a PEM certificate chain and private key (PKCS#8, PKCS#1 RSA or SEC1 EC; ECDSA,
+    /// Ed25519 and RSA keys).
+    pub fn from_pem_files(cert_file: &Path, key_file: &Path) -> Result<Identity, String> {
+        let chain = CertificateDer::pem_file_iter(cert_file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("cannot read certificate {}: {e}", cert_file.display()))?;
+        if chain.is_empty() {
+            return Err(format!("no certificate in {}", cert_file.display()));
+        }
+        let key = PrivateKeyDer::from_pem_file(key_file)
+            .map_err(|e| format!("cannot read private key {}: {e}", key_file.display()))?;
+        Ok(Identity { chain, key })
+    }
+
+    /// The certificate kept in `state_dir`, generated there on first use so the server keeps
+    /// its identity (and clients their trust in it) across restarts.
+    pub fn load_or_create(state_dir: &Path) -> Result<Identity, String> {
+        let (cert, key) = (state_dir.join(STATE_CERT), state_dir.join(STATE_KEY));
+        if cert.exists() && key.exists() {
+            return Identity::from_pem_files(&cert, &key);
+        }
+        let names = ["localhost"];
+        let certified = rcgen::generate_simple_self_signed(names.map(String::from).to_vec())
+            .map_err(|e| format!("cannot generate a certificate: {e}"))?;
+        create_private_dir(state_dir)?;
+        write_private(&key, certified.signing_key.serialize_pem().as_bytes())?;
+        write_private(&cert, certified.cert.pem().as_bytes())?;
+        tracing::info!(path = %cert.display(), "generated the server certificate");
+        Identity::from_pem_files(&cert, &key)
+    }
+
+    /// A fresh self-signed certificate (ECDSA P-256) for `names`.
+    pub fn self_signed(names: &[&str]) -> Result<Identity, rcgen::Error> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let certified = rcgen::generate_simple_self_signed(names)?;
+        let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+        Ok(Identity {
+            chain: vec![certified.cert.der().clone()],
+            key: key.into(),
+        })
+    }
+
+    /// The SHA-256 fingerprint of the leaf certificate.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.chain.first().map(Fingerprint::of)
+    }
+}
+
+/// A certificate's SHA-256 digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    pub fn of(cert: &CertificateDer<'_>) -> Fingerprint {
+        let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        Fingerprint(bytes)
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("sha256:")?;
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::str::FromStr for Fingerprint {
+    type Err = String;
+
+    /// Parses `sha256:` and 64 hex digits; colons and upper case are accepted.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{value:?} is not a fingerprint (expected sha256: and 64 hex digits)");
+        let hex = value
+            .get(..7)
+            .filter(|p| p.eq_ignore_ascii_case("sha256:"))
+            .map(|_| &value[7..]);
+        let digits: Vec<u8> = hex
+            .ok_or_else(bad)?
+            .bytes()
+            .filter(|&b| b != b':')
+            .collect();
+        if digits.len() != 64 {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks(2)) {
+            let text = std::str::from_utf8(pair).map_err(|_| bad())?;
+            *byte = u8::from_str_radix(text, 16).map_err(|_| bad())?;
+        }
+        Ok(Fingerprint(bytes))
+    }
+}
+
+/// Reads a PEM bundle of CA certificates.
+pub fn load_roots(ca_file: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read CA file {}: {e}", ca_file.display()))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("bad CA certificate in {}: {e}", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("no CA certificate in {}", ca_file.display()));
+    }
+    Ok(roots)
+}
+
+/// The default state directory: `$XDG_DATA_HOME/quictun`, else `~/.local/share/quictun`.
+pub fn default_state_dir() -> PathBuf {
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data_home.join("quictun")
+}
+
+/// Creates a directory only its owner can enter.
+pub fn create_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create state directory {}: {e}", dir.display()))
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents))
+        .map_err(|e: io::Error| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_text_forms() {
+        let lower = format!("sha256:{}", "ab".repeat(32));
+        let parsed: Fingerprint = lower.parse().unwrap();
+        assert_eq!(parsed.to_string(), lower);
+        let colons = format!("SHA256:{}", vec!["AB"; 32].join(":"));
+        assert_eq!(colons.parse::<Fingerprint>().unwrap(), parsed);
+        for bad in [
+            "",
+            "sha256:",
+            "md5:ab",
+            &format!("sha256:{}", "a".repeat(63)),
+            &format!("sha256:{}", "zz".repeat(32)),
+            "sha256:é",
+        ] {
+            assert!(bad.parse::<Fingerprint>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn self_signed_identity_has_a_fingerprint() {
+        let identity = Identity::self_signed(&["localhost"]).unwrap();
+        let fingerprint = identity.fingerprint().unwrap();
+        assert_eq!(fingerprint, Fingerprint::of(&identity.chain[0]));
+        assert_eq!(fingerprint.to_string().len(), 7 + 64);
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_identity_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("quictun-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = Identity::load_or_create(&dir).unwrap();
+        let second = Identity::load_or_create(&dir).unwrap();
+        assert_eq!(first.fingerprint(), second.fingerprint());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(STATE_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let error = Identity::from_pem_files(Path::new("/nope/c.pem"), Path::new("/nope/k.pem"))
+            .unwrap_err();
+        assert!(
+            error.starts_with("cannot read certificate /nope/c.pem"),
+            "{error}"
+        );
+        assert!(
+            load_roots(Path::new("/nope/ca.pem"))
+                .unwrap_err()
+                .contains("/nope/ca.pem")
+        );
+    }
+}

@@ -1,0 +1,896 @@
+//! The REST API (SPEC §8): answers of the router alone, then real endpoints on loopback with
+//! real applications, checking the original's JSON fields, byte counts, rates, closing a
+//! tunnel, the connections, the Prometheus metrics and SPICE properties; and the binaries'
+//! `--httpd-listen-on`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use common::*;
+use http_body_util::BodyExt;
+use quictun::api::{ApiState, router};
+use quictun::client::{Client, ClientConfig};
+use quictun::connections::ConnectionRegistry;
+use quictun::plugins::TokenSource;
+use quictun::relay::Side;
+use quictun::tls::Verification;
+use quictun::tunnel::TunnelRegistry;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tower::ServiceExt;
+
+/// Rates sampled this often in tests, so a test waits tenths of a second, not seconds.
+const SAMPLING: Duration = Duration::from_millis(100);
+
+// ---- calling the API -------------------------------------------------------------------------
+
+fn api(
+    side: Side,
+    tunnels: &Arc<TunnelRegistry>,
+    connections: &Arc<ConnectionRegistry>,
+) -> ApiState {
+    ApiState::with_rate_interval(side, tunnels.clone(), connections.clone(), SAMPLING)
+}
+
+fn server_api(server: &TestServer) -> ApiState {
+    api(Side::Server, &server.registry, &server.connections)
+}
+
+fn client_api(client: &TestClient) -> ApiState {
+    api(Side::Client, &client.registry, &client.connections)
+}
+
+fn empty_api() -> ApiState {
+    api(Side::Server, &Arc::default(), &Arc::default())
+}
+
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "content type {}",
+            self.content_type
+        );
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).expect("UTF-8 body")
+    }
+}
+
+async fn call(state: &ApiState, method: &str, uri: &str) -> Answer {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .unwrap();
+    let response = router(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        content_type,
+        body: body.to_vec(),
+    }
+}
+
+async fn get_json(state: &ApiState, uri: &str) -> Value {
+    let answer = call(state, "GET", uri).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "GET {uri}: {}",
+        answer.text()
+    );
+    answer.json()
+}
+
+/// The only tunnel an endpoint lists.
+async fn only_tunnel(state: &ApiState) -> Value {
+    let tunnels = get_json(state, "/tunnels").await;
+    let tunnels = tunnels.as_array().expect("an array");
+    assert_eq!(tunnels.len(), 1, "{tunnels:?}");
+    tunnels[0].clone()
+}
+
+/// Polls `check` until it holds, for at most ten seconds.
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A tunnel through both endpoints to an echo server, with `len` bytes echoed and the
+/// connection held open.
+async fn held_open(client: &TestClient, len: usize) -> tokio::net::TcpStream {
+    let mut conn = connect_tcp(&client.addr);
+    let data = pattern(len, len as u64);
+    conn.write_all(&data).await.unwrap();
+    let mut echoed = vec![0; len];
+    within(30, conn.read_exact(&mut echoed)).await.unwrap();
+    assert!(echoed == data);
+    conn
+}
+
+async fn endpoints() -> (AppServer, TestServer, TestClient) {
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let server = start_server("");
+    let client = start_client(local_tcp(), server.addr, &app.addr.to_string()).await;
+    (app, server, client)
+}
+
+// ---- the router alone ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn health_and_empty_lists() {
+    let state = empty_api();
+    assert_eq!(get_json(&state, "/healthz").await, json!({"status": "ok"}));
+    assert_eq!(get_json(&state, "/tunnels").await, json!([]));
+    assert_eq!(get_json(&state, "/connections").await, json!([]));
+}
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods_answer_json() {
+    let state = empty_api();
+    let uuid = "2e1ce596-8357-4a46-aef1-0c4871b893cd";
+    let cases = [
+        ("GET", "/nope".to_owned(), StatusCode::NOT_FOUND),
+        ("GET", "/tunnels/x/y".to_owned(), StatusCode::NOT_FOUND),
+        (
+            "GET",
+            "/tunnels/not-a-uuid".to_owned(),
+            StatusCode::NOT_FOUND,
+        ),
+        ("GET", "/tunnels/%FF".to_owned(), StatusCode::NOT_FOUND),
+        ("GET", format!("/tunnels/{uuid}"), StatusCode::NOT_FOUND),
+        ("DELETE", format!("/tunnels/{uuid}"), StatusCode::NOT_FOUND),
+        ("DELETE", "/tunnels/12".to_owned(), StatusCode::NOT_FOUND),
+        (
+            "POST",
+            "/tunnels".to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "PUT",
+            format!("/tunnels/{uuid}"),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "DELETE",
+            "/healthz".to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "POST",
+            "/metrics".to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ];
+    for (method, uri, status) in cases {
+        let answer = call(&state, method, &uri).await;
+        assert_eq!(answer.status, status, "{method} {uri}");
+        let message = &answer.json()["message"];
+        assert!(
+            message.as_str().is_some_and(|m| !m.is_empty()),
+            "{method} {uri}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_of_an_idle_endpoint_are_zero() {
+    let answer = call(&empty_api(), "GET", "/metrics").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        answer.content_type,
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let metrics = Metrics::parse(&answer.text());
+    for (name, kind) in FAMILIES {
+        assert_eq!(
+            metrics.types.get(*name).map(String::as_str),
+            Some(*kind),
+            "{name}"
+        );
+    }
+    assert_eq!(metrics.value("quictun_tunnels_open", &[]), 0.0);
+    assert_eq!(metrics.value("quictun_tunnels_total", &[]), 0.0);
+    assert_eq!(metrics.value("quictun_connections_open", &[]), 0.0);
+    for direction in ["client_to_server", "server_to_client"] {
+        let labels = [("direction", direction)];
+        assert_eq!(metrics.value("quictun_bytes_total", &labels), 0.0);
+    }
+}
+
+// ---- real endpoints --------------------------------------------------------------------------
+
+/// The original's fields, in its order, and the numeric rates added beside them.
+const COMMON_FIELDS: &[&str] = &[
+    "uuid",
+    "streamId",
+    "endpoint",
+    "remoteEndpointAddr",
+    "createdAt",
+    "serverTotalBytes",
+    "clientTotalBytes",
+    "serverSendRate",
+    "clientSendRate",
+    "protocol",
+    "protocolProperties",
+    "serverSendBytesPerSecond",
+    "clientSendBytesPerSecond",
+];
+
+fn assert_fields(tunnel: &Value, app_field: &str) {
+    let keys: BTreeSet<&str> = tunnel
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected: BTreeSet<&str> = COMMON_FIELDS.iter().copied().collect();
+    expected.insert(app_field);
+    assert_eq!(keys, expected);
+}
+
+fn assert_rfc3339_utc(text: &str) {
+    let bytes = text.as_bytes();
+    let digits =
+        |range: std::ops::Range<usize>| range.into_iter().all(|i| bytes[i].is_ascii_digit());
+    assert!(
+        bytes.len() >= 20
+            && digits(0..4)
+            && bytes[4] == b'-'
+            && digits(5..7)
+            && bytes[7] == b'-'
+            && digits(8..10)
+            && bytes[10] == b'T'
+            && digits(11..13)
+            && bytes[13] == b':'
+            && digits(14..16)
+            && bytes[16] == b':'
+            && digits(17..19)
+            && text.ends_with('Z'),
+        "not RFC 3339: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_have_the_original_fields_on_both_endpoints() {
+    let (app, server, client) = endpoints().await;
+    let conn = held_open(&client, 3000).await;
+    let client_app = conn.local_addr().unwrap().to_string();
+    let (server_api, client_api) = (server_api(&server), client_api(&client));
+
+    let on_server = only_tunnel(&server_api).await;
+    assert_fields(&on_server, "serverAppAddr");
+    assert_eq!(on_server["endpoint"], "server");
+    assert_eq!(
+        on_server["serverAppAddr"],
+        app.addr.to_string().trim_start_matches("tcp:")
+    );
+    let client_udp = server.connections.list()[0].remote.to_string();
+    assert_eq!(on_server["remoteEndpointAddr"], client_udp);
+
+    let on_client = only_tunnel(&client_api).await;
+    assert_fields(&on_client, "clientAppAddr");
+    assert_eq!(on_client["endpoint"], "client");
+    assert_eq!(on_client["clientAppAddr"], client_app);
+    assert_eq!(on_client["remoteEndpointAddr"], server.addr.to_string());
+
+    for tunnel in [&on_server, &on_client] {
+        uuid::Uuid::parse_str(tunnel["uuid"].as_str().unwrap()).expect("a UUID");
+        assert_eq!(tunnel["streamId"], 0);
+        assert_rfc3339_utc(tunnel["createdAt"].as_str().unwrap());
+        assert_eq!(tunnel["clientTotalBytes"], 3000);
+        assert_eq!(tunnel["serverTotalBytes"], 3000);
+        for rate in ["serverSendRate", "clientSendRate"] {
+            assert!(tunnel[rate].as_str().unwrap().ends_with(" kB/s"), "{rate}");
+        }
+        assert_eq!(tunnel["protocol"], "");
+        assert_eq!(tunnel["protocolProperties"], Value::Null);
+    }
+    // One tunnel by its UUID: the same object.
+    let uuid = on_server["uuid"].as_str().unwrap();
+    let one = get_json(&server_api, &format!("/tunnels/{uuid}")).await;
+    assert_eq!(one["uuid"], on_server["uuid"]);
+    assert_eq!(one["createdAt"], on_server["createdAt"]);
+    assert_eq!(one["serverAppAddr"], on_server["serverAppAddr"]);
+    drop(conn);
+}
+
+/// Sends 16 KiB chunks, paced, until told to stop; returns how many bytes it sent.
+async fn paced_writer(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    stop: Arc<AtomicBool>,
+) -> (tokio::net::tcp::OwnedWriteHalf, u64) {
+    let chunk = pattern(16 * 1024, 7);
+    let mut sent = 0;
+    while !stop.load(Ordering::Relaxed) {
+        writer.write_all(&chunk).await.unwrap();
+        sent += chunk.len() as u64;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (writer, sent)
+}
+
+/// Reads and counts until EOF.
+async fn counting_reader(mut reader: tokio::net::tcp::OwnedReadHalf, count: Arc<AtomicU64>) {
+    let mut buf = vec![0; 64 * 1024];
+    while let Ok(n @ 1..) = reader.read(&mut buf).await {
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+fn rates(tunnel: &Value) -> [u64; 2] {
+    ["clientSendBytesPerSecond", "serverSendBytesPerSecond"].map(|f| tunnel[f].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_counts_and_rates_follow_a_transfer() {
+    let (_app, server, client) = endpoints().await;
+    let states = [server_api(&server), client_api(&client)];
+    let (reader, writer) = connect_tcp(&client.addr).into_split();
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let writing = tokio::spawn(paced_writer(writer, stop.clone()));
+    tokio::spawn(counting_reader(reader, received.clone()));
+
+    // While bytes flow both ways, both rates are above zero on both endpoints.
+    wait_for("rates above zero during the transfer", || async {
+        let mut all = Vec::new();
+        for state in &states {
+            let tunnels = get_json(state, "/tunnels").await;
+            all.extend(tunnels.as_array().unwrap().iter().flat_map(rates));
+        }
+        all.len() == 4 && all.iter().all(|&r| r > 0)
+    })
+    .await;
+    let tunnel = only_tunnel(&states[0]).await;
+    assert_ne!(tunnel["clientSendRate"], "0.00 kB/s");
+    assert_ne!(tunnel["serverSendRate"], "0.00 kB/s");
+
+    stop.store(true, Ordering::Relaxed);
+    let (_writer, sent) = within(30, writing).await.unwrap();
+    wait_for("all bytes echoed", || async {
+        received.load(Ordering::Relaxed) == sent
+    })
+    .await;
+
+    // The tunnel is idle but open: the rates fall to zero and the totals are what crossed.
+    wait_for("rates back to zero", || async {
+        let mut zero = true;
+        for state in &states {
+            zero &= rates(&only_tunnel(state).await) == [0, 0];
+        }
+        zero
+    })
+    .await;
+    for state in &states {
+        let tunnel = only_tunnel(state).await;
+        assert_eq!(tunnel["clientTotalBytes"].as_u64(), Some(sent));
+        assert_eq!(tunnel["serverTotalBytes"].as_u64(), Some(sent));
+        assert_eq!(tunnel["clientSendRate"], "0.00 kB/s");
+        assert_eq!(tunnel["serverSendRate"], "0.00 kB/s");
+    }
+}
+
+/// Reads until the connection ends; a reset and an EOF both count as closed.
+async fn closed(mut conn: tokio::net::TcpStream) {
+    let mut buf = [0u8; 1024];
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_closes_the_application_connection() {
+    let (_app, server, client) = endpoints().await;
+    let (server_api, client_api) = (server_api(&server), client_api(&client));
+    // Closed from either endpoint, the tunnel ends on both.
+    for (closer, other) in [(&server_api, &client_api), (&client_api, &server_api)] {
+        let conn = held_open(&client, 100).await;
+        let uuid = only_tunnel(closer).await["uuid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let path = format!("/tunnels/{uuid}");
+
+        let answer = call(closer, "DELETE", &path).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_eq!(answer.json()["message"], "tunnel closed");
+        within(10, closed(conn)).await;
+
+        assert_eq!(get_json(closer, "/tunnels").await, json!([]));
+        assert_eq!(
+            call(closer, "GET", &path).await.status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(closer, "DELETE", &path).await.status,
+            StatusCode::NOT_FOUND
+        );
+        wait_for("the tunnel gone from the other endpoint", || async {
+            get_json(other, "/tunnels").await == json!([])
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_list_the_quic_connection() {
+    let (_app, server, client) = endpoints().await;
+    let conn = held_open(&client, 100).await;
+    let client_udp = server.connections.list()[0].remote.to_string();
+    for (state, remote) in [
+        (server_api(&server), client_udp),
+        (client_api(&client), server.addr.to_string()),
+    ] {
+        let connections = get_json(&state, "/connections").await;
+        let connections = connections.as_array().unwrap();
+        assert_eq!(connections.len(), 1, "{connections:?}");
+        let c = &connections[0];
+        assert_eq!(c["remoteEndpointAddr"], remote.as_str());
+        assert_eq!(c["openTunnels"], 1);
+        assert!(c["rttMs"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(c["congestionWindow"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["sentPackets"].as_u64().unwrap() > 0, "{c}");
+        for counter in ["lostPackets", "lostBytes", "congestionEvents", "id"] {
+            assert!(c[counter].is_u64(), "{counter}: {c}");
+        }
+        assert_rfc3339_utc(c["createdAt"].as_str().unwrap());
+    }
+    drop(conn);
+}
+
+// ---- Prometheus metrics ----------------------------------------------------------------------
+
+const FAMILIES: &[(&str, &str)] = &[
+    ("quictun_tunnels_open", "gauge"),
+    ("quictun_tunnels_total", "counter"),
+    ("quictun_bytes_total", "counter"),
+    ("quictun_handshake_failures_total", "counter"),
+    ("quictun_connections_open", "gauge"),
+    ("quictun_connection_rtt_seconds", "gauge"),
+    ("quictun_connection_lost_packets_total", "counter"),
+];
+
+/// A parsed exposition in the Prometheus text format.
+struct Metrics {
+    types: HashMap<String, String>,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    /// Parses every line, failing on any that is not a comment, `# HELP`/`# TYPE`, or a
+    /// sample `name{labels} value` of a family whose type came before it.
+    fn parse(text: &str) -> Metrics {
+        let mut metrics = Metrics {
+            types: HashMap::new(),
+            samples: Vec::new(),
+        };
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if let Some(comment) = line.strip_prefix('#') {
+                metrics.comment(comment);
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("name and value");
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("value in {line:?}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, labels(rest.strip_suffix('}').expect("closing }"))),
+                None => (series, BTreeMap::new()),
+            };
+            assert!(valid_name(name), "name in {line:?}");
+            assert!(metrics.types.contains_key(name), "no TYPE before {line:?}");
+            metrics.samples.push((name.to_owned(), labels, value));
+        }
+        metrics
+    }
+
+    fn comment(&mut self, comment: &str) {
+        let words: Vec<&str> = comment.split_whitespace().collect();
+        match words.as_slice() {
+            ["TYPE", name, kind] => {
+                assert!(valid_name(name) && ["counter", "gauge"].contains(kind));
+                let earlier = self.types.insert(name.to_string(), kind.to_string());
+                assert!(earlier.is_none(), "TYPE of {name} twice");
+            }
+            ["TYPE", ..] => panic!("bad TYPE line: {comment}"),
+            ["HELP", name, _, ..] => assert!(valid_name(name)),
+            _ => {}
+        }
+    }
+
+    /// The samples of `name` whose labels include `labels`.
+    fn matching(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, value)| *value)
+            .collect()
+    }
+
+    /// The one sample of `name` with `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        match self.matching(name, labels).as_slice() {
+            [value] => *value,
+            other => panic!("{name}{labels:?}: {other:?}"),
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// Parses `a="x",b="y\"z"`.
+fn labels(mut rest: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"").expect("label=\"");
+        assert!(valid_name(key), "label name {key:?}");
+        let (mut value, mut chars) = (String::new(), after.char_indices());
+        let end = loop {
+            match chars.next().expect("closing quote") {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next().expect("escaped char").1 {
+                    'n' => value.push('\n'),
+                    c @ ('\\' | '"') => value.push(c),
+                    c => panic!("bad escape \\{c}"),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        labels.insert(key.to_owned(), value);
+        rest = after[end + 1..]
+            .strip_prefix(',')
+            .unwrap_or(&after[end + 1..]);
+    }
+    labels
+}
+
+async fn metrics(state: &ApiState) -> Metrics {
+    let answer = call(state, "GET", "/metrics").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    Metrics::parse(&answer.text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_traffic_of_ended_and_open_tunnels() {
+    let (_app, server, client) = endpoints().await;
+    // One tunnel that ends, then one held open.
+    let data = pattern(100_000, 1);
+    let echoed = within(30, exchange(connect(&client.addr).await, data.clone())).await;
+    assert!(echoed.unwrap() == data);
+    let conn = held_open(&client, 3000).await;
+    for registry in [&server.registry, &client.registry] {
+        wait_for("the first tunnel ended", || async {
+            registry.open_count() == 1
+        })
+        .await;
+    }
+    let client_udp = server.connections.list()[0].remote.to_string();
+
+    for (state, remote) in [
+        (server_api(&server), client_udp),
+        (client_api(&client), server.addr.to_string()),
+    ] {
+        let metrics = metrics(&state).await;
+        for (name, kind) in FAMILIES {
+            assert_eq!(
+                metrics.types.get(*name).map(String::as_str),
+                Some(*kind),
+                "{name}"
+            );
+        }
+        assert_eq!(metrics.value("quictun_tunnels_open", &[]), 1.0);
+        assert_eq!(metrics.value("quictun_tunnels_total", &[]), 2.0);
+        for direction in ["client_to_server", "server_to_client"] {
+            let labels = [("direction", direction)];
+            assert_eq!(metrics.value("quictun_bytes_total", &labels), 103_000.0);
+        }
+        assert_eq!(metrics.value("quictun_connections_open", &[]), 1.0);
+        let remote = [("remote", remote.as_str())];
+        assert!(metrics.value("quictun_connection_rtt_seconds", &remote) > 0.0);
+        assert!(metrics.value("quictun_connection_lost_packets_total", &remote) >= 0.0);
+        assert!(
+            metrics
+                .matching("quictun_handshake_failures_total", &[])
+                .is_empty()
+        );
+    }
+    drop(conn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_failures_are_counted_by_reason() {
+    let server = start_server("");
+    // A client that pins another certificate: its handshakes fail on TLS.
+    let wrong = "sha256:".to_owned() + &"ab".repeat(32);
+    let source = TokenSource::load("Fixed", "tcp:127.0.0.1:9", Some(plugin_dir())).unwrap();
+    let client = Client::bind(ClientConfig {
+        listen: local_tcp(),
+        server: server.addr.into(),
+        source,
+        verification: Verification::Pinned(wrong.parse().unwrap()),
+        identity: None,
+        transport: transport(),
+        handshake_timeout: Duration::from_secs(5),
+        outage_wait: Duration::from_secs(5),
+        reconnect_max_backoff: Duration::from_secs(1),
+        discriminators: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let (addr, registry, connections) = (
+        client.local_addr().unwrap(),
+        client.registry(),
+        client.connections(),
+    );
+    let task = tokio::spawn(client.run());
+    within(20, closed(connect_tcp(&addr))).await;
+
+    let metrics = metrics(&api(Side::Client, &registry, &connections)).await;
+    // The client retries with back-off while the application waits: one failure or more.
+    let failures = [("reason", "tls")];
+    assert!(metrics.value("quictun_handshake_failures_total", &failures) >= 1.0);
+    assert_eq!(metrics.value("quictun_connections_open", &[]), 0.0);
+    assert_eq!(metrics.value("quictun_tunnels_total", &[]), 0.0);
+    task.abort();
+}
+
+// ---- SPICE, replayed from real captures (as tests/spice.rs does) ----------------------------
+
+struct Fixture {
+    c2s: Vec<u8>,
+    s2c: Vec<u8>,
+    properties: Value,
+    script: Vec<(bool, usize)>,
+}
+
+fn spice_fixtures() -> Vec<Fixture> {
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/spice-captures"
+    ));
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let read = |f: &Value, key: &str| std::fs::read(dir.join(f[key].as_str().unwrap())).unwrap();
+    expected["fixtures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| Fixture {
+            c2s: read(f, "c2s"),
+            s2c: read(f, "s2c"),
+            properties: f["protocolProperties"].clone(),
+            script: f["script"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|step| (step[0] == "c2s", step[1].as_u64().unwrap() as usize))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Plays one side of a recording: writes this side's steps and reads the other side's.
+async fn play<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    fixture: &Fixture,
+    client: bool,
+) -> S {
+    let (mine, theirs) = if client {
+        (&fixture.c2s, &fixture.s2c)
+    } else {
+        (&fixture.s2c, &fixture.c2s)
+    };
+    let (mut wrote, mut read) = (0, 0);
+    for &(c2s, len) in &fixture.script {
+        if c2s == client {
+            stream.write_all(&mine[wrote..wrote + len]).await.unwrap();
+            wrote += len;
+        } else {
+            let mut buf = vec![0; len];
+            stream.read_exact(&mut buf).await.unwrap();
+            assert!(
+                buf == theirs[read..read + len],
+                "bytes changed in the tunnel"
+            );
+            read += len;
+        }
+    }
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spice_properties_appear_in_tunnels() {
+    for fixture in spice_fixtures() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("tcp:{}", listener.local_addr().unwrap());
+        let server = start_server("");
+        let client = start_client(local_tcp(), server.addr, &target).await;
+        let peer = Fixture {
+            c2s: fixture.c2s.clone(),
+            s2c: fixture.s2c.clone(),
+            properties: Value::Null,
+            script: fixture.script.clone(),
+        };
+        let spice_server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            // Kept open until the test has read both lists.
+            play(stream, &peer, false).await
+        });
+        let app = within(30, play(connect_tcp(&client.addr), &fixture, true)).await;
+        let spice_server = within(30, spice_server).await.unwrap();
+
+        for state in [server_api(&server), client_api(&client)] {
+            let tunnel = only_tunnel(&state).await;
+            assert_eq!(tunnel["protocol"], "spice", "{tunnel}");
+            assert_eq!(tunnel["protocolProperties"], fixture.properties, "{tunnel}");
+            assert_eq!(tunnel["clientTotalBytes"], fixture.c2s.len());
+            assert_eq!(tunnel["serverTotalBytes"], fixture.s2c.len());
+        }
+        drop((app, spice_server));
+    }
+}
+
+// ---- the binaries ----------------------------------------------------------------------------
+
+const SERVER: &str = env!("CARGO_BIN_EXE_quictun-server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_quictun-client");
+
+/// A binary's command line with the test plugins and a QUIC port of its own.
+fn binary(path: &str, httpd: &str) -> Command {
+    let mut command = Command::new(path);
+    command
+        .args(["--plugin-dir", plugin_dir().to_str().unwrap()])
+        .args(["--httpd-listen-on", httpd])
+        .env_remove("QUICTUN_PLUGIN_DIR")
+        .stdin(Stdio::null());
+    if path == SERVER {
+        command.args(["--listen-on", "127.0.0.1:0"]);
+    } else {
+        command.args([
+            "--listen-on",
+            "tcp:127.0.0.1:0",
+            "--server-endpoint",
+            "127.0.0.1:9",
+            "--insecure-skip-verify",
+            "--token-source",
+            "tcp:127.0.0.1:9",
+        ]);
+    }
+    command
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads the child's log until a line contains `ready`; returns the lines read.
+fn log_until(child: &mut Child, ready: &str) -> Vec<String> {
+    use std::io::BufRead;
+    let stderr = child.0.stderr.take().expect("piped stderr");
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.expect("a log line");
+        let done = line.contains(ready);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+    panic!("the binary ended before {ready:?}: {lines:?}");
+}
+
+/// `GET path` over a plain TCP connection, as curl would send it.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the REST API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn both_binaries_serve_the_api_where_the_flag_says() {
+    for (path, ready) in [(SERVER, "server ready"), (CLIENT, "client ready")] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut child = Child(binary(path, &addr).stderr(Stdio::piped()).spawn().unwrap());
+        let log = log_until(&mut child, ready);
+        assert!(log.iter().any(|l| l.contains("REST API ready")), "{log:?}");
+        let answer = http_get(&addr, "/healthz");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with(r#"{"status":"ok"}"#), "{answer}");
+        let answer = http_get(&addr, "/tunnels");
+        assert!(answer.ends_with("[]"), "{answer}");
+    }
+}
+
+#[test]
+fn an_empty_flag_turns_the_api_off() {
+    for (path, ready) in [(SERVER, "server ready"), (CLIENT, "client ready")] {
+        let mut child = Child(binary(path, "").stderr(Stdio::piped()).spawn().unwrap());
+        let log = log_until(&mut child, ready);
+        assert!(!log.iter().any(|l| l.contains("REST API")), "{log:?}");
+    }
+}
+
+#[test]
+fn a_busy_api_port_is_a_start_up_error() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    for path in [SERVER, CLIENT] {
+        // Only errors logged, so the start-up error is the one line.
+        let output = binary(path, &addr)
+            .args(["--log-level", "error"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        let expected = format!("error: cannot listen on tcp {addr} for the REST API: ");
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -1,0 +1,371 @@
+//! SPEC §7 on real endpoints: server identity, every client verification mode, mutual TLS,
+//! the target allow-list and the bounds on what a peer controls.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use quictun::identity::{Fingerprint, Identity, load_roots};
+use quictun::plugins::TokenParser;
+use quictun::policy::Policy;
+use quictun::server::{Server, ServerConfig};
+use quictun::tls::Verification;
+use quictun::wire::Status;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+
+/// A CA that writes its certificate and the leaves it signs as PEM files in `dir`.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    name: String,
+}
+
+impl Ca {
+    fn new(dir: &TempDir, name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.join(&format!("{name}-ca.pem")), issuer.pem()).unwrap();
+        Ca {
+            issuer,
+            name: name.to_owned(),
+        }
+    }
+
+    fn ca_file(&self, dir: &TempDir) -> std::path::PathBuf {
+        dir.join(&format!("{}-ca.pem", self.name))
+    }
+
+    /// A leaf for `names`, written as `<leaf>.pem` and `<leaf>.key`, and loaded back.
+    fn leaf(&self, dir: &TempDir, leaf: &str, names: &[&str]) -> Identity {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, leaf);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_file, key_file) = (
+            dir.join(&format!("{leaf}.pem")),
+            dir.join(&format!("{leaf}.key")),
+        );
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        Identity::from_pem_files(&cert_file, &key_file).unwrap()
+    }
+}
+
+fn server(
+    identity: Identity,
+    client_roots: Option<rustls::RootCertStore>,
+    policy: Policy,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let parser = TokenParser::load("Cleartext", "", Some(plugin_dir())).unwrap();
+    let server = Server::bind(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        parser,
+        identity,
+        transport: transport(),
+        handshake_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        max_connections: 100,
+        discriminators: Vec::new(),
+        policy,
+        client_roots,
+    })
+    .unwrap();
+    (server.local_addr().unwrap(), tokio::spawn(server.run()))
+}
+
+/// Connects with `verification` (and a client certificate) and carries a few bytes through an
+/// echo target; the error text when anything fails.
+async fn tunnel_works(
+    server: SocketAddr,
+    verification: &Verification,
+    identity: Option<Identity>,
+) -> Result<(), String> {
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let endpoint = quictun::transport::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let crypto = quictun::tls::client_crypto(verification, identity).map_err(|e| e.to_string())?;
+    let connecting = endpoint
+        .connect_with(quinn::ClientConfig::new(crypto), server, "localhost")
+        .map_err(|e| e.to_string())?;
+    let connection = within(10, connecting).await.map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    let mut frame = token_frame(&app.addr.to_string());
+    frame.extend_from_slice(b"hello");
+    send.write_all(&frame).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    let answer = within(10, quictun::relay::read_answer(&mut recv))
+        .await
+        .map_err(|e| e.to_string())?;
+    if answer.status != Status::Ok {
+        return Err(answer.reason);
+    }
+    let echoed = within(10, recv.read_to_end(64))
+        .await
+        .map_err(|e| e.to_string())?;
+    (echoed == b"hello")
+        .then_some(())
+        .ok_or_else(|| "wrong bytes".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_verification_matrix() {
+    let dir = TempDir::new("verify");
+    let ca = Ca::new(&dir, "right");
+    let wrong = Ca::new(&dir, "wrong");
+    let identity = ca.leaf(&dir, "server", &["localhost", "127.0.0.1"]);
+    let fingerprint = identity.fingerprint().unwrap();
+    let (addr, _task) = server(identity, None, Policy::default());
+
+    let right_ca = Verification::Pki(load_roots(&ca.ca_file(&dir)).unwrap());
+    tunnel_works(addr, &right_ca, None).await.expect("right CA");
+    let wrong_ca = Verification::Pki(load_roots(&wrong.ca_file(&dir)).unwrap());
+    let error = tunnel_works(addr, &wrong_ca, None).await.unwrap_err();
+    assert!(
+        error.contains("UnknownIssuer") || error.to_lowercase().contains("issuer"),
+        "{error}"
+    );
+
+    tunnel_works(addr, &Verification::Pinned(fingerprint), None)
+        .await
+        .expect("pinned");
+    let error = tunnel_works(addr, &Verification::Pinned(Fingerprint([7; 32])), None)
+        .await
+        .unwrap_err();
+    assert!(error.contains("does not match the pinned"), "{error}");
+
+    tunnel_works(addr, &Verification::Insecure, None)
+        .await
+        .expect("insecure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_on_first_use_records_then_refuses_a_changed_certificate() {
+    let dir = TempDir::new("tofu");
+    let state = dir.join("state");
+    let known_hosts = state.join("known_hosts");
+    // A server keeps its generated certificate across restarts.
+    let first = Identity::load_or_create(&state).unwrap();
+    let again = Identity::load_or_create(&state).unwrap();
+    assert_eq!(first.fingerprint(), again.fingerprint());
+    let (addr, task) = server(first, None, Policy::default());
+    let tofu = Verification::FirstUse {
+        known_hosts: known_hosts.clone(),
+        endpoint: addr.to_string(),
+    };
+    tunnel_works(addr, &tofu, None).await.expect("first use");
+    let recorded = std::fs::read_to_string(&known_hosts).unwrap();
+    assert_eq!(
+        recorded,
+        format!("{addr} {}\n", again.fingerprint().unwrap())
+    );
+    tunnel_works(addr, &tofu, None).await.expect("second use");
+    task.abort();
+
+    // Another certificate behind the same endpoint name.
+    let (other_addr, _task) = server(
+        Identity::self_signed(&["localhost"]).unwrap(),
+        None,
+        Policy::default(),
+    );
+    let moved = Verification::FirstUse {
+        known_hosts: known_hosts.clone(),
+        endpoint: addr.to_string(),
+    };
+    let error = tunnel_works(other_addr, &moved, None).await.unwrap_err();
+    assert!(
+        error.contains(&format!("the certificate of {addr} changed")),
+        "{error}"
+    );
+    assert!(error.contains("delete line 1"), "{error}");
+    assert!(
+        error.contains(&known_hosts.display().to_string()),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
+    let dir = TempDir::new("mtls");
+    let ca = Ca::new(&dir, "clients");
+    let other = Ca::new(&dir, "other");
+    let server_identity = Identity::self_signed(&["localhost"]).unwrap();
+    let roots = load_roots(&ca.ca_file(&dir)).unwrap();
+    let (addr, _task) = server(server_identity, Some(roots), Policy::default());
+
+    assert!(
+        tunnel_works(addr, &Verification::Insecure, None)
+            .await
+            .is_err(),
+        "no client certificate"
+    );
+    let stranger = other.leaf(&dir, "stranger", &["client"]);
+    assert!(
+        tunnel_works(addr, &Verification::Insecure, Some(stranger))
+            .await
+            .is_err(),
+        "wrong CA"
+    );
+    let member = ca.leaf(&dir, "member", &["client"]);
+    tunnel_works(addr, &Verification::Insecure, Some(member))
+        .await
+        .expect("right CA");
+}
+
+/// Asks the server for `target` and returns the answer.
+async fn answer_for(server: SocketAddr, target: &str) -> quictun::wire::Answer {
+    let connection = raw_connection(server).await;
+    raw_answer(&connection, &token_frame(target)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allow_list_decides_for_tcp_and_unix_targets() {
+    let dir = TempDir::new("allow");
+    let allowed_dir = dir.join("allowed");
+    std::fs::create_dir_all(&allowed_dir).unwrap();
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let quictun::addr::Address::Tcp(app_hp) = &app.addr else {
+        unreachable!()
+    };
+    let unix_allowed = tokio::net::UnixListener::bind(allowed_dir.join("ok.sock")).unwrap();
+    let _unix_denied = tokio::net::UnixListener::bind(dir.join("no.sock")).unwrap();
+    let rules = [
+        format!("127.0.0.1/32:{}", app_hp.port),
+        format!("localhost:{}", app_hp.port + 1),
+        format!("unix:{}/", allowed_dir.display()),
+    ];
+    let (addr, _task) = server(
+        Identity::self_signed(&["localhost"]).unwrap(),
+        None,
+        Policy::new(&rules).unwrap(),
+    );
+
+    assert_eq!(
+        answer_for(addr, &app.addr.to_string()).await.status,
+        Status::Ok
+    );
+    let denied = answer_for(addr, &format!("tcp:127.0.0.1:{}", app_hp.port + 2)).await;
+    assert_eq!(denied.status, Status::NotAllowed);
+    assert!(
+        denied.reason.contains("is not allowed by --allow-target"),
+        "{}",
+        denied.reason
+    );
+    // A name that resolves to an allowed address by IP but is not itself listed: judged on
+    // the address dialed, which the CIDR rule allows.
+    assert_eq!(
+        answer_for(addr, &format!("tcp:localhost:{}", app_hp.port))
+            .await
+            .status,
+        Status::Ok
+    );
+    // A name whose address is denied.
+    let named = answer_for(addr, &format!("tcp:localhost:{}", app_hp.port + 3)).await;
+    assert_eq!(named.status, Status::NotAllowed);
+    assert!(
+        named.reason.contains("127.0.0.1") || named.reason.contains("::1"),
+        "{}",
+        named.reason
+    );
+
+    let ok = format!("unix:{}", allowed_dir.join("ok.sock").display());
+    assert_eq!(answer_for(addr, &ok).await.status, Status::Ok);
+    drop(unix_allowed);
+    let no = format!("unix:{}", dir.join("no.sock").display());
+    assert_eq!(answer_for(addr, &no).await.status, Status::NotAllowed);
+    let escape = format!("unix:{}/../no.sock", allowed_dir.display());
+    assert_eq!(answer_for(addr, &escape).await.status, Status::NotAllowed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stream_is_closed_at_the_handshake_time_out() {
+    let (addr, _task) = server(
+        Identity::self_signed(&["localhost"]).unwrap(),
+        None,
+        Policy::default(),
+    );
+    let connection = raw_connection(addr).await;
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    // The stream exists for the server only once a frame arrives: send one byte of header.
+    send.write_all(&[0]).await.unwrap();
+    let started = std::time::Instant::now();
+    let result = within(10, recv.read_to_end(64)).await;
+    assert!(
+        result.is_err(),
+        "the server must reset the stream, got {result:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_mib_token_is_refused_from_its_header() {
+    let (addr, _task) = server(
+        Identity::self_signed(&["localhost"]).unwrap(),
+        None,
+        Policy::default(),
+    );
+    let connection = raw_connection(addr).await;
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    // A length field can say at most 65535: the rest of a 1 MiB "token" is never read.
+    let mut huge = vec![0xff, 0xff];
+    huge.extend(std::iter::repeat_n(b'a', 1024 * 1024));
+    let writer = tokio::spawn(async move {
+        let _ = send.write_all(&huge).await;
+    });
+    let answer = within(10, quictun::relay::read_answer(&mut recv))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, Status::BadToken);
+    assert!(answer.reason.contains("65535"), "{}", answer.reason);
+    within(10, writer).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_hit_the_limit_and_the_server_stays_responsive() {
+    let parser = TokenParser::load("Cleartext", "", Some(plugin_dir())).unwrap();
+    let server = Server::bind(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        parser,
+        identity: Identity::self_signed(&["localhost"]).unwrap(),
+        transport: transport(),
+        handshake_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        max_connections: 3,
+        discriminators: Vec::new(),
+        policy: Policy::default(),
+        client_roots: None,
+    })
+    .unwrap();
+    let (addr, connections) = (server.local_addr().unwrap(), server.connections());
+    let _task = tokio::spawn(server.run());
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(raw_connection(addr).await);
+    }
+    let endpoint = quictun::transport::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let crypto = quictun::tls::client_crypto(&Verification::Insecure, None).unwrap();
+    let fourth = endpoint
+        .connect_with(quinn::ClientConfig::new(crypto), addr, "localhost")
+        .unwrap();
+    assert!(
+        within(10, fourth).await.is_err(),
+        "the fourth connection must be refused"
+    );
+    let failures = connections.handshake_failures();
+    assert_eq!(failures, vec![("too_many_connections", 1)]);
+    // The connections being served still carry tunnels.
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let answer = raw_answer(&idle[0], &token_frame(&app.addr.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, Status::Ok);
+}
