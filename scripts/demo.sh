@@ -34,16 +34,26 @@ python3 -m http.server "$web_port" --bind 127.0.0.1 --directory "$work/www" >"$w
 pids+=($!)
 
 echo "==> quictun-server on udp 127.0.0.1:$quic_port, REST API on 127.0.0.1:$server_api"
-"$bin/quictun-server" --listen-on "127.0.0.1:$quic_port" \
+"$bin/quictun-server" --listen-on "127.0.0.1:$quic_port" --state-dir "$work/server-state" \
     --httpd-listen-on "127.0.0.1:$server_api" >"$work/server.log" 2>&1 &
 pids+=($!)
+
+# The server logs its certificate's fingerprint at start: the client pins it.
+fingerprint=""
+for _ in $(seq 100); do
+    fingerprint=$(grep -o 'sha256:[0-9a-f]\{64\}' "$work/server.log" | head -n 1 || true)
+    [ -n "$fingerprint" ] && break
+    sleep 0.1
+done
+[ -n "$fingerprint" ] || { echo "demo: the server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
+echo "    its certificate: $fingerprint"
 
 echo "==> quictun-client on tcp 127.0.0.1:$tunnel_port, token tcp:127.0.0.1:$web_port, REST API on 127.0.0.1:$client_api"
 "$bin/quictun-client" --listen-on "tcp:127.0.0.1:$tunnel_port" \
     --httpd-listen-on "127.0.0.1:$client_api" \
     --server-endpoint "127.0.0.1:$quic_port" \
     --token-source "tcp:127.0.0.1:$web_port" \
-    --insecure-skip-verify >"$work/client.log" 2>&1 &
+    --server-cert-fingerprint "$fingerprint" --state-dir "$work/client-state" >"$work/client.log" 2>&1 &
 pids+=($!)
 
 # Wait until the web server, the tunnel's listener and the REST APIs accept connections.
