@@ -14,6 +14,10 @@ use crate::transport::{Congestion, TransportOptions};
 /// Flags both endpoints take.
 #[derive(Debug, Args)]
 pub struct CommonArgs {
+    /// YAML file of flags (keys are long flag names); flags given here replace its values.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Log level: error, warn, info, debug or trace, or a filter such as `quictun=debug`.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -61,6 +65,10 @@ pub struct CommonArgs {
     /// Interval of keep-alive packets on an idle connection (0s turns them off).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub keep_alive: Duration,
+
+    /// On SIGINT or SIGTERM, how long open tunnels may go on before they are cut.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub drain_timeout: Duration,
 
     /// A connection with no packets for this long is closed.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
@@ -149,8 +157,17 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 }
 
 /// Parses the command line; a bad flag is printed as one line and exits with 2.
+/// `--config FILE` is expanded first; its warnings are logged by [`init_logging`].
 pub fn parse<T: Parser>() -> T {
-    T::try_parse().unwrap_or_else(|error| {
+    let expanded = match crate::config::expand(std::env::args_os().collect(), &T::command()) {
+        Ok(expanded) => expanded,
+        Err(message) => {
+            eprintln!("{}: error: {message}", program());
+            std::process::exit(2);
+        }
+    };
+    let _ = CONFIG_WARNINGS.set(expanded.warnings);
+    T::try_parse_from(expanded.args).unwrap_or_else(|error| {
         use clap::error::ErrorKind;
         if matches!(
             error.kind(),
@@ -170,6 +187,9 @@ pub fn parse<T: Parser>() -> T {
     })
 }
 
+/// Warnings about the `--config` file, logged once logging is set up.
+static CONFIG_WARNINGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
 /// Sets up logging to standard error.
 pub fn init_logging(common: &CommonArgs) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
@@ -182,6 +202,9 @@ pub fn init_logging(common: &CommonArgs) -> anyhow::Result<()> {
     match common.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    for warning in CONFIG_WARNINGS.get().into_iter().flatten() {
+        tracing::warn!("{warning}");
     }
     Ok(())
 }

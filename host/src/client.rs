@@ -24,7 +24,7 @@ use crate::sniff::Sniffer;
 use crate::tls::{self, Verification};
 use crate::transport::TransportOptions;
 use crate::tunnel::{Tunnel, TunnelRegistry, TunnelSpec};
-use crate::wire;
+use crate::wire::{self, ErrorCode};
 
 /// Everything the client needs, already checked.
 #[derive(Debug)]
@@ -51,6 +51,32 @@ pub struct Client {
     listener: AppListener,
     server: HostPort,
     shared: Arc<Shared>,
+}
+
+/// Shuts a client down.
+#[derive(Clone)]
+pub struct ClientHandle {
+    shared: Arc<Shared>,
+}
+
+impl ClientHandle {
+    /// Lets open tunnels finish for up to `drain` (the listener must already be closed, by
+    /// dropping the `run` future), then closes the connection. Returns how many tunnels were
+    /// cut off.
+    pub async fn shutdown(&self, drain: Duration) -> usize {
+        let registry = &self.shared.registry;
+        if registry.open_count() > 0 {
+            info!(
+                tunnels = registry.open_count(),
+                "waiting up to {drain:?} for open tunnels to finish"
+            );
+        }
+        let cut = registry.wait_empty(drain).await;
+        if let Some(connection) = self.shared.connector.current() {
+            connection.close(ErrorCode::Shutdown.varint(), b"client shutting down");
+        }
+        cut
+    }
 }
 
 struct Shared {
@@ -93,6 +119,13 @@ impl Client {
     /// The live QUIC connection and handshake failures.
     pub fn connections(&self) -> Arc<ConnectionRegistry> {
         self.shared.connector.registry()
+    }
+
+    /// A handle to shut the client down once [`run`](Self::run) has been stopped.
+    pub fn handle(&self) -> ClientHandle {
+        ClientHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The live tunnels.

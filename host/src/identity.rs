@@ -8,8 +8,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// File names of the generated server identity inside the state directory.
-const STATE_CERT: &str = "server-cert.pem";
-const STATE_KEY: &str = "server-key.pem";
+/// The generated certificate and its key, in one PEM file.
+const STATE_IDENTITY: &str = "server-identity.pem";
+const STATE_RESET_KEY: &str = "reset-key";
+const RESET_KEY_LEN: usize = 64;
 
 /// A certificate chain and its private key.
 #[derive(Debug)]
@@ -36,18 +38,19 @@ impl Identity {
     /// The certificate kept in `state_dir`, generated there on first use so the server keeps
     /// its identity (and clients their trust in it) across restarts.
     pub fn load_or_create(state_dir: &Path) -> Result<Identity, String> {
-        let (cert, key) = (state_dir.join(STATE_CERT), state_dir.join(STATE_KEY));
-        if cert.exists() && key.exists() {
-            return Identity::from_pem_files(&cert, &key);
+        let path = state_dir.join(STATE_IDENTITY);
+        if !path.exists() {
+            let names = ["localhost"];
+            let certified = rcgen::generate_simple_self_signed(names.map(String::from).to_vec())
+                .map_err(|e| format!("cannot generate a certificate: {e}"))?;
+            let pem = certified.cert.pem() + &certified.signing_key.serialize_pem();
+            create_private_dir(state_dir)?;
+            if create_once(&path, pem.as_bytes())? {
+                tracing::info!(path = %path.display(), "generated the server certificate");
+            }
         }
-        let names = ["localhost"];
-        let certified = rcgen::generate_simple_self_signed(names.map(String::from).to_vec())
-            .map_err(|e| format!("cannot generate a certificate: {e}"))?;
-        create_private_dir(state_dir)?;
-        write_private(&key, certified.signing_key.serialize_pem().as_bytes())?;
-        write_private(&cert, certified.cert.pem().as_bytes())?;
-        tracing::info!(path = %cert.display(), "generated the server certificate");
-        Identity::from_pem_files(&cert, &key)
+        // The certificate and its key share one file, so they always match.
+        Identity::from_pem_files(&path, &path)
     }
 
     /// A fresh self-signed certificate (ECDSA P-256) for `names`.
@@ -114,6 +117,31 @@ impl std::str::FromStr for Fingerprint {
     }
 }
 
+/// The server's stateless-reset key, kept in `state_dir` (made on first use).
+pub fn load_or_create_reset_key(state_dir: &Path) -> Result<Vec<u8>, String> {
+    let path = state_dir.join(STATE_RESET_KEY);
+    match std::fs::read(&path) {
+        Ok(key) if key.len() == RESET_KEY_LEN => return Ok(key),
+        Ok(_) => {
+            return Err(format!(
+                "{} is not a {RESET_KEY_LEN}-byte key",
+                path.display()
+            ));
+        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(format!("cannot read {}: {e}", path.display()));
+        }
+        Err(_) => {}
+    }
+    let mut key = vec![0u8; RESET_KEY_LEN];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| "cannot draw a random reset key".to_owned())?;
+    create_private_dir(state_dir)?;
+    create_once(&path, &key)?;
+    // Another process may have created it first: use what the file holds.
+    std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
 /// Reads a PEM bundle of CA certificates.
 pub fn load_roots(ca_file: &Path) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
@@ -151,18 +179,29 @@ pub fn create_private_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create state directory {}: {e}", dir.display()))
 }
 
-/// Writes a file only its owner can read.
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
+/// Creates a file only its owner can read, unless it exists. The file appears whole (written
+/// beside it, then linked into place) and only once: of two processes starting together, one
+/// creates it and the other uses it. Returns whether this call created it.
+fn create_once(path: &Path, contents: &[u8]) -> Result<bool, String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: io::Error| format!("cannot write {}: {e}", path.display());
+    let partial = path.with_extension(format!("partial-{}", std::process::id()));
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .and_then(|mut file| file.write_all(contents))
-        .map_err(|e: io::Error| format!("cannot write {}: {e}", path.display()))
+        .open(&partial)
+        .and_then(|mut file| file.write_all(contents).and_then(|()| file.sync_all()))
+        .map_err(fail)?;
+    let linked = std::fs::hard_link(&partial, path);
+    let _ = std::fs::remove_file(&partial);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(fail(e)),
+    }
 }
 
 #[cfg(test)]
@@ -205,11 +244,13 @@ mod state_tests {
     fn the_generated_identity_survives_a_restart() {
         let dir = std::env::temp_dir().join(format!("quictun-identity-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        let key = load_or_create_reset_key(&dir).unwrap();
+        assert_eq!(load_or_create_reset_key(&dir).unwrap(), key);
         let first = Identity::load_or_create(&dir).unwrap();
         let second = Identity::load_or_create(&dir).unwrap();
         assert_eq!(first.fingerprint(), second.fingerprint());
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join(STATE_KEY))
+        let mode = std::fs::metadata(dir.join(STATE_IDENTITY))
             .unwrap()
             .permissions()
             .mode();

@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod congestion;
 pub mod connections;
 pub mod connector;

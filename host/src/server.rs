@@ -6,10 +6,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use quinn::{Endpoint, Incoming, RecvStream, SendStream};
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::addr::Address;
@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub policy: Policy,
     /// With roots, clients must present a certificate signed by one of them.
     pub client_roots: Option<rustls::RootCertStore>,
+    /// The stateless-reset key, kept across restarts; a random one when `None`.
+    pub reset_key: Option<Vec<u8>>,
 }
 
 /// A bound server endpoint.
@@ -50,7 +52,36 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
+/// Shuts a running server down.
+#[derive(Clone)]
+pub struct ServerHandle {
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Stops accepting connections and tunnels, lets open tunnels finish for up to `drain`,
+    /// then closes every connection. Returns how many tunnels were cut off.
+    pub async fn shutdown(&self, drain: Duration) -> usize {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.endpoint.set_server_config(None);
+        let open = self.shared.registry.open_count();
+        if open > 0 {
+            info!(
+                tunnels = open,
+                "waiting up to {drain:?} for open tunnels to finish"
+            );
+        }
+        let cut = self.shared.registry.wait_empty(drain).await;
+        self.endpoint
+            .close(ErrorCode::Shutdown.varint(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        cut
+    }
+}
+
 struct Shared {
+    draining: AtomicBool,
     parser: TokenParser,
     policy: Policy,
     discriminators: Vec<Discriminator>,
@@ -73,9 +104,13 @@ impl Server {
             .context("invalid certificate or key")?;
         let mut server_config = quinn::ServerConfig::with_crypto(crypto);
         server_config.transport_config(Arc::new(config.transport.build()?));
-        let endpoint = transport::endpoint(config.listen, Some(server_config))
-            .with_context(|| format!("cannot listen on udp {}", config.listen))?;
+        let endpoint = match &config.reset_key {
+            Some(key) => transport::server_endpoint(config.listen, server_config, key),
+            None => transport::endpoint(config.listen, Some(server_config)),
+        }
+        .with_context(|| format!("cannot listen on udp {}", config.listen))?;
         let shared = Arc::new(Shared {
+            draining: AtomicBool::new(false),
             parser: config.parser,
             policy: config.policy,
             discriminators: config.discriminators,
@@ -103,9 +138,12 @@ impl Server {
         self.shared.connections_registry.clone()
     }
 
-    /// A handle to close the endpoint from elsewhere.
-    pub fn endpoint(&self) -> Endpoint {
-        self.endpoint.clone()
+    /// A handle to shut the server down from elsewhere.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            endpoint: self.endpoint.clone(),
+            shared: self.shared.clone(),
+        }
     }
 
     /// Accepts connections until the endpoint is closed.
@@ -149,10 +187,15 @@ async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
     info!("connection established");
     loop {
         match connection.accept_bi().await {
+            Ok((mut send, mut recv)) if shared.draining.load(Ordering::Relaxed) => {
+                // Shutting down: open tunnels may finish, new ones are turned away.
+                let _ = recv.stop(ErrorCode::Shutdown.varint());
+                let _ = send.reset(ErrorCode::Shutdown.varint());
+            }
             Ok((send, recv)) => {
                 let span = info_span!("tunnel", stream_id = %send.id(), server_app = tracing::field::Empty);
-                let remote = connection.remote_address();
-                tokio::spawn(serve_stream(send, recv, remote, shared.clone()).instrument(span));
+                let stream = serve_stream(send, recv, connection.clone(), shared.clone());
+                tokio::spawn(stream.instrument(span));
             }
             Err(error) => return info!("connection closed: {error}"),
         }
@@ -163,12 +206,13 @@ async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
 async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
-    remote_endpoint: SocketAddr,
+    connection: Connection,
     shared: Arc<Shared>,
 ) {
-    let token = match tokio::time::timeout(shared.handshake_timeout, read_token(&mut recv)).await {
-        Ok(Ok(token)) => token,
-        Ok(Err(TokenError::Wire(error))) => {
+    let remote_endpoint = connection.remote_address();
+    let token = match token_within(&mut recv, &connection, shared.handshake_timeout).await {
+        Some(Ok(token)) => token,
+        Some(Err(TokenError::Wire(error))) => {
             warn!("bad token frame: {error}");
             return refuse(
                 send,
@@ -177,10 +221,10 @@ async fn serve_stream(
             )
             .await;
         }
-        Ok(Err(TokenError::Stream(abort))) => {
+        Some(Err(TokenError::Stream(abort))) => {
             return debug!("stream ended before its token: {abort}");
         }
-        Err(_) => {
+        None => {
             warn!("no token within {:?}", shared.handshake_timeout);
             let _ = recv.stop(ErrorCode::ProtocolViolation.varint());
             let _ = send.reset(ErrorCode::ProtocolViolation.varint());
@@ -228,6 +272,34 @@ async fn serve_stream(
 enum TokenError {
     Wire(WireError),
     Stream(Abort),
+}
+
+/// How many handshake time-outs a token may wait while its connection is busy.
+const MAX_TOKEN_WAITS: u32 = 6;
+
+/// Reads the token within the handshake time-out. On a connection busy with other tunnels a
+/// token can queue behind their data (send buffers, flow control), so a time-out during which
+/// other stream data arrived extends the wait, up to [`MAX_TOKEN_WAITS`] time-outs; a silent
+/// stream on an otherwise quiet connection is closed at the first. `None` when time ran out.
+async fn token_within(
+    recv: &mut RecvStream,
+    connection: &Connection,
+    limit: Duration,
+) -> Option<Result<Vec<u8>, TokenError>> {
+    let read = read_token(recv);
+    tokio::pin!(read);
+    let mut seen = connection.stats().frame_rx.stream;
+    for _ in 0..MAX_TOKEN_WAITS {
+        if let Ok(result) = tokio::time::timeout(limit, &mut read).await {
+            return Some(result);
+        }
+        let now = connection.stats().frame_rx.stream;
+        if now == seen {
+            return None;
+        }
+        seen = now;
+    }
+    None
 }
 
 /// Reads a `quic-tun/2` token. A bad length is refused before any token byte is read.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use quinn::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig};
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, TokioRuntime, TransportConfig, VarInt};
+use quinn_proto::HashedConnectionIdGenerator;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Requested UDP socket buffer size, each way.
@@ -94,11 +95,38 @@ pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// A QUIC endpoint on `addr`, serving when `server` is given.
 pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> io::Result<Endpoint> {
+    endpoint_with(addr, server, EndpointConfig::default())
+}
+
+/// A serving QUIC endpoint whose stateless-reset key is `reset_key`. Kept across restarts,
+/// the key lets a restarted server reset its clients' stale connections at once, so they
+/// reconnect without waiting for an idle time-out.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    server: quinn::ServerConfig,
+    reset_key: &[u8],
+) -> io::Result<Endpoint> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
+    let mut config = EndpointConfig::new(Arc::new(key));
+    // Connection IDs carry a check keyed by this value; a restarted server must recognise its
+    // predecessor's IDs as its own to answer them with a stateless reset, so the key is
+    // derived from the kept secret too.
+    let cid_key = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key),
+        b"quictun connection id key",
+    );
+    let mut cid_key_bytes = [0u8; 8];
+    cid_key_bytes.copy_from_slice(&cid_key.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key_bytes);
+    config.cid_generator(move || Box::new(HashedConnectionIdGenerator::from_key(cid_key)));
+    endpoint_with(addr, Some(server), config)
+}
+
+fn endpoint_with(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    config: EndpointConfig,
+) -> io::Result<Endpoint> {
     let socket = udp_socket(addr)?;
-    Endpoint::new(
-        EndpointConfig::default(),
-        server,
-        socket,
-        Arc::new(TokioRuntime),
-    )
+    Endpoint::new(config, server, socket, Arc::new(TokioRuntime))
 }

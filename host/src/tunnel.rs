@@ -143,6 +143,19 @@ impl TunnelRegistry {
         lock(&self.tunnels).len()
     }
 
+    /// Waits until no tunnel is open, or `limit` has passed; returns how many are still open.
+    pub async fn wait_empty(&self, limit: std::time::Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let open = self.open_count();
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            // Only at shutdown: polling keeps the data path free of any notification.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Tunnels opened since start.
     pub fn opened_total(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)

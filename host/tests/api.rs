@@ -129,7 +129,7 @@ where
 /// A tunnel through both endpoints to an echo server, with `len` bytes echoed and the
 /// connection held open.
 async fn held_open(client: &TestClient, len: usize) -> tokio::net::TcpStream {
-    let mut conn = connect_tcp(&client.addr);
+    let mut conn = connect_tcp(&client.addr).await;
     let data = pattern(len, len as u64);
     conn.write_all(&data).await.unwrap();
     let mut echoed = vec![0; len];
@@ -356,7 +356,7 @@ fn rates(tunnel: &Value) -> [u64; 2] {
 async fn byte_counts_and_rates_follow_a_transfer() {
     let (_app, server, client) = endpoints().await;
     let states = [server_api(&server), client_api(&client)];
-    let (reader, writer) = connect_tcp(&client.addr).into_split();
+    let (reader, writer) = connect_tcp(&client.addr).await.into_split();
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let writing = tokio::spawn(paced_writer(writer, stop.clone()));
@@ -668,7 +668,7 @@ async fn handshake_failures_are_counted_by_reason() {
         client.connections(),
     );
     let task = tokio::spawn(client.run());
-    within(20, closed(connect_tcp(&addr))).await;
+    within(20, closed(connect_tcp(&addr).await)).await;
 
     let metrics = metrics(&api(Side::Client, &registry, &connections)).await;
     // The client retries with back-off while the application waits: one failure or more.
@@ -761,7 +761,7 @@ async fn spice_properties_appear_in_tunnels() {
             // Kept open until the test has read both lists.
             play(stream, &peer, false).await
         });
-        let app = within(30, play(connect_tcp(&client.addr), &fixture, true)).await;
+        let app = within(30, play(connect_tcp(&client.addr).await, &fixture, true)).await;
         let spice_server = within(30, spice_server).await.unwrap();
 
         for state in [server_api(&server), client_api(&client)] {
@@ -787,6 +787,11 @@ fn binary(path: &str, httpd: &str) -> Command {
         .args(["--plugin-dir", plugin_dir().to_str().unwrap()])
         .args(["--httpd-listen-on", httpd])
         .env_remove("QUICTUN_PLUGIN_DIR")
+        // Never the user's own state directory.
+        .env(
+            "XDG_DATA_HOME",
+            std::env::temp_dir().join(format!("quictun-api-{}", std::process::id())),
+        )
         .stdin(Stdio::null());
     if path == SERVER {
         command.args(["--listen-on", "127.0.0.1:0"]);

@@ -75,6 +75,7 @@ fn server(
         discriminators: Vec::new(),
         policy,
         client_roots,
+        reset_key: None,
     })
     .unwrap();
     (server.local_addr().unwrap(), tokio::spawn(server.run()))
@@ -343,6 +344,7 @@ async fn idle_connections_hit_the_limit_and_the_server_stays_responsive() {
         discriminators: Vec::new(),
         policy: Policy::default(),
         client_roots: None,
+        reset_key: None,
     })
     .unwrap();
     let (addr, connections) = (server.local_addr().unwrap(), server.connections());

@@ -110,7 +110,7 @@ async fn recorded_spice_channels_are_recognised_on_both_endpoints() {
             // Hold the connection open until the test has read both tunnel lists.
             let _ = done.await;
         });
-        let app = connect_tcp(&client.addr);
+        let app = connect_tcp(&client.addr).await;
         within(30, play(app, &fixture, true)).await;
 
         // The last bytes have crossed; the discriminators have seen them.
@@ -133,7 +133,7 @@ async fn a_tunnel_that_is_not_spice_has_no_protocol() {
     let app = app_server_tcp(Behaviour::Echo).await;
     let server = start_server("");
     let client = start_client(local_tcp(), server.addr, &app.addr.to_string()).await;
-    let mut conn = connect_tcp(&client.addr);
+    let mut conn = connect_tcp(&client.addr).await;
     conn.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
     let mut echoed = [0u8; 21];
     within(30, conn.read_exact(&mut echoed)).await.unwrap();

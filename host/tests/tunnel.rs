@@ -115,7 +115,7 @@ async fn rejected_token_is_status_2_and_a_closed_connection() {
     );
 
     let client = start_client(local_tcp(), server.addr, "not-an-address").await;
-    let mut app = connect_tcp(&client.addr);
+    let mut app = connect_tcp(&client.addr).await;
     // The refusal may already have reset the connection: the write may fail.
     let _ = app.write_all(b"hello").await;
     assert_closed_without_data(&mut app).await;
@@ -158,7 +158,7 @@ async fn unreachable_target_is_status_3_and_a_closed_connection() {
     assert_eq!(answer.status, Status::Unreachable);
 
     let client = start_client(local_tcp(), server.addr, &target).await;
-    let mut app = connect_tcp(&client.addr);
+    let mut app = connect_tcp(&client.addr).await;
     assert_closed_without_data(&mut app).await;
 }
 
@@ -200,7 +200,7 @@ async fn an_application_reset_reaches_the_other_application_as_a_reset() {
     });
     let server = start_server("");
     let client = start_client(local_tcp(), server.addr, &target).await;
-    let mut app = connect_tcp(&client.addr);
+    let mut app = connect_tcp(&client.addr).await;
     app.write_all(&pattern(256 * 1024, 3)).await.unwrap();
     // Only once the tunnel reaches the server application: abort. SO_LINGER 0 makes close
     // send a reset.

@@ -132,9 +132,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         let state = ApiState::new(Side::Client, client.registry(), client.connections());
         api::start(listen, state).await?;
     }
+    let handle = client.handle();
+    // Dropping `run` closes the listener (and removes a UNIX socket file).
     tokio::select! {
         _ = client.run() => {}
         _ = cli::shutdown_signal() => info!("shutting down"),
     }
+    let cut = handle.shutdown(args.common.drain_timeout).await;
+    info!(tunnels_cut = cut, "stopped");
     Ok(())
 }

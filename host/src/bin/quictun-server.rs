@@ -8,12 +8,12 @@ use std::time::Duration;
 use clap::Parser;
 use quictun::api::{self, ApiListen, ApiState};
 use quictun::cli::{self, CommonArgs, parse_duration};
+use quictun::identity;
 use quictun::plugins::TokenParser;
 use quictun::policy::Policy;
 use quictun::relay::Side;
 use quictun::server::{Server, ServerConfig};
 use quictun::tls::Identity;
-use quictun::wire::ErrorCode;
 use tracing::{info, warn};
 
 /// Server endpoint of quic-tun: carries TCP and UNIX-socket connections over one QUIC
@@ -97,6 +97,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         discriminators: args.common.discriminators()?,
         policy: policy.clone(),
         client_roots,
+        reset_key: Some(
+            identity::load_or_create_reset_key(&args.common.state_dir())
+                .map_err(anyhow::Error::msg)?,
+        ),
     })?;
     if let ApiListen(Some(listen)) = &args.httpd_listen_on {
         let state = ApiState::new(Side::Server, server.registry(), server.connections());
@@ -105,12 +109,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     if policy.is_open() {
         warn!("no --allow-target rule: this server relays to any address a client names");
     }
-    let endpoint = server.endpoint();
+    let handle = server.handle();
     tokio::select! {
         _ = server.run() => {}
         _ = cli::shutdown_signal() => info!("shutting down"),
     }
-    endpoint.close(ErrorCode::Shutdown.varint(), b"server shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    let cut = handle.shutdown(args.common.drain_timeout).await;
+    info!(tunnels_cut = cut, "stopped");
     Ok(())
 }

@@ -176,6 +176,7 @@ pub fn start_server_opts(parser: TokenParser, transport: TransportOptions) -> Te
         discriminators: discriminators(),
         policy: Default::default(),
         client_roots: None,
+        reset_key: None,
     })
     .expect("bind server");
     let addr = server.local_addr().unwrap();
@@ -332,19 +333,23 @@ pub enum AppConn {
 
 pub async fn connect(addr: &Address) -> AppConn {
     match addr {
-        Address::Tcp(_) => AppConn::Tcp(connect_tcp(addr)),
+        Address::Tcp(_) => AppConn::Tcp(connect_tcp(addr).await),
         Address::Unix(path) => AppConn::Unix(UnixStream::connect(path).await.unwrap()),
     }
 }
 
-/// Connects with a blocking `connect`, which returns as soon as the handshake is done: a
-/// tunnel refused right after (a reset) must show up on the first read, not as a connect
-/// error when the test's task happens to be polled late.
-pub fn connect_tcp(addr: &Address) -> TcpStream {
+/// Connects with a blocking `connect` (on the blocking pool), which returns as soon as the
+/// handshake is done: a tunnel refused right after (a reset) must show up on the first read,
+/// not as a connect error when the test's task happens to be polled late.
+pub async fn connect_tcp(addr: &Address) -> TcpStream {
     let Address::Tcp(host_port) = addr else {
         panic!("{addr} is not a TCP address")
     };
-    let stream = std::net::TcpStream::connect(host_port.to_string()).unwrap();
+    let target = host_port.to_string();
+    let stream = tokio::task::spawn_blocking(move || std::net::TcpStream::connect(target))
+        .await
+        .unwrap()
+        .unwrap();
     stream.set_nonblocking(true).unwrap();
     TcpStream::from_std(stream).unwrap()
 }

@@ -1,0 +1,237 @@
+//! `--config FILE`: a YAML file whose keys are long flag names, as the original's
+//! `configs/quictun-*.yaml` are written.
+//!
+//! The file becomes flags placed before the command line's own, and a flag given on the
+//! command line replaces the file's value. `""` means unset; lists are repeated flags;
+//! `log-format: console` means `text`; the original's other log keys (`log-name`,
+//! `log-output-paths`, …) are accepted with a warning that they are ignored; any other
+//! unknown key is an error naming it.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::{ArgAction, Command};
+use serde_yaml_ng::Value;
+
+/// The command line with the file's flags in front, and warnings to log once logging is up.
+#[derive(Debug, Default)]
+pub struct Expanded {
+    pub args: Vec<OsString>,
+    pub warnings: Vec<String>,
+}
+
+/// Expands `--config FILE` (or `-c FILE`) in `args` for `command`.
+pub fn expand(args: Vec<OsString>, command: &Command) -> Result<Expanded, String> {
+    let Some(path) = config_path(&args) else {
+        return Ok(Expanded {
+            args,
+            warnings: Vec::new(),
+        });
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
+    let given = flags_given(&args);
+    let mut expanded = Expanded::default();
+    let mut from_file = file_flags(&text, &path, command, &given, &mut expanded.warnings)?;
+    let mut all = args.into_iter();
+    expanded.args.extend(all.next());
+    expanded.args.append(&mut from_file);
+    expanded.args.extend(all);
+    Ok(expanded)
+}
+
+fn config_path(args: &[OsString]) -> Option<std::path::PathBuf> {
+    let mut iter = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned());
+    while let Some(arg) = iter.next() {
+        if let Some(value) = arg.strip_prefix("--config=") {
+            return Some(value.into());
+        }
+        if arg == "--config" || arg == "-c" {
+            return iter.next().map(Into::into);
+        }
+    }
+    None
+}
+
+/// Long flag names used on the command line.
+fn flags_given(args: &[OsString]) -> HashSet<String> {
+    args.iter()
+        .filter_map(|a| a.to_str()?.strip_prefix("--"))
+        .map(|flag| flag.split('=').next().unwrap_or(flag).to_owned())
+        .collect()
+}
+
+fn file_flags(
+    text: &str,
+    path: &Path,
+    command: &Command,
+    given: &HashSet<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<OsString>, String> {
+    let file = path.display();
+    let document: Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| format!("--config {file} is not valid YAML: {e}"))?;
+    let mapping = match document {
+        Value::Null => return Ok(Vec::new()),
+        Value::Mapping(mapping) => mapping,
+        _ => {
+            return Err(format!(
+                "--config {file} must be a mapping of flag names to values"
+            ));
+        }
+    };
+    let mut flags = Vec::new();
+    for (key, value) in mapping {
+        let Value::String(key) = key else {
+            return Err(format!("--config {file}: keys must be flag names"));
+        };
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && key != "config");
+        let Some(arg) = arg else {
+            if key.starts_with("log-") {
+                warnings.push(format!("--config {file}: key {key:?} has no meaning here and is ignored (logs go to standard error)"));
+                continue;
+            }
+            return Err(format!("--config {file}: unknown key {key:?}"));
+        };
+        if given.contains(&key) {
+            continue;
+        }
+        let repeatable = matches!(arg.get_action(), ArgAction::Append);
+        for value in scalars(&key, value, repeatable, &file.to_string())? {
+            let value = if key == "log-format" && value == "console" {
+                "text".to_owned()
+            } else {
+                value
+            };
+            flags.push(OsString::from(format!("--{key}={value}")));
+        }
+    }
+    Ok(flags)
+}
+
+/// The values of one key as flag values; `""` and null mean unset.
+fn scalars(key: &str, value: Value, repeatable: bool, file: &str) -> Result<Vec<String>, String> {
+    let one = |value: Value| match value {
+        Value::Null => Ok(None),
+        Value::String(text) if text.is_empty() => Ok(None),
+        Value::String(text) => Ok(Some(text)),
+        Value::Bool(flag) => Ok(Some(flag.to_string())),
+        Value::Number(number) => Ok(Some(number.to_string())),
+        _ => Err(format!(
+            "--config {file}: {key:?} must be a text, number or boolean"
+        )),
+    };
+    match value {
+        Value::Sequence(items) if repeatable => items
+            .into_iter()
+            .map(one)
+            .filter_map(Result::transpose)
+            .collect(),
+        Value::Sequence(_) => Err(format!(
+            "--config {file}: {key:?} takes one value, not a list"
+        )),
+        other => Ok(one(other)?.into_iter().collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Arg, ArgAction};
+
+    fn command() -> Command {
+        Command::new("t")
+            .arg(Arg::new("config").long("config").short('c'))
+            .arg(Arg::new("listen-on").long("listen-on"))
+            .arg(Arg::new("token-source").long("token-source"))
+            .arg(Arg::new("log-format").long("log-format"))
+            .arg(Arg::new("verify-remote-endpoint").long("verify-remote-endpoint"))
+            .arg(
+                Arg::new("allow-target")
+                    .long("allow-target")
+                    .action(ArgAction::Append),
+            )
+    }
+
+    fn run(yaml: &str, cli: &[&str]) -> Result<Expanded, String> {
+        let path = std::env::temp_dir().join(format!(
+            "quictun-config-{}-{}.yaml",
+            std::process::id(),
+            cli.len() + yaml.len()
+        ));
+        std::fs::write(&path, yaml).unwrap();
+        let mut args: Vec<OsString> = vec!["t".into(), "--config".into(), path.clone().into()];
+        args.extend(cli.iter().map(OsString::from));
+        let result = expand(args, &command());
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    fn texts(expanded: &Expanded) -> Vec<String> {
+        expanded
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn keys_become_flags_before_the_command_line() {
+        let yaml = "listen-on: tcp:127.0.0.1:6500\ntoken-source: \"\"\nverify-remote-endpoint: true\nallow-target: [10.0.0.0/8, 'unix:/run/']\nlog-format: console\nlog-name: quictun\n";
+        let expanded = run(yaml, &["--token-source", "x"]).unwrap();
+        let args = texts(&expanded);
+        assert_eq!(args[0], "t");
+        assert!(args.contains(&"--listen-on=tcp:127.0.0.1:6500".to_owned()));
+        assert!(args.contains(&"--verify-remote-endpoint=true".to_owned()));
+        assert!(args.contains(&"--allow-target=10.0.0.0/8".to_owned()));
+        assert!(args.contains(&"--allow-target=unix:/run/".to_owned()));
+        assert!(args.contains(&"--log-format=text".to_owned()));
+        assert!(!args.iter().any(|a| a.starts_with("--token-source=")));
+        assert_eq!(expanded.warnings.len(), 1);
+        assert!(expanded.warnings[0].contains("\"log-name\""));
+    }
+
+    #[test]
+    fn the_command_line_replaces_the_file() {
+        let expanded = run(
+            "listen-on: tcp:1.1.1.1:1\nallow-target: [10.0.0.0/8]\n",
+            &[
+                "--listen-on=tcp:2.2.2.2:2",
+                "--allow-target",
+                "192.0.2.0/24",
+            ],
+        )
+        .unwrap();
+        let args = texts(&expanded);
+        assert!(!args.contains(&"--listen-on=tcp:1.1.1.1:1".to_owned()));
+        assert!(!args.contains(&"--allow-target=10.0.0.0/8".to_owned()));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(
+            run("bogus: 1\n", &[])
+                .unwrap_err()
+                .contains("unknown key \"bogus\"")
+        );
+        assert!(
+            run("listen-on: [a, b]\n", &[])
+                .unwrap_err()
+                .contains("takes one value")
+        );
+        assert!(
+            run("listen-on: {a: 1}\n", &[])
+                .unwrap_err()
+                .contains("must be a text")
+        );
+        assert!(run("- a\n", &[]).unwrap_err().contains("must be a mapping"));
+        assert!(run("a: [\n", &[]).unwrap_err().contains("not valid YAML"));
+        assert!(run("", &[]).unwrap().args.len() == 3);
+    }
+}

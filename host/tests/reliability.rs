@@ -1,0 +1,450 @@
+//! SPEC §9 by breaking things on purpose, on loopback: a server killed and restarted, a
+//! target that goes away and comes back, SIGTERM with tunnels open, many tunnels at once,
+//! thousands of short connections, malformed handshakes, and configuration files.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use quictun::wire::Status;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_quictun-server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_quictun-client");
+
+/// A binary started by a test, its standard error collected line by line, killed on drop.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn start(binary: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(binary)
+            .args(args)
+            .args([
+                "--plugin-dir",
+                plugin_dir().to_str().unwrap(),
+                "--httpd-listen-on",
+                "",
+            ])
+            // Never the user's own state directory.
+            .env(
+                "XDG_DATA_HOME",
+                std::env::temp_dir().join(format!("quictun-rel-{}", std::process::id())),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start binary");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// Waits until a line contains `text`; the whole log on failure.
+    fn wait_for(&self, text: &str, limit: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.lines.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return line.clone();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "no {text:?} within {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit code.
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "still running after {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn echo_once(addr: &quictun::addr::Address, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    exchange(connect(addr).await, data.to_vec()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_and_restarted_server_is_reached_again_without_restarting_the_client() {
+    let dir = TempDir::new("restart");
+    let state = dir.join("server-state").display().to_string();
+    let client_state = dir.join("client-state").display().to_string();
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let quic = format!("127.0.0.1:{}", free_udp_port());
+    let listen = format!("tcp:127.0.0.1:{}", free_tcp_port());
+    let server_args = ["--listen-on", &quic, "--state-dir", &state];
+    let server = Proc::start(SERVER, &server_args);
+    server.wait_for("server ready", Duration::from_secs(20));
+    let client = Proc::start(
+        CLIENT,
+        &[
+            "--listen-on",
+            &listen,
+            "--server-endpoint",
+            &quic,
+            "--token-source",
+            &app.addr.to_string(),
+            "--state-dir",
+            &client_state,
+            "--reconnect-max-backoff",
+            "1s",
+            "--keep-alive",
+            "2s",
+            "--idle-timeout",
+            "20s",
+        ],
+    );
+    client.wait_for("client ready", Duration::from_secs(20));
+    let listen: quictun::addr::Address = listen.parse().unwrap();
+    assert_eq!(
+        within(30, echo_once(&listen, b"before")).await.unwrap(),
+        b"before"
+    );
+
+    // A tunnel open when the server dies.
+    let mut open = connect_tcp(&listen).await;
+    open.write_all(b"held").await.unwrap();
+    let mut held = [0u8; 4];
+    within(30, open.read_exact(&mut held)).await.unwrap();
+
+    drop(server);
+    let restarted = Proc::start(SERVER, &server_args);
+    restarted.wait_for("server ready", Duration::from_secs(20));
+
+    // The open tunnel ends, cleanly closed or reset, well before the 20 s idle time-out: the
+    // client's next packet (a keep-alive, every 2 s here) draws the restarted server's
+    // stateless reset, which ends the stale connection at once.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(15), open.read_to_end(&mut rest)).await;
+    assert!(
+        ended.is_ok() && started.elapsed() < Duration::from_secs(8),
+        "the open tunnel did not end ({:?}):\n{}",
+        started.elapsed(),
+        client.log()
+    );
+
+    // New application connections work through the same client.
+    assert_eq!(
+        within(30, echo_once(&listen, b"after")).await.unwrap(),
+        b"after"
+    );
+    client.wait_for("reconnecting", Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_open_tunnels_finish_then_exits_zero() {
+    let dir = TempDir::new("sigterm");
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let quic = format!("127.0.0.1:{}", free_udp_port());
+    let state = dir.join("state").display().to_string();
+    let mut server = Proc::start(
+        SERVER,
+        &[
+            "--listen-on",
+            &quic,
+            "--state-dir",
+            &state,
+            "--drain-timeout",
+            "10s",
+        ],
+    );
+    server.wait_for("server ready", Duration::from_secs(20));
+    let client_state = dir.join("client-state").display().to_string();
+    let socket = dir.join("client.sock");
+    let listen = format!("unix:{}", socket.display());
+    let mut client = Proc::start(
+        CLIENT,
+        &[
+            "--listen-on",
+            &listen,
+            "--server-endpoint",
+            &quic,
+            "--token-source",
+            &app.addr.to_string(),
+            "--state-dir",
+            &client_state,
+            "--drain-timeout",
+            "2s",
+        ],
+    );
+    client.wait_for("client ready", Duration::from_secs(20));
+    let listen: quictun::addr::Address = listen.parse().unwrap();
+
+    // A tunnel in the middle of its work when the server is told to stop.
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    stream.write_all(b"first").await.unwrap();
+    let mut buf = [0u8; 5];
+    within(30, stream.read_exact(&mut buf)).await.unwrap();
+    server.signal("TERM");
+    server.wait_for("waiting up to", Duration::from_secs(10));
+    // It still carries bytes while draining, and ends cleanly.
+    stream.write_all(b"second").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    within(30, stream.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!(rest, b"second");
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+
+    // The client: SIGTERM with a tunnel left open is cut at its drain time-out, exit 0, and
+    // the UNIX socket file is removed.
+    let _server_gone = echo_once(&listen, b"x").await;
+    let _idle = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    client.signal("TERM");
+    assert_eq!(
+        client.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        client.log()
+    );
+    assert!(!socket.exists(), "the UNIX socket file must be removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_goes_away_and_comes_back() {
+    let port = free_tcp_port();
+    let target = format!("tcp:127.0.0.1:{port}");
+    let server = start_server("");
+    let connection = raw_connection(server.addr).await;
+    assert_eq!(
+        raw_answer(&connection, &token_frame(&target))
+            .await
+            .unwrap()
+            .status,
+        Status::Unreachable
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
+    assert_eq!(
+        raw_answer(&connection, &token_frame(&target))
+            .await
+            .unwrap()
+            .status,
+        Status::Ok
+    );
+    within(10, accept).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_tunnels_each_move_a_mebibyte_both_ways() {
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let server = start_server("");
+    let client = start_client(local_tcp(), server.addr, &app.addr.to_string()).await;
+    let tasks: Vec<_> = (0..1000u64)
+        .map(|seed| {
+            let addr = client.addr.clone();
+            tokio::spawn(async move {
+                let data = pattern(1024 * 1024, seed);
+                let digest = sha256(&data);
+                let echoed = exchange(connect(&addr).await, data).await.unwrap();
+                assert_eq!(sha256(&echoed), digest, "tunnel {seed}");
+            })
+        })
+        .collect();
+    within(600, async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+    .await;
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_short_connections_leave_no_descriptors_or_memory_behind() {
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let server = start_server("");
+    let client = start_client(local_tcp(), server.addr, &app.addr.to_string()).await;
+    let burst = |count: usize| {
+        let addr = client.addr.clone();
+        async move {
+            for i in 0..count {
+                let echoed = echo_once(&addr, b"ping").await.unwrap();
+                assert_eq!(echoed, b"ping", "connection {i}");
+            }
+        }
+    };
+    // Warm up: the connection, the allocator's arenas, the registries.
+    within(120, burst(500)).await;
+    let settle = || tokio::time::sleep(Duration::from_millis(500));
+    settle().await;
+    let (fds, rss) = (open_fds(), rss_kib());
+    within(600, burst(10_000)).await;
+    settle().await;
+    let (fds_after, rss_after) = (open_fds(), rss_kib());
+    assert!(
+        fds_after <= fds + 2,
+        "descriptors: {fds} before, {fds_after} after"
+    );
+    assert!(
+        rss_after <= rss + rss / 10 + 1024,
+        "RSS: {rss} KiB before, {rss_after} KiB after"
+    );
+    assert_eq!(server.registry.open_count(), 0);
+    assert_eq!(client.registry.open_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_handshakes_close_only_their_stream() {
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let server = start_server("");
+    let connection = raw_connection(server.addr).await;
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    for round in 0..50 {
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        let junk: Vec<u8> = (0..(round * 7 + 1))
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let _ = send.write_all(&junk).await;
+        if round % 2 == 0 {
+            // A stream reset in the middle of its token.
+            let _ = send.reset(quinn::VarInt::from_u32(9));
+        } else {
+            let _ = send.finish();
+        }
+        let _ = within(10, recv.read_to_end(4096)).await;
+    }
+    // Truncated: a header promising more than is sent, then the end of the stream.
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(&[0, 10, b'a', b'b']).await.unwrap();
+    send.finish().unwrap();
+    let _ = within(10, recv.read_to_end(4096)).await;
+    // The connection and the server still serve a good tunnel.
+    let answer = raw_answer(&connection, &token_frame(&app.addr.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, Status::Ok);
+    let other: SocketAddr = server.addr;
+    let fresh = raw_connection(other).await;
+    assert_eq!(
+        raw_answer(&fresh, &token_frame(&app.addr.to_string()))
+            .await
+            .unwrap()
+            .status,
+        Status::Ok
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_style_config_file_loads() {
+    let dir = TempDir::new("config");
+    let listen_port = free_tcp_port();
+    let config = dir.join("quictun-client.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen-on: tcp:127.0.0.1:{listen_port}\nserver-endpoint: 127.0.0.1:7500\ntoken-source-plugin: Fixed\ntoken-source: tcp:127.0.0.1:22\ncert-file: \"\"\nkey-file: \"\"\nca-file: \"\"\nverify-remote-endpoint: false\nhttpd-listen-on: 127.0.0.1:0\nlog-level: info\nlog-format: console\nlog-name: quictun-client\nlog-output-paths: [stdout]\nstate-dir: {}\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let client = Proc::start(CLIENT, &["--config", config.to_str().unwrap()]);
+    let ready = client.wait_for("client ready", Duration::from_secs(20));
+    assert!(
+        ready.contains(&format!("tcp:127.0.0.1:{listen_port}")),
+        "{ready}"
+    );
+    client.wait_for("\"log-name\" has no meaning here", Duration::from_secs(5));
+    client.wait_for(
+        "\"log-output-paths\" has no meaning here",
+        Duration::from_secs(5),
+    );
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "server-endpoint: 127.0.0.1:7500\nlisten_on: tcp:127.0.0.1:1\n",
+    )
+    .unwrap();
+    let output = Command::new(CLIENT)
+        .args(["-c", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(stderr.contains("unknown key \"listen_on\""), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
