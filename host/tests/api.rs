@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +24,7 @@ use quictun::relay::Side;
 use quictun::tls::Verification;
 use quictun::tunnel::TunnelRegistry;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
 /// Rates sampled this often in tests, so a test waits tenths of a second, not seconds.
@@ -681,87 +681,24 @@ async fn handshake_failures_are_counted_by_reason() {
 
 // ---- SPICE, replayed from real captures (as tests/spice.rs does) ----------------------------
 
-struct Fixture {
-    c2s: Vec<u8>,
-    s2c: Vec<u8>,
-    properties: Value,
-    script: Vec<(bool, usize)>,
-}
-
-fn spice_fixtures() -> Vec<Fixture> {
-    let dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/spice-captures"
-    ));
-    let expected: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
-    let read = |f: &Value, key: &str| std::fs::read(dir.join(f[key].as_str().unwrap())).unwrap();
-    expected["fixtures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| Fixture {
-            c2s: read(f, "c2s"),
-            s2c: read(f, "s2c"),
-            properties: f["protocolProperties"].clone(),
-            script: f["script"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|step| (step[0] == "c2s", step[1].as_u64().unwrap() as usize))
-                .collect(),
-        })
-        .collect()
-}
-
-/// Plays one side of a recording: writes this side's steps and reads the other side's.
-async fn play<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    fixture: &Fixture,
-    client: bool,
-) -> S {
-    let (mine, theirs) = if client {
-        (&fixture.c2s, &fixture.s2c)
-    } else {
-        (&fixture.s2c, &fixture.c2s)
-    };
-    let (mut wrote, mut read) = (0, 0);
-    for &(c2s, len) in &fixture.script {
-        if c2s == client {
-            stream.write_all(&mine[wrote..wrote + len]).await.unwrap();
-            wrote += len;
-        } else {
-            let mut buf = vec![0; len];
-            stream.read_exact(&mut buf).await.unwrap();
-            assert!(
-                buf == theirs[read..read + len],
-                "bytes changed in the tunnel"
-            );
-            read += len;
-        }
-    }
-    stream
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spice_properties_appear_in_tunnels() {
-    for fixture in spice_fixtures() {
+    for fixture in common::spice::fixtures() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = format!("tcp:{}", listener.local_addr().unwrap());
         let server = start_server("");
         let client = start_client(local_tcp(), server.addr, &target).await;
-        let peer = Fixture {
-            c2s: fixture.c2s.clone(),
-            s2c: fixture.s2c.clone(),
-            properties: Value::Null,
-            script: fixture.script.clone(),
-        };
+        let peer = fixture.clone();
         let spice_server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             // Kept open until the test has read both lists.
-            play(stream, &peer, false).await
+            common::spice::play(stream, &peer, false).await
         });
-        let app = within(30, play(connect_tcp(&client.addr).await, &fixture, true)).await;
+        let app = within(
+            30,
+            common::spice::play(connect_tcp(&client.addr).await, &fixture, true),
+        )
+        .await;
         let spice_server = within(30, spice_server).await.unwrap();
 
         for state in [server_api(&server), client_api(&client)] {

@@ -4,82 +4,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
+use common::spice::{fixtures, play};
 use common::*;
 use quictun::tunnel::TunnelRegistry;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-fn captures() -> PathBuf {
-    let dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/spice-captures"
-    ));
-    assert!(
-        dir.join("expected.json").is_file(),
-        "SPICE captures missing at {}",
-        dir.display()
-    );
-    dir
-}
-
-struct Fixture {
-    name: String,
-    c2s: Vec<u8>,
-    s2c: Vec<u8>,
-    properties: Value,
-    script: Vec<(bool, usize)>,
-}
-
-fn fixtures() -> Vec<Fixture> {
-    let dir = captures();
-    let expected: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
-    expected["fixtures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| Fixture {
-            name: f["name"].as_str().unwrap().to_owned(),
-            c2s: std::fs::read(dir.join(f["c2s"].as_str().unwrap())).unwrap(),
-            s2c: std::fs::read(dir.join(f["s2c"].as_str().unwrap())).unwrap(),
-            properties: f["protocolProperties"].clone(),
-            script: f["script"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|step| (step[0] == "c2s", step[1].as_u64().unwrap() as usize))
-                .collect(),
-        })
-        .collect()
-}
-
-/// Plays one side of the recording: writes this side's steps, and reads the other side's,
-/// checking every byte read against the recording.
-async fn play<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, fixture: &Fixture, client: bool) {
-    let (mine, theirs) = if client {
-        (&fixture.c2s, &fixture.s2c)
-    } else {
-        (&fixture.s2c, &fixture.c2s)
-    };
-    let (mut wrote, mut read) = (0, 0);
-    for &(c2s, len) in &fixture.script {
-        if c2s == client {
-            stream.write_all(&mine[wrote..wrote + len]).await.unwrap();
-            wrote += len;
-        } else {
-            let mut buf = vec![0; len];
-            stream.read_exact(&mut buf).await.unwrap();
-            assert!(
-                buf == theirs[read..read + len],
-                "{}: bytes changed in the tunnel",
-                fixture.name
-            );
-            read += len;
-        }
-    }
-}
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn reported(registry: &TunnelRegistry) -> (String, Value) {
     let tunnels = registry.list();
@@ -97,13 +26,7 @@ async fn recorded_spice_channels_are_recognised_on_both_endpoints() {
         let client = start_client(local_tcp(), server.addr, &target).await;
 
         let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
-        let peer_fixture = Fixture {
-            name: fixture.name.clone(),
-            c2s: fixture.c2s.clone(),
-            s2c: fixture.s2c.clone(),
-            properties: Value::Null,
-            script: fixture.script.clone(),
-        };
+        let peer_fixture = fixture.clone();
         let spice_server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             play(stream, &peer_fixture, false).await;
