@@ -210,16 +210,14 @@ async fn serve_stream(
     shared: Arc<Shared>,
 ) {
     let remote_endpoint = connection.remote_address();
-    let token = match token_within(&mut recv, &connection, shared.handshake_timeout).await {
+    let protocol = Protocol::of(&connection);
+    let token = match token_within(&mut recv, &connection, protocol, shared.handshake_timeout).await
+    {
         Some(Ok(token)) => token,
         Some(Err(TokenError::Wire(error))) => {
             warn!("bad token frame: {error}");
-            return refuse(
-                send,
-                recv,
-                Answer::refuse(Status::BadToken, &error.to_string()),
-            )
-            .await;
+            let answer = Answer::refuse(Status::BadToken, &error.to_string());
+            return refuse(send, recv, protocol, answer).await;
         }
         Some(Err(TokenError::Stream(abort))) => {
             return debug!("stream ended before its token: {abort}");
@@ -235,7 +233,7 @@ async fn serve_stream(
         Ok(target) => target,
         Err(answer) => {
             warn!(status = %answer.status, "tunnel refused: {}", answer.reason);
-            return refuse(send, recv, answer).await;
+            return refuse(send, recv, protocol, answer).await;
         }
     };
     tracing::Span::current().record("server_app", tracing::field::display(&target));
@@ -243,14 +241,10 @@ async fn serve_stream(
         Ok(app) => app,
         Err(answer) => {
             warn!(status = %answer.status, "tunnel refused: {}", answer.reason);
-            return refuse(send, recv, answer).await;
+            return refuse(send, recv, protocol, answer).await;
         }
     };
-    let mut ok = Vec::with_capacity(wire::ANSWER_HEADER_LEN);
-    Answer::ok()
-        .encode(&mut ok)
-        .expect("an ok answer always encodes");
-    if let Err(error) = send.write_all(&ok).await {
+    if let Err(error) = send.write_all(&protocol.encode(&Answer::ok())).await {
         return debug!("peer went away before the answer: {error}");
     }
     debug!("tunnel open");
@@ -269,6 +263,43 @@ async fn serve_stream(
     );
 }
 
+/// The wire protocol a connection negotiated (by ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// `quic-tun/2`: length-prefixed token, status and reason.
+    V2,
+    /// `quic-tun`, the original's: a 512-byte NUL-padded token, a one-byte answer.
+    Legacy,
+}
+
+impl Protocol {
+    fn of(connection: &Connection) -> Protocol {
+        let alpn = connection
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.protocol);
+        match alpn.as_deref() {
+            Some(wire::ALPN_LEGACY) => Protocol::Legacy,
+            _ => Protocol::V2,
+        }
+    }
+
+    /// The answer's bytes in this protocol.
+    fn encode(self, answer: &Answer) -> Vec<u8> {
+        match self {
+            // Never 0x00: the original's client crashes on it.
+            Protocol::Legacy => vec![answer.status.legacy_byte()],
+            Protocol::V2 => {
+                let mut bytes = Vec::with_capacity(wire::ANSWER_HEADER_LEN + answer.reason.len());
+                answer
+                    .encode(&mut bytes)
+                    .expect("reasons are cut to the limit");
+                bytes
+            }
+        }
+    }
+}
+
 enum TokenError {
     Wire(WireError),
     Stream(Abort),
@@ -284,9 +315,15 @@ const MAX_TOKEN_WAITS: u32 = 6;
 async fn token_within(
     recv: &mut RecvStream,
     connection: &Connection,
+    protocol: Protocol,
     limit: Duration,
 ) -> Option<Result<Vec<u8>, TokenError>> {
-    let read = read_token(recv);
+    let read = async {
+        match protocol {
+            Protocol::V2 => read_token(recv).await,
+            Protocol::Legacy => read_legacy_token(recv).await,
+        }
+    };
     tokio::pin!(read);
     let mut seen = connection.stats().frame_rx.stream;
     for _ in 0..MAX_TOKEN_WAITS {
@@ -300,6 +337,15 @@ async fn token_within(
         seen = now;
     }
     None
+}
+
+/// Reads a legacy token block (it may arrive in several pieces) and strips its padding.
+async fn read_legacy_token(recv: &mut RecvStream) -> Result<Vec<u8>, TokenError> {
+    let mut block = [0u8; wire::LEGACY_TOKEN_LEN];
+    relay::read_exact(recv, &mut block)
+        .await
+        .map_err(TokenError::Stream)?;
+    Ok(wire::decode_legacy_token(&block).to_vec())
 }
 
 /// Reads a `quic-tun/2` token. A bad length is refused before any token byte is read.
@@ -383,10 +429,9 @@ async fn dial(target: &Address, policy: &Policy, timeout: Duration) -> Result<Ap
 }
 
 /// Sends a refusal, finishes our side and stops reading theirs.
-async fn refuse(mut send: SendStream, mut recv: RecvStream, answer: Answer) {
+async fn refuse(mut send: SendStream, mut recv: RecvStream, protocol: Protocol, answer: Answer) {
     let _ = recv.stop(ErrorCode::Done.varint());
-    let mut bytes = Vec::new();
-    if answer.encode(&mut bytes).is_ok() && send.write_all(&bytes).await.is_ok() {
+    if send.write_all(&protocol.encode(&answer)).await.is_ok() {
         let _ = send.finish();
         // Keep the stream until the peer has the answer.
         let _ = send.stopped().await;

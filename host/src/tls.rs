@@ -16,7 +16,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 pub use crate::identity::{Fingerprint, Identity};
 use crate::known_hosts::KnownHosts;
-use crate::wire::ALPN_V2;
+use crate::wire::{ALPN_LEGACY, ALPN_V2};
 
 /// The process's crypto provider.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -42,7 +42,8 @@ pub fn server_crypto(
         }
     };
     let mut config = builder.with_single_cert(identity.chain, identity.key)?;
-    config.alpn_protocols = vec![ALPN_V2.to_vec()];
+    // Ours first; the original's for its clients in mixed deployments.
+    config.alpn_protocols = vec![ALPN_V2.to_vec(), ALPN_LEGACY.to_vec()];
     let quic = QuicServerConfig::try_from(config)
         .map_err(|error| rustls::Error::General(error.to_string()))?;
     Ok(Arc::new(quic))
@@ -69,6 +70,15 @@ pub enum Verification {
 pub fn client_crypto(
     verification: &Verification,
     identity: Option<Identity>,
+) -> Result<Arc<QuicClientConfig>, rustls::Error> {
+    client_crypto_offering(verification, identity, &[ALPN_V2])
+}
+
+/// The client's QUIC crypto, offering the protocols `alpn` in order of preference.
+pub fn client_crypto_offering(
+    verification: &Verification,
+    identity: Option<Identity>,
+    alpn: &[&[u8]],
 ) -> Result<Arc<QuicClientConfig>, rustls::Error> {
     let provider = provider();
     let check = |rule| {
@@ -101,7 +111,7 @@ pub fn client_crypto(
         None => builder.with_no_client_auth(),
         Some(identity) => builder.with_client_auth_cert(identity.chain, identity.key)?,
     };
-    config.alpn_protocols = vec![ALPN_V2.to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let quic = QuicClientConfig::try_from(config)
         .map_err(|error| rustls::Error::General(error.to_string()))?;
     Ok(Arc::new(quic))

@@ -172,7 +172,7 @@ pub fn start_server_opts(parser: TokenParser, transport: TransportOptions) -> Te
         parser,
         identity: Identity::self_signed(&["localhost"]).unwrap(),
         transport: transport.clone(),
-        handshake_timeout: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(5),
         max_connections: 100,
         discriminators: discriminators(),
@@ -225,7 +225,8 @@ pub async fn start_client_opts(
         identity: None,
         transport: transport.clone(),
         handshake_timeout: Duration::from_secs(5),
-        outage_wait: Duration::from_secs(5),
+        // Generous: tests under load (1000 tunnels on 2 busy cores) must not trip it.
+        outage_wait: Duration::from_secs(60),
         reconnect_max_backoff: Duration::from_secs(1),
         discriminators: discriminators(),
     })
