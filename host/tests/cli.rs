@@ -211,3 +211,42 @@ fn a_bad_fingerprint_is_explained() {
     );
     assert_one_line(&output, 2, "is not a fingerprint");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = std::env::temp_dir().join(format!("quictun-json-{}", std::process::id()));
+    let mut child = Command::new(SERVER)
+        .args([
+            "--listen-on",
+            "127.0.0.1:0",
+            "--httpd-listen-on",
+            "",
+            "--log-format",
+            "json",
+        ])
+        .args(["--plugin-dir", common::plugin_dir().to_str().unwrap()])
+        .env("XDG_DATA_HOME", &dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let mut ready = false;
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        let object: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+        assert!(
+            object["level"].is_string() && object["fields"].is_object(),
+            "{line}"
+        );
+        if object["fields"]["message"] == "server ready" {
+            ready = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready);
+}

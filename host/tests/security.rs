@@ -371,3 +371,22 @@ async fn idle_connections_hit_the_limit_and_the_server_stays_responsive() {
         .unwrap();
     assert_eq!(answer.status, Status::Ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_with_rsa_ed25519_and_ecdsa_keys_in_every_pem_form() {
+    let keys = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys"));
+    for (cert, key) in [
+        ("rsa.pem", "rsa.key"),
+        ("rsa.pem", "rsa-pkcs1.key"),
+        ("ed25519.pem", "ed25519.key"),
+        ("ec-sec1.pem", "ec-sec1.key"),
+    ] {
+        let identity = Identity::from_pem_files(&keys.join(cert), &keys.join(key)).unwrap();
+        let fingerprint = identity.fingerprint().unwrap();
+        let (addr, _task) = server(identity, None, Policy::default());
+        let pinned = Verification::Pinned(fingerprint);
+        tunnel_works(addr, &pinned, None)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+    }
+}
