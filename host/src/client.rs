@@ -6,12 +6,11 @@
 //! The QUIC connection is made lazily, on the first application connection, and made again
 //! when it has been lost.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use quinn::{RecvStream, SendStream};
+use quinn::{Connection, RecvStream, SendStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::addr::{Address, HostPort};
@@ -22,7 +21,7 @@ use crate::plugins::{Discriminator, TokenSource};
 use crate::relay::{self, Preface, Side, log_end};
 use crate::sniff::Sniffer;
 use crate::tls::{self, Verification};
-use crate::transport::TransportOptions;
+use crate::transport::{self, TransportOptions};
 use crate::tunnel::{Tunnel, TunnelRegistry, TunnelSpec};
 use crate::wire::{self, ErrorCode};
 
@@ -166,13 +165,8 @@ async fn serve_app(app: AppStream, client_app: String, shared: Arc<Shared>) {
             return app.reset();
         }
     };
-    let mut frame = Vec::with_capacity(wire::TOKEN_HEADER_LEN + token.len());
-    if let Err(error) = wire::encode_token(&token, &mut frame) {
-        warn!("connection refused: the token source gave an unusable token: {error}");
-        return app.reset();
-    }
     let wait = shared.outage_wait;
-    let ((mut send, recv), remote_endpoint) = match tokio::time::timeout(
+    let ((mut send, recv), connection) = match tokio::time::timeout(
         wait,
         open_stream(&shared.connector),
     )
@@ -192,6 +186,15 @@ async fn serve_app(app: AppStream, client_app: String, shared: Arc<Shared>) {
         }
     };
     tracing::Span::current().record("stream_id", tracing::field::display(send.id()));
+    let legacy = transport::negotiated_alpn(&connection).as_deref() == Some(wire::ALPN_LEGACY);
+    let (frame, preface) = match token_frame(&token, legacy) {
+        Ok(framed) => framed,
+        Err(error) => {
+            warn!("connection refused: the token source gave an unusable token: {error}");
+            let _ = send.reset(ErrorCode::Done.varint());
+            return app.reset();
+        }
+    };
     if let Err(error) = send.write_all(&frame).await {
         warn!("connection closed: cannot send the token: {error}");
         return app.reset();
@@ -201,24 +204,39 @@ async fn serve_app(app: AppStream, client_app: String, shared: Arc<Shared>) {
         side: Side::Client,
         client_app: Some(client_app),
         server_app: None,
-        remote_endpoint,
+        remote_endpoint: connection.remote_address(),
     }));
     let tunnel = registered.tunnel();
     let sniffer = Sniffer::start(&shared.discriminators, tunnel.clone());
     log_end(
-        relay::relay(app, send, recv, tunnel, Preface::Answer, sniffer.as_ref()).await,
+        relay::relay(app, send, recv, tunnel, preface, sniffer.as_ref()).await,
         tunnel,
     );
 }
 
 /// Opens a stream on the live connection, waiting out outages and the stream limit (the
 /// caller bounds the wait); a connection lost under our feet is replaced.
-async fn open_stream(connector: &Connector) -> ((SendStream, RecvStream), SocketAddr) {
+async fn open_stream(connector: &Connector) -> ((SendStream, RecvStream), Connection) {
     loop {
         let connection = connector.connection().await;
         match connection.open_bi().await {
-            Ok(streams) => return (streams, connection.remote_address()),
+            Ok(streams) => return (streams, connection),
             Err(error) => debug!("stream not opened, retrying: {error}"),
         }
     }
+}
+
+/// The token as the negotiated protocol frames it, and the answer to expect. The original's
+/// block is written in one piece (its server keeps only the last chunk it reads); a token too
+/// long for its 512 bytes is refused here rather than cut, as the original did.
+fn token_frame(token: &[u8], legacy: bool) -> Result<(Vec<u8>, Preface), wire::WireError> {
+    if legacy {
+        return Ok((
+            wire::encode_legacy_token(token)?.to_vec(),
+            Preface::LegacyAnswer,
+        ));
+    }
+    let mut frame = Vec::with_capacity(wire::TOKEN_HEADER_LEN + token.len());
+    wire::encode_token(token, &mut frame)?;
+    Ok((frame, Preface::Answer))
 }

@@ -55,6 +55,8 @@ pub enum Preface {
     None,
     /// The server's `quic-tun/2` answer (the client).
     Answer,
+    /// The one-byte answer of a server speaking the original's `quic-tun` (the client).
+    LegacyAnswer,
 }
 
 /// How a tunnel ended.
@@ -202,7 +204,10 @@ pub async fn relay(
     match outcome {
         Ok(_) => End::Done,
         Err(Stop::Refused(answer)) => {
-            let _ = send.reset(ErrorCode::Done.varint());
+            // Read nothing more (the original's server repeats its refusal byte until told
+            // to stop) and end our side.
+            let _ = recv.stop(ErrorCode::Done.varint());
+            let _ = send.finish();
             app.reset();
             End::Refused(answer)
         }
@@ -284,11 +289,13 @@ async fn downstream(
     way: Way<'_>,
     preface: Preface,
 ) -> Result<(), Stop> {
-    if preface == Preface::Answer {
-        let answer = read_answer(recv).await?;
-        if answer.status != Status::Ok {
-            return Err(Stop::Refused(answer));
-        }
+    let answer = match preface {
+        Preface::None => None,
+        Preface::Answer => Some(read_answer(recv).await?),
+        Preface::LegacyAnswer => Some(read_legacy_answer(recv).await?),
+    };
+    if let Some(answer) = answer.filter(|a| a.status != Status::Ok) {
+        return Err(Stop::Refused(answer));
     }
     loop {
         match recv.read_chunk(usize::MAX, true).await {
@@ -314,6 +321,23 @@ pub async fn read_answer(recv: &mut RecvStream) -> Result<Answer, Abort> {
     let mut reason = vec![0u8; len];
     read_exact(recv, &mut reason).await?;
     Answer::from_parts(status, &reason).map_err(protocol)
+}
+
+/// Reads the original protocol's one-byte answer.
+async fn read_legacy_answer(recv: &mut RecvStream) -> Result<Answer, Abort> {
+    let mut byte = [0u8; 1];
+    read_exact(recv, &mut byte).await?;
+    match Status::from_legacy_byte(byte[0]) {
+        Some(Status::Ok) => Ok(Answer::ok()),
+        Some(status) => Ok(Answer::refuse(
+            status,
+            "refused by a server of the original protocol",
+        )),
+        None => Err(Abort::Protocol(format!(
+            "unknown answer byte {:#04x}",
+            byte[0]
+        ))),
+    }
 }
 
 /// Fills `buf` from the stream; a stream that ends first breaks the protocol.

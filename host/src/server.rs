@@ -274,11 +274,7 @@ enum Protocol {
 
 impl Protocol {
     fn of(connection: &Connection) -> Protocol {
-        let alpn = connection
-            .handshake_data()
-            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-            .and_then(|data| data.protocol);
-        match alpn.as_deref() {
+        match transport::negotiated_alpn(connection).as_deref() {
             Some(wire::ALPN_LEGACY) => Protocol::Legacy,
             _ => Protocol::V2,
         }

@@ -130,3 +130,11 @@ fn endpoint_with(
     let socket = udp_socket(addr)?;
     Endpoint::new(config, server, socket, Arc::new(TokioRuntime))
 }
+
+/// The application protocol the connection's handshake settled on (ALPN).
+pub fn negotiated_alpn(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol)
+}

@@ -120,3 +120,121 @@ async fn our_clients_still_get_our_protocol() {
         .and_then(|d| d.protocol);
     assert_eq!(alpn.as_deref(), Some(quictun::wire::ALPN_V2));
 }
+
+/// A server that speaks only the original protocol, quirks included: it keeps only the last
+/// chunk it reads of the token block and strips every NUL; it answers 0x01 and relays without
+/// half-close, or repeats its refusal byte until the client stops reading.
+async fn original_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let identity = quictun::identity::Identity::self_signed(&["localhost"]).unwrap();
+    let mut crypto = rustls::ServerConfig::builder_with_provider(quictun::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)
+        .unwrap();
+    crypto.alpn_protocols = vec![ALPN_LEGACY.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).unwrap();
+    let config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(quic));
+    let endpoint =
+        quictun::transport::endpoint("127.0.0.1:0".parse().unwrap(), Some(config)).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                let Ok(connection) = incoming.await else {
+                    return;
+                };
+                while let Ok((send, recv)) = connection.accept_bi().await {
+                    tokio::spawn(original_stream(send, recv));
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+async fn original_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let Ok(Some(chunk)) = recv.read_chunk(512, true).await else {
+        return;
+    };
+    let token: Vec<u8> = chunk.bytes.iter().copied().filter(|&b| b != 0).collect();
+    let target = String::from_utf8_lossy(&token)
+        .trim_start_matches("tcp:")
+        .to_owned();
+    let Ok(mut app) = tokio::net::TcpStream::connect(&target).await else {
+        // Its refusal: the byte again and again until the client stops reading.
+        while send.write_all(&[0x03]).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+        return;
+    };
+    send.write_all(&[0x01]).await.unwrap();
+    let (mut app_read, mut app_write) = app.split();
+    // No half-close: the first end closes both directions.
+    tokio::select! {
+        _ = tokio::io::copy(&mut recv, &mut app_write) => {}
+        _ = tokio::io::copy(&mut app_read, &mut send) => {}
+    }
+    let _ = send.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_works_against_an_original_server() {
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let (server, _task) = original_server().await;
+    let client = start_client(local_tcp(), server, &app.addr.to_string()).await;
+    let data = pattern(8 * 1024 * 1024, 9);
+    assert_eq!(
+        within(60, echo_without_half_close(&client.addr, &data)).await,
+        data
+    );
+    assert_eq!(client.registry.opened_total(), 1);
+}
+
+/// The original's server closes both directions at the first EOF, so applications behind it
+/// read their whole answer before they close.
+async fn echo_without_half_close(addr: &quictun::addr::Address, data: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut reader, mut writer) = connect_tcp(addr).await.into_split();
+    let sent = data.to_vec();
+    let writing = tokio::spawn(async move { writer.write_all(&sent).await.map(|()| writer) });
+    let mut echoed = vec![0u8; data.len()];
+    reader.read_exact(&mut echoed).await.unwrap();
+    drop(writing.await.unwrap().unwrap());
+    echoed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_from_an_original_server_closes_the_application_connection() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (server, _task) = original_server().await;
+    let client = start_client(local_tcp(), server, &format!("tcp:127.0.0.1:{port}")).await;
+    let mut app = connect_tcp(&client.addr).await;
+    let mut buf = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let _ = within(30, app.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty());
+    // Refused tunnels do not pile up: the client stopped the repeated byte and moved on.
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let second = start_client(local_tcp(), server, &app.addr.to_string()).await;
+    assert_eq!(
+        within(30, echo_without_half_close(&second.addr, b"next")).await,
+        b"next"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_too_long_for_the_original_block_is_refused_not_cut() {
+    let (server, _task) = original_server().await;
+    let long = format!("tcp:{}:1", "a".repeat(600));
+    let client = start_client(local_tcp(), server, &long).await;
+    let mut app = connect_tcp(&client.addr).await;
+    let mut buf = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let _ = within(30, app.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty());
+}
