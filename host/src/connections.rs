@@ -6,10 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use quinn::{Connection, ConnectionError};
+
+use crate::lock::lock;
 
 /// One endpoint's connections.
 #[derive(Debug, Default)]
@@ -129,10 +131,4 @@ impl Drop for ListedConnection {
     fn drop(&mut self) {
         lock(&self.registry.live).remove(&self.id);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod connector;
 pub mod identity;
 pub mod known_hosts;
+mod lock;
 pub mod plugins;
 pub mod policy;
 pub mod relay;

@@ -7,12 +7,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::lock::lock;
 use crate::relay::{ByteCounters, Side};
 
 /// One application connection carried by one QUIC stream.
@@ -206,13 +207,6 @@ impl Drop for Registered {
     fn drop(&mut self) {
         self.registry.end(&self.tunnel);
     }
-}
-
-/// A poisoned lock only means another tunnel's task panicked; the data is still sound.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

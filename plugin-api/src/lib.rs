@@ -178,6 +178,15 @@ pub struct HostLog {
 }
 
 impl HostLog {
+    /// A log that drops every message, for a plugin's own unit tests.
+    pub fn discard(plugin: &str) -> HostLog {
+        extern "C" fn drop_message(_: LogLevel, _: RStr<'_>, _: RStr<'_>) {}
+        HostLog {
+            emit: drop_message,
+            plugin: plugin.into(),
+        }
+    }
+
     pub fn log(&self, level: LogLevel, message: &str) {
         (self.emit)(level, self.plugin.as_rstr(), message.into());
     }

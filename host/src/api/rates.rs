@@ -6,12 +6,13 @@
 //! at the next sample.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
+use crate::lock::lock;
 use crate::tunnel::{Tunnel, TunnelRegistry};
 
 /// One tunnel's send rates, in bytes per second, by who sent the bytes.
@@ -96,13 +97,6 @@ impl Rates {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// A poisoned lock only means a request handler panicked; the samples are still sound.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -42,18 +42,10 @@ export_token_parser!(Cleartext, name = "Cleartext", may_block = false);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quictun_plugin_api::{FailureKind, LogLevel, abi_stable::std_types::RStr};
-
-    extern "C" fn discard(_: LogLevel, _: RStr<'_>, _: RStr<'_>) {}
+    use quictun_plugin_api::FailureKind;
 
     fn parser(key: &str) -> Result<Cleartext, String> {
-        Cleartext::new(
-            key,
-            HostLog {
-                emit: discard,
-                plugin: "Cleartext".into(),
-            },
-        )
+        Cleartext::new(key, HostLog::discard("Cleartext"))
     }
 
     #[test]

@@ -128,15 +128,10 @@ export_token_source!(File, name = "File", may_block = true);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quictun_plugin_api::{FailureKind, LogLevel, abi_stable::std_types::RStr};
-
-    extern "C" fn discard(_: LogLevel, _: RStr<'_>, _: RStr<'_>) {}
+    use quictun_plugin_api::FailureKind;
 
     fn log() -> HostLog {
-        HostLog {
-            emit: discard,
-            plugin: "File".into(),
-        }
+        HostLog::discard("File")
     }
 
     struct Scratch(PathBuf);

@@ -31,15 +31,9 @@ export_token_source!(Fixed, name = "Fixed", may_block = false);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quictun_plugin_api::{LogLevel, abi_stable::std_types::RStr};
-
-    extern "C" fn discard(_: LogLevel, _: RStr<'_>, _: RStr<'_>) {}
 
     fn log() -> HostLog {
-        HostLog {
-            emit: discard,
-            plugin: "Fixed".into(),
-        }
+        HostLog::discard("Fixed")
     }
 
     #[test]

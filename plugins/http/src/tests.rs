@@ -6,19 +6,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quictun_plugin_api::{
-    FailureKind, HostLog, LogLevel, TokenSource, abi_stable::std_types::RStr,
-};
+use quictun_plugin_api::{FailureKind, HostLog, TokenSource};
 
 use super::*;
 
-extern "C" fn discard(_: LogLevel, _: RStr<'_>, _: RStr<'_>) {}
-
 fn log() -> HostLog {
-    HostLog {
-        emit: discard,
-        plugin: "Http".into(),
-    }
+    HostLog::discard("Http")
 }
 
 /// What the test service answers: status, body, and how long it waits first.

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use quictun_plugin_api::abi_stable::std_types::{RSlice, RStr};
 use quictun_plugin_api::{
-    __private::new_discriminator, Direction, Discriminator, DiscriminatorSession, HostLog,
-    LogLevel, Verdict,
+    __private::new_discriminator, Direction, Discriminator, DiscriminatorSession, HostLog, Verdict,
 };
 use serde_json::{Map, Value, json};
 
@@ -194,13 +193,8 @@ fn check_truncations(chunks: &[(Direction, &[u8])], expected: &Value, context: &
     }
 }
 
-extern "C" fn quiet(_: LogLevel, _: RStr<'_>, _: RStr<'_>) {}
-
 fn host_log() -> HostLog {
-    HostLog {
-        emit: quiet,
-        plugin: "spice".into(),
-    }
+    HostLog::discard("spice")
 }
 
 // ---- helpers: hand-built SPICE ----
