@@ -34,7 +34,8 @@ async fn recorded_spice_channels_are_recognised_on_both_endpoints() {
             let _ = done.await;
         });
         let app = connect_tcp(&client.addr).await;
-        within(30, play(app, &fixture, true)).await;
+        // Kept open until both tunnel lists are read: closing with unread bytes resets it.
+        let app = within(30, play(app, &fixture, true)).await;
 
         // The last bytes have crossed; the discriminators have seen them.
         for (side, registry) in [("server", &server.registry), ("client", &client.registry)] {
@@ -46,6 +47,7 @@ async fn recorded_spice_channels_are_recognised_on_both_endpoints() {
                 fixture.name
             );
         }
+        drop(app);
         let _ = done_tx.send(());
         within(30, spice_server).await.unwrap();
     }
