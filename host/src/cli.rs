@@ -156,8 +156,17 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         .ok_or_else(bad)
 }
 
+/// `--version`: the package's version and the git revision it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("QUICTUN_GIT_REVISION"),
+    ")"
+);
+
 /// Parses the command line; a bad flag is printed as one line and exits with 2.
 /// `--config FILE` is expanded first; its warnings are logged by [`init_logging`].
+/// The hidden `--generate` prints completions or a man page and exits ([`crate::generate`]).
 pub fn parse<T: Parser>() -> T {
     let expanded = match crate::config::expand(std::env::args_os().collect(), &T::command()) {
         Ok(expanded) => expanded,
@@ -167,7 +176,7 @@ pub fn parse<T: Parser>() -> T {
         }
     };
     let _ = CONFIG_WARNINGS.set(expanded.warnings);
-    T::try_parse_from(expanded.args).unwrap_or_else(|error| {
+    parse_or_generate::<T>(expanded.args).unwrap_or_else(|error| {
         use clap::error::ErrorKind;
         if matches!(
             error.kind(),
@@ -185,6 +194,20 @@ pub fn parse<T: Parser>() -> T {
         eprintln!("{}: {} (see --help)", program(), message.join(" "));
         std::process::exit(2);
     })
+}
+
+/// As `T::try_parse_from`, but `--generate` alone prints what it asks for and exits.
+fn parse_or_generate<T: Parser>(args: Vec<std::ffi::OsString>) -> Result<T, clap::Error> {
+    let matches = crate::generate::with_flag(T::command()).try_get_matches_from(args)?;
+    if let Some(output) = crate::generate::requested(&matches) {
+        let written = crate::generate::write(output, T::command(), &mut std::io::stdout().lock());
+        if let Err(error) = written {
+            eprintln!("{}: error: cannot write {output:?}: {error}", program());
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
+    T::from_arg_matches(&matches).map_err(|error| error.format(&mut T::command()))
 }
 
 /// Warnings about the `--config` file, logged once logging is set up.

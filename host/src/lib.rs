@@ -9,6 +9,7 @@ pub mod config;
 pub mod congestion;
 pub mod connections;
 pub mod connector;
+pub mod generate;
 pub mod identity;
 pub mod known_hosts;
 mod lock;

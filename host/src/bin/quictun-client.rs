@@ -17,7 +17,7 @@ use tracing::{info, warn};
 /// Client endpoint of quic-tun: accepts TCP or UNIX-socket connections and carries each as one
 /// stream of a QUIC connection to quictun-server.
 #[derive(Debug, Parser)]
-#[command(name = "quictun-client", version)]
+#[command(name = "quictun-client", version = cli::VERSION)]
 struct Args {
     /// Where applications connect: tcp:HOST:PORT or unix:/path/to/socket.
     #[arg(long, value_name = "ADDRESS", default_value = "tcp:127.0.0.1:6500")]

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 /// Server endpoint of quic-tun: carries TCP and UNIX-socket connections over one QUIC
 /// connection per client and relays each to the application its token names.
 #[derive(Debug, Parser)]
-#[command(name = "quictun-server", version)]
+#[command(name = "quictun-server", version = cli::VERSION)]
 struct Args {
     /// UDP address to accept QUIC connections on.
     #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:7500")]

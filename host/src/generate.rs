@@ -1,0 +1,118 @@
+//! Shell completions and man pages, generated from a binary's own clap definition.
+//!
+//! Each binary takes a hidden `--generate bash|zsh|fish|elvish|powershell|man` that prints one
+//! of them and exits, so what is installed always matches the flags of the binary installed
+//! beside it (`scripts/install.sh` uses it). The flag is absent from `--help`, from the man
+//! page and from the completions themselves, and it must be given alone.
+
+use std::io::{self, Write};
+
+use clap::{Arg, ArgMatches, Command, ValueEnum};
+use clap_complete::Shell;
+
+/// The hidden flag's name.
+const FLAG: &str = "generate";
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+    /// A man page (roff), for section 1.
+    Man,
+}
+
+/// `command` with the hidden `--generate` flag added.
+pub fn with_flag(command: Command) -> Command {
+    command.arg(
+        Arg::new(FLAG)
+            .long(FLAG)
+            .value_name("SHELL|man")
+            .value_parser(clap::builder::EnumValueParser::<Output>::new())
+            .exclusive(true)
+            .hide(true),
+    )
+}
+
+/// What was asked for with `--generate`, if anything.
+pub fn requested(matches: &ArgMatches) -> Option<Output> {
+    matches.get_one::<Output>(FLAG).copied()
+}
+
+/// Writes the completions or the man page of `command` (without the hidden flag) to `out`.
+pub fn write(output: Output, mut command: Command, out: &mut dyn Write) -> io::Result<()> {
+    let name = command.get_name().to_owned();
+    let shell = match output {
+        Output::Man => return clap_mangen::Man::new(command).render(out),
+        Output::Bash => Shell::Bash,
+        Output::Zsh => Shell::Zsh,
+        Output::Fish => Shell::Fish,
+        Output::Elvish => Shell::Elvish,
+        Output::Powershell => Shell::PowerShell,
+    };
+    clap_complete::generate(shell, &mut command, name, out);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command() -> Command {
+        Command::new("quictun-demo")
+            .version("1.2.3")
+            .about("Demo endpoint")
+            .arg(
+                Arg::new("listen-on")
+                    .long("listen-on")
+                    .help("Where to listen"),
+            )
+            .arg(Arg::new("server").long("server").required(true))
+    }
+
+    fn generated(output: Output) -> String {
+        let mut out = Vec::new();
+        write(output, command(), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_flag_is_hidden_and_alone_it_needs_no_required_flag() {
+        let matches = with_flag(command())
+            .try_get_matches_from(["quictun-demo", "--generate", "zsh"])
+            .unwrap();
+        assert_eq!(requested(&matches), Some(Output::Zsh));
+        let help = with_flag(command()).render_long_help().to_string();
+        assert!(!help.contains("generate"), "{help}");
+        let error = with_flag(command())
+            .try_get_matches_from(["quictun-demo", "--generate", "man", "--server", "x"])
+            .unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let error = with_flag(command())
+            .try_get_matches_from(["quictun-demo", "--generate", "tcsh"])
+            .unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn completions_name_the_flags() {
+        for output in [Output::Bash, Output::Zsh, Output::Fish] {
+            let text = generated(output);
+            assert!(text.contains("listen-on"), "{output:?}: {text}");
+            assert!(text.contains("quictun-demo"), "{output:?}: {text}");
+            assert!(!text.contains("generate"), "{output:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn the_man_page_is_roff_with_the_flags_and_version() {
+        let page = generated(Output::Man);
+        assert!(page.contains(".TH quictun-demo 1"), "{page}");
+        assert!(page.contains("listen\\-on"), "{page}");
+        assert!(page.contains("Where to listen"), "{page}");
+        assert!(page.contains("1.2.3"), "{page}");
+    }
+}
