@@ -1,5 +1,6 @@
 //! The REST API of one endpoint (SPEC §8): the live tunnels with the original's field names,
-//! closing a tunnel, the QUIC connections, Prometheus metrics and a health check.
+//! closing a tunnel, the QUIC connections, Prometheus metrics, a health check, and at `/` a
+//! live dashboard page built on those (`api/dashboard.html`, embedded in the binary).
 //!
 //! Everything is read from the registries when asked. The only state of the API's own is the
 //! send rates, sampled from the tunnels' byte counters by a background task ([`Rates`]), so
@@ -19,7 +20,7 @@ use anyhow::Context;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -117,6 +118,7 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
 /// The API's routes, with JSON answers for unknown paths and wrong methods.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/tunnels", get(list_tunnels))
         .route("/tunnels/{uuid}", get(get_tunnel).delete(close_tunnel))
         .route("/connections", get(list_connections))
@@ -244,6 +246,11 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
 }
 
+/// The live dashboard: one self-contained page that polls `/tunnels` and `/connections`.
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("api/dashboard.html"))
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -364,6 +371,47 @@ mod tests {
     fn times_are_rfc3339_in_utc() {
         let at = SystemTime::UNIX_EPOCH + Duration::new(1_655_783_045, 74_778_434);
         assert_eq!(rfc3339(at), "2022-06-21T03:44:05.074778434Z");
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_is_at_the_root_and_other_paths_stay_json() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let state = ApiState::new(Side::Server, Arc::default(), Arc::default());
+        let get = |uri: &str, method: &str| {
+            axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let response = router(state.clone())
+            .oneshot(get("/", "GET"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let kind = response.headers()[header::CONTENT_TYPE].to_str().unwrap();
+        assert!(kind.starts_with("text/html"), "{kind}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let page = std::str::from_utf8(&body).unwrap();
+        for needed in ["fetch", "/tunnels", "/connections", "setInterval"] {
+            assert!(page.contains(needed), "{needed}");
+        }
+        // Nothing from elsewhere: no build step, no CDN.
+        assert!(!page.contains("http://") && !page.contains("https://"));
+        for (uri, method, status) in [
+            ("/", "POST", StatusCode::METHOD_NOT_ALLOWED),
+            ("/index.html", "GET", StatusCode::NOT_FOUND),
+        ] {
+            let response = router(state.clone())
+                .oneshot(get(uri, method))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), status, "{method} {uri}");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(json["message"].is_string(), "{json}");
+        }
     }
 
     #[test]
