@@ -58,8 +58,9 @@ pub struct CommonArgs {
     #[arg(long, value_name = "NAME|PATH[=CONFIG]", default_values_t = [String::from("Spice")])]
     pub discriminator_plugin: Vec<String>,
 
-    /// Congestion controller of the QUIC connection.
-    #[arg(long, value_enum, value_name = "ALGORITHM", default_value_t = Congestion::Cubic)]
+    /// Congestion controller of the QUIC connection: adaptive (our own, model-based; keeps a
+    /// lossy link full without flooding its queue) or quinn's cubic, newreno, bbr.
+    #[arg(long, value_enum, value_name = "ALGORITHM", default_value_t = Congestion::Adaptive)]
     pub congestion: Congestion,
 
     /// Interval of keep-alive packets on an idle connection (0s turns them off).

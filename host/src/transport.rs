@@ -26,12 +26,12 @@ const SEND_WINDOW: u64 = 16 * 1024 * 1024;
 /// The congestion controller, chosen with `--congestion`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Congestion {
-    #[default]
     Cubic,
     Newreno,
     Bbr,
-    /// Our own model-based controller (docs/CONGESTION.md): keeps the link full under random
-    /// loss without flooding the bottleneck queue.
+    /// Our own model-based controller (docs/CONGESTION.md), the default: keeps the link full
+    /// under random loss without flooding the bottleneck queue.
+    #[default]
     Adaptive,
 }
 
@@ -48,7 +48,7 @@ pub struct TransportOptions {
 impl Default for TransportOptions {
     fn default() -> Self {
         TransportOptions {
-            congestion: Congestion::Cubic,
+            congestion: Congestion::Adaptive,
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_streams: 10_000,
