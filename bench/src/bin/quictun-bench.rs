@@ -1,0 +1,472 @@
+//! quictun-bench: loopback benchmarks of direct TCP and the tunnel, side by side in one run.
+//!
+//! Spawns the release `quictun-server` and `quictun-client`, runs an in-process target
+//! (sink, source and echo on one TCP port; the first byte of a connection picks the mode) and
+//! measures throughput, time to first byte, 1 KiB echo round trips, CPU seconds per GiB of the
+//! tunnel's processes and their memory with open idle tunnels. Prints a table and writes JSON.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use std::{fs, thread};
+
+use clap::Parser;
+
+const MODE_ECHO: u8 = b'e';
+const MODE_SINK: u8 = b's';
+const MODE_SOURCE: u8 = b'g';
+const BUF: usize = 256 * 1024;
+
+#[derive(Parser)]
+#[command(about = "Loopback benchmarks: direct TCP and the tunnel side by side")]
+struct Args {
+    /// A short smoke run (small transfers, few samples).
+    #[arg(long)]
+    quick: bool,
+    /// Directory holding quictun-server and quictun-client.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "bench/results/loopback.json")]
+    out: PathBuf,
+}
+
+fn main() {
+    if let Err(error) = run(Args::parse()) {
+        eprintln!("quictun-bench: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    raise_nofile();
+    let (bytes, samples, idle_levels): (u64, usize, &[usize]) = if args.quick {
+        (64 << 20, 50, &[1, 100])
+    } else {
+        (1 << 30, 300, &[1, 1000, 9000])
+    };
+    let target = start_target().map_err(|e| format!("cannot start the target: {e}"))?;
+    let tunnel = Tunnel::start(&args.bin_dir, target)?;
+    let mut rows = Vec::new();
+    for (name, addr, pids) in [
+        ("direct TCP", target, vec![]),
+        ("tunnel", tunnel.addr, tunnel.pids()),
+    ] {
+        let row = measure(name, addr, &pids, bytes, samples).map_err(|e| format!("{name}: {e}"))?;
+        print_row(&row);
+        rows.push(row);
+    }
+    let mut idle = Vec::new();
+    for &n in idle_levels {
+        let (client_kib, server_kib) =
+            idle_rss(tunnel.addr, &tunnel.pids(), n).map_err(|e| format!("idle tunnels: {e}"))?;
+        println!(
+            "idle tunnels {n:>6}: client RSS {client_kib} KiB, server RSS {server_kib} KiB, together {:.1} MiB",
+            (client_kib + server_kib) as f64 / 1024.0
+        );
+        idle.push(format!(
+            "{{\"tunnels\":{n},\"client_rss_kib\":{client_kib},\"server_rss_kib\":{server_kib}}}"
+        ));
+    }
+    let json = format!(
+        "{{\"bytes\":{bytes},\"paths\":[{}],\"idle\":[{}]}}\n",
+        rows.iter().map(Row::json).collect::<Vec<_>>().join(","),
+        idle.join(",")
+    );
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    fs::write(&args.out, json).map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
+    println!("results: {}", args.out.display());
+    Ok(())
+}
+
+/// One path's results.
+struct Row {
+    name: String,
+    /// Gbit/s: upload 1, download 1, upload 8, download 8.
+    gbps: [f64; 4],
+    ttfb_ms: (f64, f64),
+    echo_ms: (f64, f64),
+    cpu_s_per_gib: Option<f64>,
+}
+
+impl Row {
+    fn json(&self) -> String {
+        format!(
+            "{{\"name\":\"{}\",\"up1_gbps\":{:.3},\"down1_gbps\":{:.3},\"up8_gbps\":{:.3},\
+             \"down8_gbps\":{:.3},\"ttfb_p50_ms\":{:.3},\"ttfb_p99_ms\":{:.3},\
+             \"echo_p50_ms\":{:.3},\"echo_p99_ms\":{:.3},\"cpu_s_per_gib\":{}}}",
+            self.name,
+            self.gbps[0],
+            self.gbps[1],
+            self.gbps[2],
+            self.gbps[3],
+            self.ttfb_ms.0,
+            self.ttfb_ms.1,
+            self.echo_ms.0,
+            self.echo_ms.1,
+            self.cpu_s_per_gib
+                .map_or("null".into(), |c| format!("{c:.2}"))
+        )
+    }
+}
+
+fn print_row(row: &Row) {
+    println!(
+        "{:<11} up1 {:6.2} down1 {:6.2} up8 {:6.2} down8 {:6.2} Gbit/s | TTFB p50 {:.3} p99 {:.3} ms | \
+         echo 1 KiB p50 {:.3} p99 {:.3} ms | CPU {} s/GiB",
+        row.name,
+        row.gbps[0],
+        row.gbps[1],
+        row.gbps[2],
+        row.gbps[3],
+        row.ttfb_ms.0,
+        row.ttfb_ms.1,
+        row.echo_ms.0,
+        row.echo_ms.1,
+        row.cpu_s_per_gib.map_or("-".into(), |c| format!("{c:.2}"))
+    );
+}
+
+fn measure(
+    name: &str,
+    addr: SocketAddr,
+    pids: &[u32],
+    bytes: u64,
+    samples: usize,
+) -> io::Result<Row> {
+    let cpu_before = cpu_seconds(pids);
+    let up1 = transfer(addr, bytes, 1, MODE_SINK)?;
+    let cpu_after = cpu_seconds(pids);
+    let down1 = transfer(addr, bytes, 1, MODE_SOURCE)?;
+    let up8 = transfer(addr, bytes, 8, MODE_SINK)?;
+    let down8 = transfer(addr, bytes, 8, MODE_SOURCE)?;
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    Ok(Row {
+        name: name.to_string(),
+        gbps: [up1, down1, up8, down8],
+        ttfb_ms: percentiles(ttfb(addr, samples)?),
+        echo_ms: percentiles(echo(addr, samples * 5)?),
+        cpu_s_per_gib: (!pids.is_empty()).then(|| (cpu_after - cpu_before) / gib),
+    })
+}
+
+/// Moves `bytes` over `conns` connections; returns Gbit/s.
+fn transfer(addr: SocketAddr, bytes: u64, conns: u64, mode: u8) -> io::Result<f64> {
+    let each = bytes / conns;
+    let start = Instant::now();
+    let workers: Vec<_> = (0..conns)
+        .map(|_| thread::spawn(move || one_transfer(addr, each, mode)))
+        .collect();
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| io::Error::other("transfer thread panicked"))??;
+    }
+    Ok((each * conns) as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9)
+}
+
+fn one_transfer(addr: SocketAddr, bytes: u64, mode: u8) -> io::Result<()> {
+    let mut stream = TcpStream::connect(addr)?;
+    let mut header = [0u8; 9];
+    header[0] = mode;
+    header[1..].copy_from_slice(&bytes.to_be_bytes());
+    stream.write_all(&header)?;
+    let mut buf = vec![0u8; BUF];
+    if mode == MODE_SINK {
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(BUF as u64) as usize;
+            stream.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        stream.shutdown(Shutdown::Write)?;
+    }
+    // The sink answers with EOF once it has read everything; the source ends with EOF.
+    let mut got = 0u64;
+    loop {
+        match stream.read(&mut buf)? {
+            0 => break,
+            n => got += n as u64,
+        }
+    }
+    if mode == MODE_SOURCE && got != bytes {
+        return Err(io::Error::other(format!("received {got} of {bytes} bytes")));
+    }
+    Ok(())
+}
+
+/// Connect, send one byte, wait for its echo: milliseconds per new connection.
+fn ttfb(addr: SocketAddr, samples: usize) -> io::Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.write_all(&[MODE_ECHO, 0, 0, 0, 0, 0, 0, 0, 0, b'x'])?;
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte)?;
+        out.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}
+
+/// 1 KiB echo round trips on one connection, in milliseconds.
+fn echo(addr: SocketAddr, samples: usize) -> io::Result<Vec<f64>> {
+    let mut stream = echo_connection(addr)?;
+    let mut buf = [7u8; 1024];
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        stream.write_all(&buf)?;
+        stream.read_exact(&mut buf)?;
+        out.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}
+
+fn echo_connection(addr: SocketAddr) -> io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    stream.write_all(&[MODE_ECHO, 0, 0, 0, 0, 0, 0, 0, 0])?;
+    Ok(stream)
+}
+
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// Opens `n` tunnels, checks each with a one-byte echo, and reads the endpoints' RSS.
+fn idle_rss(addr: SocketAddr, pids: &[u32], n: usize) -> io::Result<(u64, u64)> {
+    let mut open = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut stream = echo_connection(addr)?;
+        stream.write_all(b"x")?;
+        stream.read_exact(&mut [0u8; 1])?;
+        open.push(stream);
+    }
+    thread::sleep(Duration::from_millis(500));
+    let rss = |pid: u32| status_kib(pid, "VmRSS:").unwrap_or(0);
+    let result = (rss(pids[0]), rss(pids[1]));
+    drop(open);
+    thread::sleep(Duration::from_secs(1));
+    Ok(result)
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime of the processes, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name, which ends with the last ')'.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .sum()
+}
+
+fn raise_nofile() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// The target: one port, the first byte picks sink, source or echo.
+fn start_target() -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || serve(stream))
+                .ok();
+        }
+    });
+    Ok(addr)
+}
+
+fn serve(mut stream: TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header)?;
+    let len = u64::from_be_bytes(header[1..].try_into().unwrap_or_default());
+    let mut buf = vec![0u8; if header[0] == MODE_ECHO { 4096 } else { BUF }];
+    match header[0] {
+        MODE_SOURCE => {
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(BUF as u64) as usize;
+                stream.write_all(&buf[..n])?;
+                left -= n as u64;
+            }
+        }
+        MODE_SINK => while stream.read(&mut buf)? > 0 {},
+        _ => loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&buf[..n])?;
+        },
+    }
+    stream.shutdown(Shutdown::Write)
+}
+
+/// The release server and client on loopback, the client's tokens naming the target.
+struct Tunnel {
+    addr: SocketAddr,
+    server: Child,
+    client: Child,
+    _dir: TempDir,
+}
+
+impl Tunnel {
+    fn start(bin_dir: &Path, target: SocketAddr) -> Result<Tunnel, String> {
+        let dir = TempDir::new()?;
+        let quic = free_port(true)?;
+        let listen = free_port(false)?;
+        let spawn = |name: &str, args: Vec<String>| {
+            let path = bin_dir.join(name);
+            Command::new(&path)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    format!(
+                        "cannot run {} (cargo build --release --workspace): {e}",
+                        path.display()
+                    )
+                })
+        };
+        let state = |sub: &str| dir.0.join(sub).display().to_string();
+        let server = spawn(
+            "quictun-server",
+            [
+                "--listen-on",
+                &quic.to_string(),
+                "--httpd-listen-on",
+                "",
+                "--state-dir",
+                &state("server"),
+                "--max-streams-per-connection",
+                "20000",
+                "--log-level",
+                "warn",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )?;
+        let client = spawn(
+            "quictun-client",
+            [
+                "--listen-on",
+                &format!("tcp:{listen}"),
+                "--server-endpoint",
+                &quic.to_string(),
+                "--token-source",
+                &format!("tcp:{target}"),
+                "--insecure-skip-verify",
+                "--httpd-listen-on",
+                "",
+                "--state-dir",
+                &state("client"),
+                "--log-level",
+                "error",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )?;
+        let tunnel = Tunnel {
+            addr: listen,
+            server,
+            client,
+            _dir: dir,
+        };
+        tunnel.wait_ready()?;
+        Ok(tunnel)
+    }
+
+    /// Waits until a tunnel echoes a byte: both endpoints up and connected.
+    fn wait_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let attempt = echo_connection(self.addr).and_then(|mut s| {
+                s.write_all(b"x")?;
+                s.read_exact(&mut [0u8; 1])
+            });
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("tunnel not ready: {e}"));
+                }
+                Err(_) => thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Client first, then server.
+    fn pids(&self) -> Vec<u32> {
+        vec![self.client.id(), self.server.id()]
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        for child in [&mut self.client, &mut self.server] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port(udp: bool) -> Result<SocketAddr, String> {
+    let addr = if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+    } else {
+        TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+    };
+    addr.map_err(|e| format!("no free port: {e}"))
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir, String> {
+        let path = std::env::temp_dir().join(format!("quictun-bench-{}", std::process::id()));
+        fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
