@@ -49,11 +49,18 @@ fn run(args: Args) -> Result<(), String> {
     };
     let target = start_target().map_err(|e| format!("cannot start the target: {e}"))?;
     let tunnel = Tunnel::start(&args.bin_dir, target)?;
-    let mut rows = Vec::new();
-    for (name, addr, pids) in [
+    let ssh = Ssh::start(target)
+        .inspect_err(|e| println!("ssh -L skipped: {e}"))
+        .ok();
+    let mut paths = vec![
         ("direct TCP", target, vec![]),
         ("tunnel", tunnel.addr, tunnel.pids()),
-    ] {
+    ];
+    if let Some(ssh) = &ssh {
+        paths.push(("ssh -L", ssh.addr, ssh.pids()));
+    }
+    let mut rows = Vec::new();
+    for (name, addr, pids) in paths {
         let row = measure(name, addr, &pids, bytes, samples).map_err(|e| format!("{name}: {e}"))?;
         print_row(&row);
         rows.push(row);
@@ -264,11 +271,12 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// utime + stime of the processes, in seconds.
+/// utime + stime of the processes and their descendants (sshd works in a child), in seconds.
 fn cpu_seconds(pids: &[u32]) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    pids.iter()
+    with_descendants(pids)
+        .iter()
         .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
         .filter_map(|stat| {
             // Fields after the command name, which ends with the last ')'.
@@ -279,6 +287,37 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
             Some((utime + stime) / ticks)
         })
         .sum()
+}
+
+fn with_descendants(pids: &[u32]) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat[stat.rfind(')')? + 2..]
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut all = pids.to_vec();
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        all.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    all
 }
 
 fn raise_nofile() {
@@ -414,25 +453,28 @@ impl Tunnel {
 
     /// Waits until a tunnel echoes a byte: both endpoints up and connected.
     fn wait_ready(&self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let attempt = echo_connection(self.addr).and_then(|mut s| {
-                s.write_all(b"x")?;
-                s.read_exact(&mut [0u8; 1])
-            });
-            match attempt {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(format!("tunnel not ready: {e}"));
-                }
-                Err(_) => thread::sleep(Duration::from_millis(50)),
-            }
-        }
+        wait_echo(self.addr).map_err(|e| format!("tunnel {e}"))
     }
 
     /// Client first, then server.
     fn pids(&self) -> Vec<u32> {
         vec![self.client.id(), self.server.id()]
+    }
+}
+
+/// Waits until a path echoes a byte: its processes up and connected.
+fn wait_echo(addr: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let attempt = echo_connection(addr).and_then(|mut s| {
+            s.write_all(b"x")?;
+            s.read_exact(&mut [0u8; 1])
+        });
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(format!("not ready: {e}")),
+            Err(_) => thread::sleep(Duration::from_millis(50)),
+        }
     }
 }
 
@@ -459,7 +501,12 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> Result<TempDir, String> {
-        let path = std::env::temp_dir().join(format!("quictun-bench-{}", std::process::id()));
+        TempDir::named("tunnel")
+    }
+
+    fn named(name: &str) -> Result<TempDir, String> {
+        let path =
+            std::env::temp_dir().join(format!("quictun-bench-{}-{name}", std::process::id()));
         fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         Ok(TempDir(path))
     }
@@ -468,5 +515,101 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `ssh -L` to a throwaway sshd on loopback (aes128-gcm), when OpenSSH is installed.
+struct Ssh {
+    addr: SocketAddr,
+    sshd: Child,
+    ssh: Child,
+    _dir: TempDir,
+}
+
+impl Ssh {
+    fn start(target: SocketAddr) -> Result<Ssh, String> {
+        let sshd_path = Path::new("/usr/sbin/sshd");
+        if !sshd_path.exists() {
+            return Err("no /usr/sbin/sshd (apt-get install openssh-server)".into());
+        }
+        let dir = TempDir::named("ssh")?;
+        let d = dir.0.display().to_string();
+        for key in ["host", "user"] {
+            run_quiet(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(format!("{d}/{key}")),
+            )?;
+        }
+        fs::copy(format!("{d}/user.pub"), format!("{d}/authorized_keys"))
+            .map_err(|e| e.to_string())?;
+        let port = free_port(false)?.port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\n\
+             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             AllowTcpForwarding yes\nCiphers aes128-gcm@openssh.com\nPidFile none\n"
+        );
+        fs::write(format!("{d}/sshd_config"), config).map_err(|e| e.to_string())?;
+        let _ = fs::create_dir_all("/run/sshd");
+        let sshd = Command::new(sshd_path)
+            .args(["-D", "-e", "-f", &format!("{d}/sshd_config")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run sshd: {e}"))?;
+        thread::sleep(Duration::from_millis(300));
+        let local = free_port(false)?;
+        let ssh = Command::new("ssh")
+            .args([
+                "-N",
+                "-p",
+                &port.to_string(),
+                "-i",
+                &format!("{d}/user"),
+                "-L",
+            ])
+            .arg(format!("{}:{}:{}", local, target.ip(), target.port()))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"])
+            .args(["-o", "Ciphers=aes128-gcm@openssh.com", "root@127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run ssh: {e}"))?;
+        let ssh = Ssh {
+            addr: local,
+            sshd,
+            ssh,
+            _dir: dir,
+        };
+        wait_echo(ssh.addr)?;
+        Ok(ssh)
+    }
+
+    /// The ssh client, then sshd (whose session child does the work).
+    fn pids(&self) -> Vec<u32> {
+        vec![self.ssh.id(), self.sshd.id()]
+    }
+}
+
+impl Drop for Ssh {
+    fn drop(&mut self) {
+        for child in [&mut self.ssh, &mut self.sshd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn run_quiet(command: &mut Command) -> Result<(), String> {
+    match command.stdout(Stdio::null()).stderr(Stdio::null()).status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("{command:?} failed: {s}")),
+        Err(e) => Err(format!("cannot run {command:?}: {e}")),
     }
 }
