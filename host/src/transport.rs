@@ -16,12 +16,33 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Requested UDP socket buffer size, each way.
 const UDP_BUFFER: usize = 8 * 1024 * 1024;
-/// Receive window of one stream: 100 Mbit/s × 200 ms is 2.5 MB.
-const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-/// Receive window of a whole connection.
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// Data a connection may have in flight or buffered for sending.
-const SEND_WINDOW: u64 = 16 * 1024 * 1024;
+// Flow-control windows. They are credit, not allocations: an idle tunnel holds none of them,
+// and a busy one holds only what has arrived and not been read yet. Their cost is the worst
+// case, an application that stops reading while the peer sends: a stream then pins up to
+// STREAM_WINDOW at the receiver and a connection up to CONNECTION_WINDOW, whatever the number
+// of tunnels on it (and the sender keeps up to SEND_WINDOW of unacknowledged data).
+//
+// Why several bandwidth-delay products: the receive window's left edge is the first byte not
+// yet delivered in order. Under random loss it waits behind a hole for loss detection (about
+// 9/8 RTT) plus the retransmission's round trip, and longer when the retransmission is lost
+// too (at 1 % loss and ~2 000 packets per round trip, about once a second at 200 ms). The
+// window must cover the data sent meanwhile. 100 Mbit/s × 200 ms is 2.5 MB: 4 MiB held the
+// tunnel at ~60 Mbit/s with 1 % loss there, 16 MiB at ~86 (docs/BENCHMARKS.md).
+//
+// Why not larger: besides memory, quinn closes a connection whose stream buffer holds more
+// than 1 024 separate pieces ("too many gaps in stream buffer"). The holes in flight are about
+// the loss rate × the packets sent during a hole's lifetime, which the stream window bounds:
+// fine for our controller up to several percent of random loss, but a sender that loses a
+// large share at the bottleneck (quinn's bbr at 200 ms, ~40 %) reaches the limit.
+
+/// Receive window of one stream: about 6.7 × (100 Mbit/s × 200 ms), enough for a hole that
+/// needs two retransmissions at full rate.
+const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// Receive window of a whole connection: a stream stalled behind a hole leaves room for others.
+const CONNECTION_WINDOW: u32 = 24 * 1024 * 1024;
+/// Unacknowledged data a connection may hold for sending (quinn keeps selectively acknowledged
+/// data behind a hole too): at least the receive window, so the peer's credit is what binds.
+const SEND_WINDOW: u64 = 24 * 1024 * 1024;
 
 /// The congestion controller, chosen with `--congestion`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
