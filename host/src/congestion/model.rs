@@ -98,8 +98,22 @@ pub const LOSS_BASELINE_WEIGHT: f64 = 1.0 / 8.0;
 /// The RTT used for the window may exceed the minimum RTT by this factor at most. A queue that
 /// our own down phase could not drain (another flow's) is paid for by a larger window, so a
 /// competing flow's standing queue does not starve us; the cap bounds what a stale bandwidth
-/// estimate can do with it.
-pub const MAX_RTT_INFLATION: f64 = 2.0;
+/// estimate can do with it. Linux TCP bbr keeps 2 × its BDP in flight plus an ACK-aggregation
+/// allowance (2.2–2.5 × on the benchmark link); a cap at or below that lets it starve us,
+/// because whichever flow may pay for less queue than the RTT both see delivers less than its
+/// estimate every round.
+pub const MAX_RTT_INFLATION: f64 = 2.5;
+
+/// The last ProbeBw cycle's RTT floor — measured while our own down phase had drained our
+/// queue — at least this fraction above the pipe RTT means the queue is someone else's (a
+/// *foreign queue*). Alone, the floor stays within a few percent of the minimum RTT.
+pub const FOREIGN_QUEUE_FRACTION: f64 = 0.25;
+
+/// With a foreign queue, a round is congestive only if its loss rate exceeds [`LOSS_THRESH`]
+/// plus this multiple of the loss baseline: when another flow keeps a drop-tail buffer full,
+/// every round loses about the same share, and answering that steady share by shrinking hands
+/// the link to the flow that ignores it.
+pub const FOREIGN_LOSS_BASELINE_FACTOR: f64 = 2.0;
 
 // ---- ProbeRtt ------------------------------------------------------------------------------
 
@@ -115,8 +129,9 @@ pub const PROBE_RTT_GAIN: f64 = 0.5;
 // ---- Window bounds -------------------------------------------------------------------------
 
 /// Hard cap on the window after start-up, as a multiple of the max-filtered bandwidth × the
-/// minimum RTT (plus [`HEADROOM_PACKETS`]).
-pub const INFLIGHT_CAP_GAIN: f64 = 2.0;
+/// minimum RTT (plus [`HEADROOM_PACKETS`]); equal to [`MAX_RTT_INFLATION`] so that paying for a
+/// foreign queue is not cut short by it.
+pub const INFLIGHT_CAP_GAIN: f64 = MAX_RTT_INFLATION;
 
 /// Packets added to every window after start-up. Delayed ACKs (one per two packets) and the
 /// pacer's bursts make the ACK clock lumpy; a few packets of slack keep the bottleneck busy.
@@ -152,7 +167,9 @@ pub const LOSS_RATE_MIN_PACKETS: u64 = 20;
 pub const QUEUE_EVIDENCE_FRACTION: f64 = 0.125;
 
 /// A round whose *smallest* RTT is this multiple of the minimum RTT saw a standing queue
-/// larger than [`MAX_RTT_INFLATION`] lets us pay for: the bandwidth estimate is likely stale.
+/// larger than we pay for: the bandwidth estimate is likely stale. Not applied while the queue
+/// is foreign (see [`FOREIGN_QUEUE_FRACTION`]): delay that survives our own drain is not ours
+/// to remove, and backing off for it only hands the link to the flow that keeps it.
 pub const HIGH_DELAY_FACTOR: f64 = 2.5;
 
 /// Consecutive high-delay rounds that count as congestion.
@@ -235,6 +252,7 @@ pub struct Model {
     min_rtt_stamp: Duration,
     rtt_floor: Option<Duration>,
     cycle_floor: Option<Duration>,
+    recent_rtt: Option<Duration>,
     round: u64,
     stats: RoundStats,
     filled_pipe: bool,
@@ -271,6 +289,7 @@ impl Model {
             min_rtt_stamp: Duration::ZERO,
             rtt_floor: None,
             cycle_floor: None,
+            recent_rtt: None,
             round: 0,
             stats: RoundStats::default(),
             filled_pipe: false,
@@ -457,6 +476,9 @@ impl Model {
     fn end_round(&mut self) {
         let stats = std::mem::take(&mut self.stats);
         self.round += 1;
+        if !stats.app_limited && stats.rtt_min.is_some() {
+            self.recent_rtt = stats.rtt_min;
+        }
         self.prev_window_limited = stats.window_limited;
         let lossy = self.lossy(&stats);
         let congested = self.congested(&stats, lossy);
@@ -485,6 +507,7 @@ impl Model {
             return false;
         };
         let delayed = !stats.app_limited
+            && !self.foreign_queue()
             && stats
                 .rtt_min
                 .is_some_and(|rtt| rtt.as_secs_f64() >= pipe_rtt.as_secs_f64() * HIGH_DELAY_FACTOR);
@@ -507,7 +530,12 @@ impl Model {
         }
         let rate = stats.lost as f64 / total as f64;
         let evidence = pipe_rtt.mul_f64(QUEUE_EVIDENCE_FRACTION);
-        rate >= LOSS_THRESH && stats.rtt_max.is_some_and(|rtt| rtt >= min_rtt + evidence)
+        let threshold = if self.foreign_queue() {
+            LOSS_THRESH + FOREIGN_LOSS_BASELINE_FACTOR * self.loss_baseline
+        } else {
+            LOSS_THRESH
+        };
+        rate >= threshold && stats.rtt_max.is_some_and(|rtt| rtt >= min_rtt + evidence)
     }
 
     /// Lowers the short-term bandwidth bound to what the congested round delivered, by at most
@@ -701,11 +729,17 @@ impl Model {
             State::ProbeRtt => self.probe_rtt_window(bdp),
             State::ProbeBw(phase) => {
                 let rtt = self.effective_rtt(min_rtt);
-                let wanted = scale(bytes_over(bw, rtt), self.phase_gain(phase))
-                    .saturating_add(self.extra_acked());
+                // A foreign queue keeps the bottleneck busy through lumpy ACKs and pacer
+                // bursts, so the allowances for them are left out: added on top of a window
+                // that already pays for the RTT seen, they would raise the queue by a little
+                // every round.
+                let foreign = self.foreign_queue();
+                let extra = if foreign { 0 } else { self.extra_acked() };
+                let wanted =
+                    scale(bytes_over(bw, rtt), self.phase_gain(phase)).saturating_add(extra);
                 let cap = self.inflight_cap().unwrap_or(wanted);
-                self.bounded(wanted.min(cap))
-                    .saturating_add(self.headroom())
+                let headroom = if foreign { 0 } else { self.headroom() };
+                self.bounded(wanted.min(cap)).saturating_add(headroom)
             }
         }
     }
@@ -721,11 +755,30 @@ impl Model {
         self.inflight_hi.map_or(window, |hi| window.min(hi))
     }
 
-    /// The RTT the window pays for: the floor of the last ProbeBw cycle, between the pipe RTT
-    /// and [`MAX_RTT_INFLATION`] times it.
+    /// The RTT the window pays for, between the pipe RTT and [`MAX_RTT_INFLATION`] times it:
+    /// the floor of the last ProbeBw cycle; with a foreign queue, the smallest RTT of the
+    /// latest round if that is higher. A window of bandwidth × an RTT below the one the
+    /// packets actually see delivers less than the estimate, round after round, until the
+    /// estimate has decayed; paying for the RTT of the latest round keeps the delivery rate at
+    /// the estimate, as pacing at the estimate keeps BBR's, so the competitor's queue does not
+    /// starve it.
     fn effective_rtt(&self, min_rtt: Duration) -> Duration {
         let floor = self.rtt_floor.unwrap_or(min_rtt);
-        floor.clamp(min_rtt, min_rtt.mul_f64(MAX_RTT_INFLATION))
+        let rtt = if self.foreign_queue() {
+            floor.max(self.recent_rtt.unwrap_or(floor))
+        } else {
+            floor
+        };
+        rtt.clamp(min_rtt, min_rtt.mul_f64(MAX_RTT_INFLATION))
+    }
+
+    /// Whether the last cycle's RTT floor, measured with our own queue drained, still shows a
+    /// queue: then it belongs to someone else.
+    fn foreign_queue(&self) -> bool {
+        match (self.rtt_floor, self.pipe_rtt()) {
+            (Some(floor), Some(pipe)) => floor >= pipe.mul_f64(1.0 + FOREIGN_QUEUE_FRACTION),
+            _ => false,
+        }
     }
 
     fn phase_gain(&self, phase: Phase) -> f64 {
