@@ -40,8 +40,9 @@ pub struct CommonArgs {
     pub ca_file: Option<PathBuf>,
 
     /// Verify the other endpoint's certificate against --ca-file (on the server: require
-    /// client certificates).
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+    /// client certificates). Given as `--verify-remote-endpoint`, `=true|false` or, as the
+    /// original takes it, `--verify-remote-endpoint true`.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
     pub verify_remote_endpoint: bool,
 

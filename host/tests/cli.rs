@@ -67,7 +67,7 @@ fn a_bad_duration_is_explained() {
 }
 
 #[test]
-fn booleans_take_an_optional_value_after_an_equals_sign() {
+fn booleans_take_an_optional_value_after_an_equals_sign_or_a_space() {
     let output = run(
         CLIENT,
         &[
@@ -77,6 +77,43 @@ fn booleans_take_an_optional_value_after_an_equals_sign() {
         ],
     );
     assert_one_line(&output, 2, "maybe");
+    let output = run(
+        CLIENT,
+        &[
+            "--insecure-skip-verify",
+            "maybe",
+            "--server-endpoint",
+            "127.0.0.1:1",
+        ],
+    );
+    assert_one_line(&output, 2, "maybe");
+    // The original's form `--flag true`: the value is taken, not left over as an argument.
+    let fingerprint = format!("sha256:{}", "ab".repeat(32));
+    for form in [
+        &["--insecure-skip-verify", "true"][..],
+        &["--insecure-skip-verify=true"],
+    ] {
+        let mut args = vec!["--server-endpoint", "127.0.0.1:1"];
+        args.extend_from_slice(form);
+        args.extend_from_slice(&["--server-cert-fingerprint", &fingerprint]);
+        assert_one_line(
+            &run(CLIENT, &args),
+            1,
+            "choose one of --insecure-skip-verify, --server-cert-fingerprint",
+        );
+    }
+    let output = run(
+        SERVER,
+        &[
+            "--verify-remote-endpoint",
+            "true",
+            "--listen-on",
+            "127.0.0.1:0",
+            "--httpd-listen-on",
+            "",
+        ],
+    );
+    assert_one_line(&output, 1, "--verify-remote-endpoint needs --ca-file");
 }
 
 #[test]

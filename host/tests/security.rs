@@ -13,50 +13,6 @@ use quictun::policy::Policy;
 use quictun::server::{Server, ServerConfig};
 use quictun::tls::Verification;
 use quictun::wire::Status;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-
-/// A CA that writes its certificate and the leaves it signs as PEM files in `dir`.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    name: String,
-}
-
-impl Ca {
-    fn new(dir: &TempDir, name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} test CA"));
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        std::fs::write(dir.join(&format!("{name}-ca.pem")), issuer.pem()).unwrap();
-        Ca {
-            issuer,
-            name: name.to_owned(),
-        }
-    }
-
-    fn ca_file(&self, dir: &TempDir) -> std::path::PathBuf {
-        dir.join(&format!("{}-ca.pem", self.name))
-    }
-
-    /// A leaf for `names`, written as `<leaf>.pem` and `<leaf>.key`, and loaded back.
-    fn leaf(&self, dir: &TempDir, leaf: &str, names: &[&str]) -> Identity {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, leaf);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (cert_file, key_file) = (
-            dir.join(&format!("{leaf}.pem")),
-            dir.join(&format!("{leaf}.key")),
-        );
-        std::fs::write(&cert_file, cert.pem()).unwrap();
-        std::fs::write(&key_file, key.serialize_pem()).unwrap();
-        Identity::from_pem_files(&cert_file, &key_file).unwrap()
-    }
-}
 
 fn server(
     identity: Identity,

@@ -167,7 +167,16 @@ pub fn start_server_with(parser: TokenParser) -> TestServer {
 }
 
 pub fn start_server_opts(parser: TokenParser, transport: TransportOptions) -> TestServer {
-    let server = Server::bind(ServerConfig {
+    start_server_custom(parser, transport, |_| {})
+}
+
+/// A server whose configuration `adjust` changes from the tests' defaults.
+pub fn start_server_custom(
+    parser: TokenParser,
+    transport: TransportOptions,
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> TestServer {
+    let mut config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         parser,
         identity: Identity::self_signed(&["localhost"]).unwrap(),
@@ -179,8 +188,9 @@ pub fn start_server_opts(parser: TokenParser, transport: TransportOptions) -> Te
         policy: Default::default(),
         client_roots: None,
         reset_key: None,
-    })
-    .expect("bind server");
+    };
+    adjust(&mut config);
+    let server = Server::bind(config).expect("bind server");
     let addr = server.local_addr().unwrap();
     let registry = server.registry();
     let connections = server.connections();
@@ -216,22 +226,33 @@ pub async fn start_client_opts(
     token: &str,
     transport: TransportOptions,
 ) -> TestClient {
+    start_client_custom(listen, server, token, |config| config.transport = transport).await
+}
+
+/// A client whose configuration `adjust` changes from the tests' defaults (no certificate
+/// check, generous time-outs).
+pub async fn start_client_custom(
+    listen: Address,
+    server: SocketAddr,
+    token: &str,
+    adjust: impl FnOnce(&mut ClientConfig),
+) -> TestClient {
     let source = TokenSource::load("Fixed", token, Some(plugin_dir())).expect("load Fixed");
-    let client = Client::bind(ClientConfig {
+    let mut config = ClientConfig {
         listen,
         server: server.into(),
         source,
         verification: Verification::Insecure,
         identity: None,
-        transport: transport.clone(),
+        transport: transport(),
         handshake_timeout: Duration::from_secs(5),
         // Generous: tests under load (1000 tunnels on 2 busy cores) must not trip it.
         outage_wait: Duration::from_secs(60),
         reconnect_max_backoff: Duration::from_secs(1),
         discriminators: discriminators(),
-    })
-    .await
-    .expect("bind client");
+    };
+    adjust(&mut config);
+    let client = Client::bind(config).await.expect("bind client");
     let addr = client.local_addr().unwrap();
     let registry = client.registry();
     let connections = client.connections();
@@ -417,4 +438,51 @@ pub fn token_frame(token: &str) -> Vec<u8> {
     let mut frame = Vec::new();
     quictun::wire::encode_token(token.as_bytes(), &mut frame).unwrap();
     frame
+}
+
+/// A CA that writes its certificate and the leaves it signs as PEM files in `dir`.
+pub struct Ca {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    name: String,
+}
+
+impl Ca {
+    pub fn new(dir: &TempDir, name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        std::fs::write(dir.join(&format!("{name}-ca.pem")), issuer.pem()).unwrap();
+        Ca {
+            issuer,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn ca_file(&self, dir: &TempDir) -> std::path::PathBuf {
+        dir.join(&format!("{}-ca.pem", self.name))
+    }
+
+    /// A leaf for `names`, written as `<leaf>.pem` and `<leaf>.key`, and loaded back.
+    pub fn leaf(&self, dir: &TempDir, leaf: &str, names: &[&str]) -> Identity {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, leaf);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_file, key_file) = (
+            dir.join(&format!("{leaf}.pem")),
+            dir.join(&format!("{leaf}.key")),
+        );
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        Identity::from_pem_files(&cert_file, &key_file).unwrap()
+    }
 }
