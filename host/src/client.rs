@@ -92,9 +92,7 @@ impl Client {
         let listener = AppListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let crypto = tls::client_crypto(&config.verification, config.identity)?;
-        let mut quic = quinn::ClientConfig::new(crypto);
-        quic.transport_config(Arc::new(config.transport.build()?));
+        let quic = quic_config(&config.verification, config.identity, &config.transport)?;
         let connector = Connector::start(ConnectorConfig {
             server: config.server.clone(),
             quic,
@@ -154,6 +152,19 @@ impl Client {
             }
         }
     }
+}
+
+/// The QUIC client settings: the server's verification, our own certificate if any, and the
+/// transport options.
+pub(crate) fn quic_config(
+    verification: &Verification,
+    identity: Option<crate::identity::Identity>,
+    transport: &TransportOptions,
+) -> anyhow::Result<quinn::ClientConfig> {
+    let crypto = tls::client_crypto(verification, identity)?;
+    let mut quic = quinn::ClientConfig::new(crypto);
+    quic.transport_config(Arc::new(transport.build()?));
+    Ok(quic)
 }
 
 /// Serves one application connection.
@@ -229,7 +240,10 @@ async fn open_stream(connector: &Connector) -> ((SendStream, RecvStream), Connec
 /// The token as the negotiated protocol frames it, and the answer to expect. The original's
 /// block is written in one piece (its server keeps only the last chunk it reads); a token too
 /// long for its 512 bytes is refused here rather than cut, as the original did.
-fn token_frame(token: &[u8], legacy: bool) -> Result<(Vec<u8>, Preface), wire::WireError> {
+pub(crate) fn token_frame(
+    token: &[u8],
+    legacy: bool,
+) -> Result<(Vec<u8>, Preface), wire::WireError> {
     if legacy {
         return Ok((
             wire::encode_legacy_token(token)?.to_vec(),

@@ -58,9 +58,7 @@ impl Connector {
         let wanted = Arc::new(Notify::new());
         let registry = Arc::new(ConnectionRegistry::default());
         let supervisor = Supervisor {
-            config,
-            endpoint: None,
-            registry: registry.clone(),
+            dialer: Dialer::new(config, registry.clone()),
             state: state_tx,
         };
         let supervisor = tokio::spawn(supervisor.run(wanted.clone()));
@@ -117,9 +115,7 @@ impl Drop for Connector {
 }
 
 struct Supervisor {
-    config: ConnectorConfig,
-    endpoint: Option<Endpoint>,
-    registry: Arc<ConnectionRegistry>,
+    dialer: Dialer,
     state: watch::Sender<State>,
 }
 
@@ -127,15 +123,16 @@ impl Supervisor {
     async fn run(mut self, wanted: Arc<Notify>) {
         wanted.notified().await;
         let mut backoff = FIRST_BACKOFF;
+        let max_backoff = self.dialer.config.max_backoff.max(FIRST_BACKOFF);
         loop {
             self.state.send_replace(State::Connecting);
-            match self.connect().await {
+            match self.dialer.connect().await {
                 Ok(connection) => {
                     backoff = FIRST_BACKOFF;
-                    self.registry.watch(&connection);
+                    self.dialer.registry.watch(&connection);
                     self.state.send_replace(State::Up(connection.clone()));
                     let reason = connection.closed().await;
-                    warn!(server = %self.config.server, "connection to the server lost: {reason}; reconnecting");
+                    warn!(server = %self.dialer.config.server, "connection to the server lost: {reason}; reconnecting");
                     self.state
                         .send_replace(State::Down(format!("connection lost: {reason}")));
                 }
@@ -144,13 +141,33 @@ impl Supervisor {
                     warn!("{error:#}; next attempt in {pause:?}");
                     self.state.send_replace(State::Down(format!("{error:#}")));
                     tokio::time::sleep(pause).await;
-                    backoff = (backoff * 2).min(self.config.max_backoff.max(FIRST_BACKOFF));
+                    backoff = (backoff * 2).min(max_backoff);
                 }
             }
         }
     }
+}
 
-    async fn connect(&mut self) -> anyhow::Result<Connection> {
+/// Makes connections to the server one attempt at a time, all from one UDP endpoint: the
+/// supervisor's reconnections and the client's one-shot check (`--check`) alike.
+pub struct Dialer {
+    config: ConnectorConfig,
+    endpoint: Option<Endpoint>,
+    registry: Arc<ConnectionRegistry>,
+}
+
+impl Dialer {
+    /// A dialer counting handshake failures in `registry`. No socket is opened yet.
+    pub fn new(config: ConnectorConfig, registry: Arc<ConnectionRegistry>) -> Dialer {
+        Dialer {
+            config,
+            endpoint: None,
+            registry,
+        }
+    }
+
+    /// One attempt: resolves the server and completes the handshake within the time-out.
+    pub async fn connect(&mut self) -> anyhow::Result<Connection> {
         let server = self.config.server.clone();
         let addr = *server
             .resolve()
@@ -183,6 +200,14 @@ impl Supervisor {
         info!(server = %server, remote_endpoint = %addr, "connected to server");
         debug!(rtt = ?connection.rtt(), "first round trip");
         Ok(connection)
+    }
+
+    /// Waits up to `bound` for closed connections to finish closing, so the server hears of
+    /// it before the process exits.
+    pub async fn wait_idle(&self, bound: Duration) {
+        if let Some(endpoint) = &self.endpoint {
+            let _ = tokio::time::timeout(bound, endpoint.wait_idle()).await;
+        }
     }
 
     /// The client's UDP endpoint, bound on first use to the server's address family.
