@@ -1,80 +1,76 @@
-//! The dashboard page in a real headless Chromium: a live tunnel's row appears and its byte
-//! counts grow while data flows.
+//! The dashboard page in a real headless Chromium, driven through chromedriver (WebDriver):
+//! a live tunnel's row appears and its byte counts grow while data flows.
 //!
-//! Needs Debian's `chromium` (or `$QUICTUN_CHROMIUM`); `scripts/test.sh` installs it. Without
-//! it the test fails saying what to install, unless `QUICTUN_SKIP_BROWSER=1` asks to skip it
-//! (loudly).
+//! Needs Debian's `chromium` and `chromium-driver` (or `$QUICTUN_CHROMIUM` and
+//! `$QUICTUN_CHROMEDRIVER`); `scripts/test.sh` installs them. Without them the test fails
+//! saying what to install, unless `QUICTUN_SKIP_BROWSER=1` asks to skip it (loudly).
 
 mod common;
+mod webdriver;
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use quictun::api::{self, ApiState};
 use quictun::relay::Side;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use webdriver::{Browser, Failure};
 
-fn chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("QUICTUN_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var("QUICTUN_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!(
-            "\n*** SKIPPED: the dashboard browser test (QUICTUN_SKIP_BROWSER=1; no {}) ***\n",
-            path.display()
-        );
-        return None;
+/// How long the page has to show the row and then a larger count: it refreshes every second.
+const PAGE_WAIT: Duration = Duration::from_secs(30);
+
+/// The tunnel's row as the page shows it now: its client byte count and its text.
+fn tunnel_row(browser: &Browser, uuid: &str) -> Result<(u64, String), Failure> {
+    let row = browser.find(&format!("#tunnels tr[data-uuid=\"{uuid}\"]"))?;
+    let bytes = browser.attribute(&row, "data-client-bytes")?;
+    let text = browser.text(&row)?;
+    let bytes = bytes
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no data-client-bytes on the row of {uuid}: {text}"));
+    Ok((bytes, text))
+}
+
+/// Polls the page until `accept` takes the tunnel's row. The page rebuilds its rows on every
+/// refresh, so an element may go stale between two commands: it is looked up again.
+fn wait_for_row(browser: &Browser, uuid: &str, accept: impl Fn(u64) -> bool) -> (u64, String) {
+    let deadline = Instant::now() + PAGE_WAIT;
+    let mut last = None;
+    while Instant::now() < deadline {
+        match tunnel_row(browser, uuid) {
+            Ok((bytes, text)) if accept(bytes) => return (bytes, text),
+            Ok(row) => last = Some(Ok(row)),
+            Err(failure) => last = Some(Err(failure)),
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
     panic!(
-        "{} not found: install Chromium (apt-get install chromium, or run scripts/test.sh), \
-         set QUICTUN_CHROMIUM to its path, or set QUICTUN_SKIP_BROWSER=1 to skip this test",
-        path.display()
+        "the page did not show the expected row of tunnel {uuid} within {PAGE_WAIT:?} \
+         (last: {last:?}): {}",
+        browser.page_source()
     );
 }
 
-/// The page as headless Chromium has it after running its script for `budget` of virtual
-/// time (the page's own fetches are real requests to the endpoint).
-fn render(browser: &Path, url: &str, profile: &Path) -> String {
-    let output = std::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=2500",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    assert!(
-        output.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The `data-client-bytes` of the tunnel row with this uuid, if the page shows one.
-fn client_bytes(page: &str, uuid: &str) -> Option<u64> {
-    let row = &page[page.find(&format!("data-uuid=\"{uuid}\""))?..];
-    let row = &row[..row.find('>')?];
-    let value = &row[row.find("data-client-bytes=\"")? + "data-client-bytes=\"".len()..];
-    value[..value.find('"')?].parse().ok()
+/// The connections table's RTT cell, once the page has filled it.
+fn connection_rtt(browser: &Browser) -> String {
+    let deadline = Instant::now() + PAGE_WAIT;
+    while Instant::now() < deadline {
+        if let Ok(text) = browser
+            .find("#connections td.rtt")
+            .and_then(|cell| browser.text(&cell))
+        {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no connection RTT shown: {}", browser.page_source());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_tunnel_shows_on_the_dashboard_with_growing_counts() {
-    let Some(browser) = chromium() else { return };
+    let test = "the dashboard browser test";
+    let Some((chromium, driver)) = webdriver::find_browser(test) else {
+        return;
+    };
     let app = app_server_tcp(Behaviour::Echo).await;
     let server = start_server("");
     let client = start_client(local_tcp(), server.addr, &app.addr.to_string()).await;
@@ -114,23 +110,22 @@ async fn a_live_tunnel_shows_on_the_dashboard_with_growing_counts() {
 
     let url = format!("http://{api_addr}/");
     let profile = TempDir::new("chromium");
-    let mut counts = Vec::new();
-    for _ in 0..2 {
-        let (browser, url, profile_dir) = (browser.clone(), url.clone(), profile.0.clone());
-        let page = tokio::task::spawn_blocking(move || render(&browser, &url, &profile_dir))
-            .await
-            .unwrap();
-        let bytes = client_bytes(&page, &uuid)
-            .unwrap_or_else(|| panic!("no row for tunnel {uuid} in the page: {page}"));
-        assert!(
-            page.contains("tcp:127.0.0.1") || page.contains("127.0.0.1:"),
-            "{page}"
-        );
-        assert!(page.contains(" ms</td>"), "no connection RTT shown: {page}");
-        counts.push(bytes);
-    }
+    let (first, second, text, rtt) = tokio::task::spawn_blocking(move || {
+        let browser = Browser::start(&chromium, &driver, &profile.0);
+        browser.navigate(&url);
+        let (first, text) = wait_for_row(&browser, &uuid, |bytes| bytes > 0);
+        let (second, _) = wait_for_row(&browser, &uuid, |bytes| bytes > first);
+        let rtt = connection_rtt(&browser);
+        (first, second, text, rtt)
+    })
+    .await
+    .unwrap();
     pump.abort();
     drain.abort();
-    assert!(counts[0] > 0, "{counts:?}");
-    assert!(counts[1] > counts[0], "bytes did not grow: {counts:?}");
+    assert!(second > first, "bytes did not grow: {first} then {second}");
+    assert!(
+        text.contains("127.0.0.1:"),
+        "no addresses in the row: {text}"
+    );
+    assert!(rtt.ends_with(" ms"), "no connection RTT shown: {rtt:?}");
 }
