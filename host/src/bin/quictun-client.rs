@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 use quictun::addr::{Address, HostPort};
 use quictun::api::{self, ApiListen, ApiState};
+use quictun::check::{self, CheckConfig};
 use quictun::cli::{self, CommonArgs, parse_duration};
 use quictun::client::{Client, ClientConfig};
 use quictun::plugins::TokenSource;
@@ -16,6 +17,10 @@ use tracing::{info, warn};
 
 /// Client endpoint of quic-tun: accepts TCP or UNIX-socket connections and carries each as one
 /// stream of a QUIC connection to quictun-server.
+///
+/// When something does not work, run it first with the same flags plus --check: it connects
+/// once, prints the server's certificate fingerprint, the protocol, the round-trip time and
+/// whether the server accepts a test token, and exits 0 only when all of that worked.
 #[derive(Debug, Parser)]
 #[command(name = "quictun-client", version = cli::VERSION)]
 struct Args {
@@ -36,7 +41,7 @@ struct Args {
     token_source: String,
 
     /// Accept the server's certificate without any check.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+    #[arg(long, value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     insecure_skip_verify: bool,
 
@@ -60,6 +65,23 @@ struct Args {
     /// TCP address of the REST API (tunnels, connections, metrics), or "" for none.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8087")]
     httpd_listen_on: ApiListen,
+
+    /// Check instead of serving: connect to the server once (verified as usual), print its
+    /// certificate fingerprint, ALPN and round-trip time, send a test token from the token
+    /// source and say whether the server accepts it, then exit: 0 when connected and
+    /// accepted, 1 otherwise. Nothing listens, so it can run beside a running client.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    check: bool,
+
+    /// With --check: the application address the token source is asked about (IP:PORT or
+    /// unix:/path) [default: the --listen-on address, a wildcard IP read as loopback].
+    #[arg(long, requires = "check", value_name = "ADDRESS")]
+    check_app_addr: Option<String>,
+
+    /// With --check: send this token instead of asking the token source.
+    #[arg(long, requires = "check", value_name = "TOKEN")]
+    check_token: Option<String>,
 
     #[command(flatten)]
     common: CommonArgs,
@@ -101,6 +123,25 @@ fn verification(args: &Args) -> anyhow::Result<Verification> {
     })
 }
 
+/// `--check`: one connection, a report on standard output, one test token.
+async fn check(args: Args, verification: Verification, source: TokenSource) -> anyhow::Result<()> {
+    let app_addr = match args.check_app_addr {
+        Some(app_addr) => app_addr,
+        None => check::app_addr_for(&args.listen_on).await?,
+    };
+    let config = CheckConfig {
+        server: args.server_endpoint,
+        source,
+        app_addr,
+        token: args.check_token,
+        verification,
+        identity: args.common.own_identity()?,
+        transport: args.common.transport(0),
+        handshake_timeout: args.handshake_timeout,
+    };
+    check::run(config, &mut std::io::stdout()).await
+}
+
 fn main() -> ExitCode {
     let args: Args = cli::parse();
     cli::run(serve(args))
@@ -115,6 +156,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         args.common.plugin_dir.as_deref(),
     )?;
     info!(plugin = %source.info().name, path = %source.info().path.display(), "token source loaded");
+    if args.check {
+        return check(args, verification, source).await;
+    }
     let client = Client::bind(ClientConfig {
         listen: args.listen_on,
         server: args.server_endpoint,

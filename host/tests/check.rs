@@ -1,0 +1,177 @@
+//! `quictun-client --check` against a real server: the report of an accepted token, a refused
+//! token with the server's reason, a pinned fingerprint that does not match, and a server that
+//! is not there — each with the exit code and the one-line error a person relies on.
+
+mod common;
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::*;
+use quictun::tls::Fingerprint;
+use rustls::pki_types::CertificateDer;
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_quictun-client");
+
+/// Runs `quictun-client --check` against `server` with a scratch state directory.
+async fn check(server: &str, args: &[&str]) -> Output {
+    let state = TempDir::new("check");
+    let dir = plugin_dir().to_str().unwrap().to_owned();
+    let run = tokio::process::Command::new(CLIENT)
+        .args(["--check", "--server-endpoint", server])
+        .args(args)
+        .args(["--plugin-dir", &dir, "--log-level", "error"])
+        .arg("--state-dir")
+        .arg(&state.0)
+        .env_remove("QUICTUN_PLUGIN_DIR")
+        .kill_on_drop(true)
+        .output();
+    within(30, run).await.expect("run quictun-client --check")
+}
+
+/// The fingerprint of the certificate the server shows, seen by a connection of our own.
+async fn fingerprint_of(server: &TestServer) -> Fingerprint {
+    let connection = raw_connection(server.addr).await;
+    let chain = connection
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .expect("the server's certificate chain");
+    connection.close(0u32.into(), b"");
+    Fingerprint::of(&chain[0])
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts a failed check: exit code 1 and one line on standard error containing `expected`.
+fn assert_fails_with(output: &Output, expected: &[&str]) {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "not one line: {stderr}"
+    );
+    for part in expected {
+        assert!(stderr.contains(part), "{part:?} not in: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !text(&output.stdout).contains("token accepted"),
+        "{output:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_token_is_reported_with_the_servers_fingerprint_alpn_and_rtt() {
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let server = start_server("");
+    let fingerprint = fingerprint_of(&server).await;
+    let addr = server.addr.to_string();
+    let output = check(&addr, &["--token-source", &app.addr.to_string()]).await;
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], format!("server {addr} ({addr})"), "{stdout}");
+    assert_eq!(lines[1], format!("fingerprint {fingerprint}"), "{stdout}");
+    assert_eq!(lines[2], "alpn quic-tun/2", "{stdout}");
+    let rtt: f64 = lines[3]
+        .strip_prefix("rtt ")
+        .and_then(|rtt| rtt.strip_suffix(" ms"))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no RTT in: {stdout}"));
+    assert!(rtt > 0.0, "{stdout}");
+    // Asked about the default --listen-on, tcp:127.0.0.1:6500.
+    assert!(
+        lines[4].starts_with("token from Fixed for 127.0.0.1:6500 ("),
+        "{stdout}"
+    );
+    assert_eq!(lines[5], "token accepted", "{stdout}");
+    // Nothing is left open on the server: the test tunnel and the connection are closed.
+    within(10, async {
+        while server.registry.open_count() > 0 || server.connections.open_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_fails_with_the_servers_status_and_reason() {
+    let server = start_server("");
+    let output = check(&server.addr.to_string(), &["--token-source", "bogus"]).await;
+    assert_fails_with(
+        &output,
+        &["token refused: 2 (bad token)", "invalid address \"bogus\""],
+    );
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("alpn quic-tun/2"), "{stdout}");
+    assert!(stdout.contains("token refused: 2 (bad token)"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_test_token_is_sent_instead_of_the_sources() {
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let server = start_server("");
+    let args = ["--token-source", "bogus", "--check-token"];
+    let token = app.addr.to_string();
+    let output = check(
+        &server.addr.to_string(),
+        &[&args[..], &[token.as_str()]].concat(),
+    )
+    .await;
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(stdout.contains("token from --check-token"), "{stdout}");
+    assert!(stdout.ends_with("token accepted\n"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pinned_fingerprint_names_both_fingerprints() {
+    let server = start_server("");
+    let real = fingerprint_of(&server).await;
+    let pinned = format!("sha256:{}", "ab".repeat(32));
+    let output = check(
+        &server.addr.to_string(),
+        &["--server-cert-fingerprint", &pinned, "--token-source", "x"],
+    )
+    .await;
+    assert_fails_with(
+        &output,
+        &[
+            "cannot connect to server",
+            &real.to_string(),
+            &pinned,
+            "does not match the pinned",
+        ],
+    );
+    assert_eq!(text(&output.stdout), "", "nothing to report");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_server_fails_in_one_line_within_the_handshake_time_out() {
+    // A UDP port that nothing listens on any more.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let output = check(
+        &server,
+        &["--handshake-timeout", "300ms", "--token-source", "x"],
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_fails_with(
+        &output,
+        &[&format!("no handshake with server {server} within 300ms")],
+    );
+    assert_eq!(text(&output.stdout), "");
+}
