@@ -1,18 +1,26 @@
-//! quictun-bench: loopback benchmarks of direct TCP and the tunnel, side by side in one run.
+//! quictun-bench: benchmarks of direct TCP, the tunnel, a bare QUIC stream and (when installed)
+//! ssh -L and stunnel, side by side in one run.
 //!
-//! Spawns the release `quictun-server` and `quictun-client`, runs an in-process target
-//! (sink, source and echo on one TCP port; the first byte of a connection picks the mode) and
-//! measures throughput, time to first byte, 1 KiB echo round trips, CPU seconds per GiB of the
-//! tunnel's processes and their memory with open idle tunnels. Prints a table and writes JSON.
+//! Loopback suite: spawns the release `quictun-server` and `quictun-client`, `quinn-peer`
+//! (a bare quinn stream between two processes with the product's transport settings), runs an
+//! in-process target (sink, source and echo on one TCP port; the first byte of a connection
+//! picks the mode) and measures throughput, time to first byte, 1 KiB echo round trips, CPU
+//! seconds per GiB of each path's processes and the tunnel's memory with open idle tunnels
+//! (the application side of those in a helper process, so each process stays within the
+//! descriptor limit). Link suite (`--suite link`, needs root): goodput against loss on the
+//! emulated 20 ms, 100 Mbit/s link (cc-bench's flows) and time to first byte over it.
+//! Prints a table and writes JSON.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 use std::{fs, thread};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use quictun_bench::cc::{self, Scenario, Sender};
+use quictun_bench::linkem::{Link, LinkConfig};
 
 const MODE_ECHO: u8 = b'e';
 const MODE_SINK: u8 = b's';
@@ -28,13 +36,35 @@ struct Args {
     /// Directory holding quictun-server and quictun-client.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
-    /// Where the JSON results go.
-    #[arg(long, default_value = "bench/results/loopback.json")]
-    out: PathBuf,
+    /// Where the JSON results go [default: bench/results/loopback.json, or link.json for
+    /// the link suite].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Which measurements: loopback, or the emulated link (needs root, `ip`, /dev/net/tun).
+    #[arg(long, value_enum, default_value = "loopback")]
+    suite: Suite,
+    /// Internal: hold N idle tunnels through ADDR (the application side of the idle test).
+    #[arg(long, hide = true, value_name = "ADDR")]
+    idle_helper: Option<SocketAddr>,
+    /// Internal: how many tunnels the idle helper opens.
+    #[arg(long, hide = true, default_value_t = 0)]
+    count: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Suite {
+    Loopback,
+    Link,
 }
 
 fn main() {
-    if let Err(error) = run(Args::parse()) {
+    let args = Args::parse();
+    let result = match (args.idle_helper, args.suite) {
+        (Some(addr), _) => idle_helper(addr, args.count),
+        (None, Suite::Loopback) => run(args),
+        (None, Suite::Link) => link_suite(args),
+    };
+    if let Err(error) = result {
         eprintln!("quictun-bench: {error}");
         std::process::exit(1);
     }
@@ -42,29 +72,51 @@ fn main() {
 
 fn run(args: Args) -> Result<(), String> {
     raise_nofile();
+    let load_before = loadavg();
     let (bytes, samples, idle_levels): (u64, usize, &[usize]) = if args.quick {
         (64 << 20, 50, &[1, 100])
     } else {
-        (1 << 30, 300, &[1, 1000, 9000])
+        (1 << 30, 300, &[1, 1000, 10_000])
     };
     let target = start_target().map_err(|e| format!("cannot start the target: {e}"))?;
     let tunnel = Tunnel::start(&args.bin_dir, target)?;
+    let mut peer = QuinnPeer::start(&peer_binary())?;
     let ssh = Ssh::start(target)
         .inspect_err(|e| println!("ssh -L skipped: {e}"))
         .ok();
-    let mut paths = vec![
-        ("direct TCP", target, vec![]),
-        ("tunnel", tunnel.addr, tunnel.pids()),
-    ];
-    if let Some(ssh) = &ssh {
-        paths.push(("ssh -L", ssh.addr, ssh.pids()));
-    }
+    let stunnel = Stunnel::start(target)
+        .inspect_err(|e| println!("stunnel skipped: {e}"))
+        .ok();
     let mut rows = Vec::new();
-    for (name, addr, pids) in paths {
-        let row = measure(name, addr, &pids, bytes, samples).map_err(|e| format!("{name}: {e}"))?;
+    let mut record = |row: Row| {
         print_row(&row);
         rows.push(row);
+    };
+    record(
+        measure("direct TCP", target, &[], bytes, samples)
+            .map_err(|e| format!("direct TCP: {e}"))?,
+    );
+    record(
+        measure("tunnel", tunnel.addr, &tunnel.pids(), bytes, samples)
+            .map_err(|e| format!("tunnel: {e}"))?,
+    );
+    record(
+        peer.measure(bytes, samples)
+            .map_err(|e| format!("bare quinn: {e}"))?,
+    );
+    if let Some(ssh) = &ssh {
+        record(
+            measure("ssh -L", ssh.addr, &ssh.pids(), bytes, samples)
+                .map_err(|e| format!("ssh -L: {e}"))?,
+        );
     }
+    if let Some(stunnel) = &stunnel {
+        record(
+            measure("stunnel", stunnel.addr, &stunnel.pids(), bytes, samples)
+                .map_err(|e| format!("stunnel: {e}"))?,
+        );
+    }
+    drop((peer, ssh, stunnel));
     let mut idle = Vec::new();
     for &n in idle_levels {
         let (client_kib, server_kib) =
@@ -77,17 +129,40 @@ fn run(args: Args) -> Result<(), String> {
             "{{\"tunnels\":{n},\"client_rss_kib\":{client_kib},\"server_rss_kib\":{server_kib}}}"
         ));
     }
+    let load_after = loadavg();
+    println!("load average before / after: {load_before} / {load_after}");
     let json = format!(
-        "{{\"bytes\":{bytes},\"paths\":[{}],\"idle\":[{}]}}\n",
+        "{{\"bytes\":{bytes},\"unix_time\":{},\"loadavg_before\":\"{load_before}\",\
+         \"loadavg_after\":\"{load_after}\",\"paths\":[{}],\"idle\":[{}]}}\n",
+        unix_time(),
         rows.iter().map(Row::json).collect::<Vec<_>>().join(","),
         idle.join(",")
     );
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let out = args
+        .out
+        .unwrap_or_else(|| "bench/results/loopback.json".into());
+    write_results(&out, &json)
+}
+
+fn write_results(out: &Path, json: &str) -> Result<(), String> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    fs::write(&args.out, json).map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
-    println!("results: {}", args.out.display());
+    fs::write(out, json).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    println!("results: {}", out.display());
     Ok(())
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// One path's results.
@@ -248,21 +323,56 @@ fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-/// Opens `n` tunnels, checks each with a one-byte echo, and reads the endpoints' RSS.
+/// Has a helper process (this binary again) open `n` tunnels, each checked with a one-byte
+/// echo, and reads the endpoints' RSS while they are open. The helper holds the application
+/// ends, this process the target ends: each stays within the descriptor limit.
 fn idle_rss(addr: SocketAddr, pids: &[u32], n: usize) -> io::Result<(u64, u64)> {
-    let mut open = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut stream = echo_connection(addr)?;
-        stream.write_all(b"x")?;
-        stream.read_exact(&mut [0u8; 1])?;
+    let mut helper = Command::new(std::env::current_exe()?)
+        .arg("--idle-helper")
+        .arg(addr.to_string())
+        .arg("--count")
+        .arg(n.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(stdout) = helper.stdout.take() {
+        BufReader::new(stdout).read_line(&mut line)?;
+    }
+    let ready = line.trim() == "ready";
+    let result = if ready {
+        thread::sleep(Duration::from_millis(500));
+        let rss = |pid: u32| status_kib(pid, "VmRSS:").unwrap_or(0);
+        Ok((rss(pids[0]), rss(pids[1])))
+    } else {
+        Err(io::Error::other(format!(
+            "the idle helper failed: {:?}",
+            line.trim()
+        )))
+    };
+    drop(helper.stdin.take()); // EOF: the helper closes its tunnels and exits
+    helper.wait()?;
+    thread::sleep(Duration::from_secs(1));
+    result
+}
+
+/// The helper's side of [`idle_rss`]: opens `count` tunnels, says "ready", holds them until
+/// standard input ends.
+fn idle_helper(addr: SocketAddr, count: usize) -> Result<(), String> {
+    raise_nofile();
+    let mut open = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut stream = echo_connection(addr).map_err(|e| format!("tunnel {i}: {e}"))?;
+        stream
+            .write_all(b"x")
+            .and_then(|()| stream.read_exact(&mut [0u8; 1]))
+            .map_err(|e| format!("tunnel {i}: {e}"))?;
         open.push(stream);
     }
-    thread::sleep(Duration::from_millis(500));
-    let rss = |pid: u32| status_kib(pid, "VmRSS:").unwrap_or(0);
-    let result = (rss(pids[0]), rss(pids[1]));
-    drop(open);
-    thread::sleep(Duration::from_secs(1));
-    Ok(result)
+    println!("ready");
+    io::stdout().flush().map_err(|e| e.to_string())?;
+    let _ = io::stdin().read_to_end(&mut Vec::new());
+    Ok(())
 }
 
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
@@ -336,7 +446,10 @@ fn raise_nofile() {
 
 /// The target: one port, the first byte picks sink, source or echo.
 fn start_target() -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+    serve_on(TcpListener::bind("127.0.0.1:0")?)
+}
+
+fn serve_on(listener: TcpListener) -> io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {
@@ -612,4 +725,304 @@ fn run_quiet(command: &mut Command) -> Result<(), String> {
         Ok(s) => Err(format!("{command:?} failed: {s}")),
         Err(e) => Err(format!("cannot run {command:?}: {e}")),
     }
+}
+
+/// Where quinn-peer is: next to this binary (both are built by `cargo build -p quictun-bench`).
+fn peer_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("quinn-peer")))
+        .unwrap_or_else(|| PathBuf::from("quinn-peer"))
+}
+
+/// A bare quinn stream: `quinn-peer server` and `quinn-peer client` (one connection, made
+/// once), driven through the client's standard input.
+struct QuinnPeer {
+    server: Child,
+    client: Child,
+    commands: ChildStdin,
+    answers: BufReader<ChildStdout>,
+}
+
+impl QuinnPeer {
+    fn start(binary: &Path) -> Result<QuinnPeer, String> {
+        let spawn = |args: &[&str]| {
+            Command::new(binary)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .map_err(|e| {
+                    format!(
+                        "cannot run {} (cargo build --release -p quictun-bench): {e}",
+                        binary.display()
+                    )
+                })
+        };
+        let mut server = spawn(&["server", "--listen", "127.0.0.1:0"])?;
+        let mut first = String::new();
+        if let Some(out) = server.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut first);
+        }
+        let addr = first
+            .trim()
+            .strip_prefix("listening ")
+            .ok_or_else(|| format!("quinn-peer server did not start: {first:?}"))?
+            .to_string();
+        let mut client = match spawn(&["client", "--server", &addr]) {
+            Ok(client) => client,
+            Err(e) => {
+                let _ = server.kill();
+                let _ = server.wait();
+                return Err(e);
+            }
+        };
+        let commands = client.stdin.take().ok_or("no stdin")?;
+        let answers = BufReader::new(client.stdout.take().ok_or("no stdout")?);
+        let mut peer = QuinnPeer {
+            server,
+            client,
+            commands,
+            answers,
+        };
+        let mut line = String::new();
+        peer.answers
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        if line.trim() != "connected" {
+            return Err(format!("quinn-peer client did not connect: {line:?}"));
+        }
+        Ok(peer)
+    }
+
+    /// Sends one command; the numbers of its `ok` answer.
+    fn ask(&mut self, command: &str) -> io::Result<Vec<f64>> {
+        writeln!(self.commands, "{command}")?;
+        self.commands.flush()?;
+        let mut line = String::new();
+        self.answers.read_line(&mut line)?;
+        let mut words = line.split_whitespace();
+        if words.next() != Some("ok") {
+            return Err(io::Error::other(format!(
+                "quinn-peer: {command}: {:?}",
+                line.trim()
+            )));
+        }
+        words
+            .map(|w| {
+                w.parse()
+                    .map_err(|_| io::Error::other(format!("bad number {w:?}")))
+            })
+            .collect()
+    }
+
+    fn gbps(&mut self, way: &str, bytes: u64, streams: u64) -> io::Result<f64> {
+        let seconds = self.ask(&format!("transfer {way} {bytes} {streams}"))?;
+        let seconds = seconds.first().copied().unwrap_or(f64::NAN);
+        Ok((bytes / streams * streams) as f64 * 8.0 / seconds / 1e9)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        vec![self.client.id(), self.server.id()]
+    }
+
+    /// The same measurements as [`measure`], over QUIC streams instead of TCP connections.
+    fn measure(&mut self, bytes: u64, samples: usize) -> io::Result<Row> {
+        let pids = self.pids();
+        let cpu_before = cpu_seconds(&pids);
+        let up1 = self.gbps("up", bytes, 1)?;
+        let cpu_after = cpu_seconds(&pids);
+        let down1 = self.gbps("down", bytes, 1)?;
+        let up8 = self.gbps("up", bytes, 8)?;
+        let down8 = self.gbps("down", bytes, 8)?;
+        let gib = bytes as f64 / f64::from(1u32 << 30);
+        Ok(Row {
+            name: "bare quinn".to_string(),
+            gbps: [up1, down1, up8, down8],
+            ttfb_ms: percentiles(self.ask(&format!("ttfb {samples}"))?),
+            echo_ms: percentiles(self.ask(&format!("echo {}", samples * 5))?),
+            cpu_s_per_gib: Some((cpu_after - cpu_before) / gib),
+        })
+    }
+}
+
+impl Drop for QuinnPeer {
+    fn drop(&mut self) {
+        for child in [&mut self.client, &mut self.server] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// stunnel in client mode in front of stunnel in server mode (TLS 1.3, AES-128-GCM, an
+/// ECDSA P-256 certificate), when stunnel is installed.
+struct Stunnel {
+    addr: SocketAddr,
+    server: Child,
+    client: Child,
+    _dir: TempDir,
+}
+
+impl Stunnel {
+    fn start(target: SocketAddr) -> Result<Stunnel, String> {
+        let binary = ["/usr/bin/stunnel4", "/usr/bin/stunnel"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .ok_or("no stunnel (apt-get install stunnel4)")?;
+        let dir = TempDir::named("stunnel")?;
+        let d = dir.0.display().to_string();
+        run_quiet(
+            Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+                .args(["-subj", "/CN=localhost", "-keyout"])
+                .arg(format!("{d}/key.pem"))
+                .arg("-out")
+                .arg(format!("{d}/cert.pem")),
+        )?;
+        let inner = free_port(false)?;
+        let outer = free_port(false)?;
+        let common = "foreground = yes\npid =\nsyslog = no\ndebug = 3\n\
+                      sslVersion = TLSv1.3\nciphersuites = TLS_AES_128_GCM_SHA256\n";
+        let server_conf = format!(
+            "{common}[server]\naccept = {inner}\nconnect = {target}\ncert = {d}/cert.pem\nkey = {d}/key.pem\n"
+        );
+        let client_conf =
+            format!("{common}[client]\nclient = yes\naccept = {outer}\nconnect = {inner}\n");
+        let spawn = |name: &str, conf: String| {
+            let path = format!("{d}/{name}.conf");
+            fs::write(&path, conf).map_err(|e| e.to_string())?;
+            Command::new(binary)
+                .arg(path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot run {}: {e}", binary.display()))
+        };
+        let server = spawn("server", server_conf)?;
+        let client = spawn("client", client_conf)?;
+        let stunnel = Stunnel {
+            addr: outer,
+            server,
+            client,
+            _dir: dir,
+        };
+        wait_echo(stunnel.addr)?;
+        Ok(stunnel)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        vec![self.client.id(), self.server.id()]
+    }
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        for child in [&mut self.client, &mut self.server] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The emulated-link suite: goodput against loss for direct TCP cubic and bbr and the tunnel
+/// (default congestion controller) on cc-bench's link, and time to first byte over a 20 ms
+/// link, direct TCP against the tunnel.
+fn link_suite(args: Args) -> Result<(), String> {
+    raise_nofile();
+    let load_before = loadavg();
+    let (duration, ttfb_samples) = if args.quick {
+        (Duration::from_secs(3), 20)
+    } else {
+        (Duration::from_secs(15), 200)
+    };
+    let senders = [Sender::TcpCubic, Sender::TcpBbr, Sender::Adaptive];
+    let mut goodput = Vec::new();
+    for loss in [0.0, 0.001, 0.01, 0.05] {
+        let scenario = Scenario {
+            name: format!("20ms-{}%", loss * 100.0),
+            rtt: Duration::from_millis(20),
+            loss,
+            duration,
+        };
+        for sender in senders {
+            let flow = cc::run_flow(sender, &scenario, 1, &args.bin_dir)
+                .map_err(|e| format!("{} on {}: {e}", sender.name(), scenario.name))?;
+            println!(
+                "20 ms, {:>4} % loss  {:<10} {:6.1} Mbit/s  queue drops {:.2} %",
+                loss * 100.0,
+                sender.name(),
+                flow.goodput_mbps,
+                flow.queue_drop_share() * 100.0
+            );
+            goodput.push(format!(
+                "{{\"sender\":\"{}\",\"loss\":{loss},\"goodput_mbps\":{:.2},\
+                 \"queue_drop_share\":{:.5},\"random_drop_share\":{:.5}}}",
+                sender.name(),
+                flow.goodput_mbps,
+                flow.queue_drop_share(),
+                flow.random_drop_share()
+            ));
+        }
+    }
+    let ttfb = link_ttfb(&args.bin_dir, ttfb_samples)?;
+    let load_after = loadavg();
+    println!("load average before / after: {load_before} / {load_after}");
+    let json = format!(
+        "{{\"link\":{{\"rtt_ms\":20,\"rate_bps\":{},\"queue_ms\":{}}},\"seconds\":{},\
+         \"unix_time\":{},\"loadavg_before\":\"{load_before}\",\"loadavg_after\":\"{load_after}\",\
+         \"goodput\":[{}],\"ttfb\":[{}]}}\n",
+        cc::RATE_BPS,
+        cc::QUEUE.as_millis(),
+        duration.as_secs(),
+        unix_time(),
+        goodput.join(","),
+        ttfb.join(",")
+    );
+    let out = args.out.unwrap_or_else(|| "bench/results/link.json".into());
+    write_results(&out, &json)
+}
+
+/// Time to first byte of a new connection over the 20 ms link (no loss): connect from
+/// namespace A, send one byte, wait for its echo from the target in namespace B — directly,
+/// and through the tunnel (client in A, server in B, its QUIC connection already up).
+fn link_ttfb(bin_dir: &Path, samples: usize) -> Result<Vec<String>, String> {
+    let link = Link::start(LinkConfig {
+        rtt: Duration::from_millis(20),
+        rate_bps: Some(cc::RATE_BPS),
+        loss: 0.0,
+        queue: cc::QUEUE,
+        ..LinkConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let listener = link
+        .run_in_b(|| TcpListener::bind("0.0.0.0:0"))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot bind the target in namespace B: {e}"))?;
+    let port = serve_on(listener).map_err(|e| e.to_string())?.port();
+    let direct = SocketAddr::from((link.addr_b(), port));
+    let mut rows = Vec::new();
+    let sample = |addr: SocketAddr| {
+        link.run_in_a(move || {
+            wait_echo(addr)?;
+            ttfb(addr, samples).map_err(|e| e.to_string())
+        })
+        .map_err(|e| e.to_string())?
+    };
+    let direct_ms = sample(direct)?;
+    let tunnel = cc::flow::Tunnel::start(&link, bin_dir, "adaptive", port)?;
+    let tunnel_ms = sample(tunnel.app_addr());
+    drop(tunnel);
+    for (name, ms) in [("direct TCP", Ok(direct_ms)), ("tunnel", tunnel_ms)] {
+        let ms = ms.map_err(|e| format!("{name}: {e}"))?;
+        let (p50, p99) = percentiles(ms);
+        println!("TTFB over 20 ms RTT  {name:<10} p50 {p50:.2} ms  p99 {p99:.2} ms");
+        rows.push(format!(
+            "{{\"name\":\"{name}\",\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"samples\":{samples}}}"
+        ));
+    }
+    Ok(rows)
 }
