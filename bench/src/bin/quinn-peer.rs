@@ -71,8 +71,10 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 async fn serve(listen: SocketAddr) -> Result<()> {
     let identity = Identity::self_signed(&["localhost"])?;
     let mut config = quinn::ServerConfig::with_crypto(tls::server_crypto(identity, None)?);
-    let mut options = TransportOptions::default();
-    options.max_streams = 20_000;
+    let options = TransportOptions {
+        max_streams: 20_000,
+        ..TransportOptions::default()
+    };
     config.transport_config(Arc::new(options.build()?));
     let endpoint = transport::endpoint(listen, Some(config))?;
     println!("listening {}", endpoint.local_addr()?);
