@@ -444,3 +444,39 @@ async fn a_token_too_long_for_the_original_block_is_refused_not_cut() {
     let _ = within(30, app.read_to_end(&mut buf)).await;
     assert!(buf.is_empty());
 }
+
+/// `quictun-client --check` against an original-style server, pinning its default
+/// certificate from the command line.
+async fn check_original(server: SocketAddr, token: &str) -> std::process::Output {
+    let state = TempDir::new("legacy-check");
+    let pin = quictun::identity::Fingerprint::of(&original_default_cert()).to_string();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_quictun-client"))
+        .args(["--check", "--server-endpoint", &server.to_string()])
+        .args(["--server-cert-fingerprint", &pin, "--token-source", token])
+        .args(["--plugin-dir", plugin_dir().to_str().unwrap()])
+        .args(["--log-level", "error", "--state-dir"])
+        .arg(&state.0)
+        .env_remove("QUICTUN_PLUGIN_DIR")
+        .kill_on_drop(true)
+        .output();
+    within(60, run).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_mode_reports_an_original_server_and_its_answers() {
+    let (server, _task) = original_server(OriginalCert::Default).await;
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let output = check_original(server, &app.addr.to_string()).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains("alpn quic-tun (the original protocol)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("token accepted"), "{stdout}");
+
+    let output = check_original(server, "not-an-address").await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stdout.contains("token refused"), "{stdout}");
+}
