@@ -5,17 +5,20 @@
 //! and writes), so one relay task can drive both at once and still reach the socket afterwards
 //! to reset it.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use crate::addr::Address;
+
+/// Most chunks handed to one vectored write.
+pub const WRITE_BATCH: usize = 32;
 
 /// One application connection.
 #[derive(Debug)]
@@ -84,6 +87,50 @@ impl AppStream {
             };
             match written {
                 Ok(n) => data = &data[n..],
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `chunks` in as few system calls as the socket allows (one `writev` of
+    /// up to [`WRITE_BATCH`] chunks each), leaving them empty.
+    pub async fn write_all_chunks(&self, chunks: &mut [Bytes]) -> io::Result<()> {
+        let mut first = 0;
+        while first < chunks.len() {
+            if chunks[first].is_empty() {
+                first += 1;
+                continue;
+            }
+            let written = {
+                let rest = &chunks[first..];
+                let slices: [IoSlice<'_>; WRITE_BATCH] =
+                    std::array::from_fn(|i| IoSlice::new(rest.get(i).map_or(&[][..], |c| c)));
+                let slices = &slices[..rest.len().min(WRITE_BATCH)];
+                match self {
+                    AppStream::Tcp(s) => {
+                        s.writable().await?;
+                        s.try_write_vectored(slices)
+                    }
+                    AppStream::Unix(s) => {
+                        s.writable().await?;
+                        s.try_write_vectored(slices)
+                    }
+                }
+            };
+            match written {
+                Ok(mut n) => {
+                    while n > 0 {
+                        let chunk = &mut chunks[first];
+                        let step = n.min(chunk.len());
+                        chunk.advance(step);
+                        n -= step;
+                        if chunk.is_empty() {
+                            first += 1;
+                        }
+                    }
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => return Err(error),
             }

@@ -7,13 +7,14 @@
 //! [`ErrorCode::AppReset`]), and a reset from the peer resets the application connection.
 //!
 //! Copy buffers are taken only when the application socket is readable and released after the
-//! chunk is handed to QUIC, so an idle tunnel holds none. Bytes are counted with one atomic add
-//! per chunk.
+//! chunk is handed to QUIC, so an idle tunnel holds none. The other way, quinn's received
+//! chunks (about a packet each) are written to the application a batch at a time with one
+//! vectored write, without a copy. Bytes are counted with one atomic add per chunk or batch.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quinn::{
     ConnectionError, ReadError, ReadExactError, RecvStream, SendStream, VarInt, WriteError,
 };
@@ -21,7 +22,7 @@ use tracing::{debug, warn};
 
 use quictun_plugin_api::Direction;
 
-use crate::app::AppStream;
+use crate::app::{AppStream, WRITE_BATCH};
 use crate::sniff::Sniffer;
 use crate::tunnel::Tunnel;
 use crate::wire::{ANSWER_HEADER_LEN, Answer, ErrorCode, Status, WireError};
@@ -237,6 +238,17 @@ impl Way<'_> {
             sniffer.feed(self.direction, data);
         }
     }
+
+    /// Accounts for a batch of chunks: one atomic add.
+    fn saw_all(&self, chunks: &[Bytes]) {
+        let len: usize = chunks.iter().map(Bytes::len).sum();
+        self.count.fetch_add(len as u64, Ordering::Relaxed);
+        if let Some(sniffer) = self.sniffer {
+            for chunk in chunks {
+                sniffer.feed(self.direction, chunk);
+            }
+        }
+    }
 }
 
 /// Application → QUIC.
@@ -297,11 +309,16 @@ async fn downstream(
     if let Some(answer) = answer.filter(|a| a.status != Status::Ok) {
         return Err(Stop::Refused(answer));
     }
+    // quinn hands out received data a packet's worth (~1.2 KiB) at a time: take what has
+    // arrived, up to a batch of them, in one call and write them with one vectored write.
+    let mut chunks: [Bytes; WRITE_BATCH] = std::array::from_fn(|_| Bytes::new());
     loop {
-        match recv.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) => {
-                way.saw(&chunk.bytes);
-                app.write_all(&chunk.bytes).await.map_err(Abort::App)?;
+        match recv.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => {
+                way.saw_all(&chunks[..n]);
+                app.write_all_chunks(&mut chunks[..n])
+                    .await
+                    .map_err(Abort::App)?;
             }
             Ok(None) => {
                 // The application may already have closed its socket: nothing is lost then.
