@@ -75,6 +75,10 @@ pub struct CommonArgs {
     /// A connection with no packets for this long is closed.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub idle_timeout: Duration,
+
+    /// Worker threads that move the data [default: half the available cores, at least 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 impl CommonArgs {
@@ -234,10 +238,33 @@ pub fn init_logging(common: &CommonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a binary's main work on a multi-threaded runtime and turns an error into one line on
+/// Worker threads when `--threads` is not given: half the available cores, at least one.
+///
+/// Every byte an endpoint relays also crosses the application's or the target's process and
+/// the kernel's TCP on the same machine, and all tunnels of a client share one QUIC
+/// connection, whose packets one task handles at a time. More workers than that work needs
+/// mostly add wake-ups between threads: on 2 cores one worker per endpoint moved about 30 %
+/// more through one tunnel than two did, at 20 % less CPU per GiB (docs/BENCHMARKS.md).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
+}
+
+/// The runtime of an endpoint: `threads` workers (see [`default_threads`]). Blocking plugin
+/// calls run on tokio's separate blocking pool, whatever the number of workers.
+pub fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.map_or_else(default_threads, usize::from))
+        .enable_all()
+        .build()
+}
+
+/// Runs a binary's main work on the endpoint's runtime and turns an error into one line on
 /// standard error and exit code 1.
-pub fn run(main: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+pub fn run(
+    threads: Option<u16>,
+    main: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let runtime = match runtime(threads) {
         Ok(runtime) => runtime,
         Err(error) => return fail(anyhow::anyhow!("cannot start the runtime: {error}")),
     };

@@ -67,6 +67,14 @@ fn a_bad_duration_is_explained() {
 }
 
 #[test]
+fn a_thread_count_outside_its_range_is_explained() {
+    for value in ["0", "many"] {
+        let output = run(SERVER, &["--threads", value]);
+        assert_one_line(&output, 2, &format!("'{value}' for '--threads <N>'"));
+    }
+}
+
+#[test]
 fn booleans_take_an_optional_value_after_an_equals_sign_or_a_space() {
     let output = run(
         CLIENT,

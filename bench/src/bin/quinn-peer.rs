@@ -33,6 +33,9 @@ const CHUNK: usize = 64 * 1024;
 #[derive(Parser)]
 #[command(about = "A bare QUIC stream between two processes (the tunnel's ceiling)")]
 struct Args {
+    /// Runtime worker threads [default: the product's, half the available cores].
+    #[arg(long, global = true)]
+    threads: Option<u16>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -53,7 +56,8 @@ enum Mode {
 
 fn main() {
     let args = Args::parse();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // The product's runtime, so that the ceiling and the tunnel schedule alike.
+    let runtime = quictun::cli::runtime(args.threads).expect("tokio runtime");
     let result = runtime.block_on(async {
         match args.mode {
             Mode::Server { listen } => serve(listen).await,

@@ -144,7 +144,7 @@ async fn check(args: Args, verification: Verification, source: TokenSource) -> a
 
 fn main() -> ExitCode {
     let args: Args = cli::parse();
-    cli::run(serve(args))
+    cli::run(args.common.threads, serve(args))
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {

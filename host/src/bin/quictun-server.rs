@@ -66,7 +66,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args: Args = cli::parse();
-    cli::run(serve(args))
+    cli::run(args.common.threads, serve(args))
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
