@@ -95,11 +95,14 @@ impl AppStream {
     }
 
     /// Writes all of `chunks` in as few system calls as the socket allows (one `writev` of
-    /// up to [`WRITE_BATCH`] chunks each), leaving them empty.
+    /// up to [`WRITE_BATCH`] chunks each), replacing each written chunk with an empty one: an
+    /// emptied `Bytes` would still hold the received packet's buffer, and an idle tunnel must
+    /// not keep up to a batch of them.
     pub async fn write_all_chunks(&self, chunks: &mut [Bytes]) -> io::Result<()> {
         let mut first = 0;
         while first < chunks.len() {
             if chunks[first].is_empty() {
+                drop(std::mem::take(&mut chunks[first]));
                 first += 1;
                 continue;
             }
@@ -127,6 +130,7 @@ impl AppStream {
                         chunk.advance(step);
                         n -= step;
                         if chunk.is_empty() {
+                            drop(std::mem::take(chunk));
                             first += 1;
                         }
                     }
@@ -245,5 +249,37 @@ async fn remove_stale_socket(path: &Path) -> io::Result<()> {
             format!("{} is in use by another process", path.display()),
         )),
         Err(_) => std::fs::remove_file(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn chunks_are_written_whole_in_order_and_let_go_of() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let app = AppStream::Unix(ours);
+        // More than a socket buffer, so that writes are partial and resume mid-chunk.
+        let data: Vec<u8> = (0..4u32 << 20).map(|i| (i * 7 + i / 4093) as u8).collect();
+        let storage = Bytes::from(data.clone());
+        let step = storage.len() / WRITE_BATCH;
+        let mut chunks: Vec<Bytes> = (0..WRITE_BATCH)
+            .map(|i| storage.slice(i * step..((i + 1) * step).min(storage.len())))
+            .collect();
+        chunks.insert(3, Bytes::new());
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; data.len()];
+            theirs.read_exact(&mut got).await.unwrap();
+            assert!(got == data, "the bytes differ");
+        });
+        let (batch, rest) = chunks.split_at_mut(WRITE_BATCH);
+        app.write_all_chunks(batch).await.unwrap();
+        app.write_all_chunks(rest).await.unwrap();
+        reader.await.unwrap();
+        assert!(chunks.iter().all(Bytes::is_empty));
+        // Every written chunk was dropped, not only emptied: the buffer has one owner again.
+        assert!(storage.is_unique());
     }
 }
