@@ -1,6 +1,8 @@
-//! Our server with clients of the original Go implementation (ALPN `quic-tun`). The client
-//! here is written in the test and behaves like the original's: one 512-byte NUL-padded
-//! token block in one write, nothing else before the one-byte answer.
+//! Mixed deployments with the original Go implementation (ALPN `quic-tun`), both ways. Its
+//! peers are written here and behave like the original's, quirks included: the client writes
+//! one 512-byte NUL-padded token block and nothing else before the one-byte answer; the
+//! server shows the original's kind of default certificate (1024-bit RSA), keeps only the
+//! last chunk of the block it reads, repeats a refusal byte and never half-closes.
 
 mod common;
 
