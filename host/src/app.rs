@@ -72,28 +72,6 @@ impl AppStream {
         }
     }
 
-    /// Writes all of `data`.
-    pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            let written = match self {
-                AppStream::Tcp(s) => {
-                    s.writable().await?;
-                    s.try_write(data)
-                }
-                AppStream::Unix(s) => {
-                    s.writable().await?;
-                    s.try_write(data)
-                }
-            };
-            match written {
-                Ok(n) => data = &data[n..],
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(())
-    }
-
     /// Writes all of `chunks` in as few system calls as the socket allows (one `writev` of
     /// up to [`WRITE_BATCH`] chunks each), replacing each written chunk with an empty one: an
     /// emptied `Bytes` would still hold the received packet's buffer, and an idle tunnel must

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use quinn::{Connection, RecvStream};
+use quinn::Connection;
 use rustls::pki_types::CertificateDer;
 
 use crate::addr::{Address, HostPort};
@@ -21,7 +21,7 @@ use crate::client;
 use crate::connector::{ConnectorConfig, Dialer};
 use crate::identity::{Fingerprint, Identity};
 use crate::plugins::TokenSource;
-use crate::relay::{self, Preface};
+use crate::relay;
 use crate::tls::Verification;
 use crate::transport::{self, TransportOptions};
 use crate::wire::{self, Answer, ErrorCode, Status};
@@ -173,28 +173,13 @@ async fn send_token(connection: &Connection, token: &[u8], legacy: bool) -> anyh
         .await
         .context("cannot send the token")?;
     let _ = send.finish();
-    let answer = match preface {
-        Preface::LegacyAnswer => legacy_answer(&mut recv).await,
-        _ => relay::read_answer(&mut recv).await,
-    };
+    let answer = relay::read_preface(&mut recv, preface).await;
     // Whatever the target would send is of no interest; the original's server repeats a
     // refusal until the client stops reading.
     let _ = recv.stop(ErrorCode::Done.varint());
-    answer.context("no answer to the test token")
-}
-
-/// The original protocol's one-byte answer, which carries no reason.
-async fn legacy_answer(recv: &mut RecvStream) -> Result<Answer, relay::Abort> {
-    let mut byte = [0u8; 1];
-    relay::read_exact(recv, &mut byte).await?;
-    match Status::from_legacy_byte(byte[0]) {
-        Some(Status::Ok) => Ok(Answer::ok()),
-        Some(status) => Ok(Answer::refuse(status, "")),
-        None => Err(relay::Abort::Protocol(format!(
-            "unknown answer byte {:#04x}",
-            byte[0]
-        ))),
-    }
+    Ok(answer
+        .context("no answer to the test token")?
+        .unwrap_or_else(Answer::ok))
 }
 
 #[cfg(test)]

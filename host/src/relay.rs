@@ -301,12 +301,10 @@ async fn downstream(
     way: Way<'_>,
     preface: Preface,
 ) -> Result<(), Stop> {
-    let answer = match preface {
-        Preface::None => None,
-        Preface::Answer => Some(read_answer(recv).await?),
-        Preface::LegacyAnswer => Some(read_legacy_answer(recv).await?),
-    };
-    if let Some(answer) = answer.filter(|a| a.status != Status::Ok) {
+    if let Some(answer) = read_preface(recv, preface)
+        .await?
+        .filter(|a| a.status != Status::Ok)
+    {
         return Err(Stop::Refused(answer));
     }
     // quinn hands out received data a packet's worth (~1.2 KiB) at a time: take what has
@@ -328,6 +326,19 @@ async fn downstream(
             Err(error) => return Err(read_abort(error).into()),
         }
     }
+}
+
+/// Reads the server's answer that `preface` announces, in either protocol (none for
+/// [`Preface::None`]).
+pub async fn read_preface(
+    recv: &mut RecvStream,
+    preface: Preface,
+) -> Result<Option<Answer>, Abort> {
+    Ok(match preface {
+        Preface::None => None,
+        Preface::Answer => Some(read_answer(recv).await?),
+        Preface::LegacyAnswer => Some(read_legacy_answer(recv).await?),
+    })
 }
 
 /// Reads the server's `quic-tun/2` answer.
