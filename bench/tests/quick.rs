@@ -57,7 +57,7 @@ fn quick_run_reports_every_path() {
 
     let paths = json["paths"].as_array().expect("paths");
     let mut names: Vec<&str> = paths.iter().filter_map(|p| p["name"].as_str()).collect();
-    for required in ["direct TCP", "tunnel", "bare quinn"] {
+    for required in ["direct TCP", "tunnel", "bare quinn", "tcp relay"] {
         assert!(
             names.contains(&required),
             "no {required:?} in {names:?}\n{stdout}"
@@ -89,6 +89,32 @@ fn quick_run_reports_every_path() {
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), paths.len(), "a path reported twice");
+
+    let interleaved = &json["interleaved"];
+    assert_eq!(interleaved["rounds"].as_u64(), Some(1), "{interleaved}");
+    for way in ["up", "down"] {
+        for key in [
+            "tunnel_gbps",
+            "quinn_gbps",
+            "tcp_relay_gbps",
+            "tunnel_of_quinn",
+            "bound_gbps",
+            "tunnel_of_bound",
+            "tunnel_core_s_per_gib",
+            "quinn_core_s_per_gib",
+            "tcp_relay_core_s_per_gib",
+        ] {
+            let value = interleaved[way][key].as_f64().unwrap_or(f64::NAN);
+            assert!(value > 0.0 && value.is_finite(), "{way}: {key} = {value}");
+        }
+        let t = interleaved[way]["tunnel_gbps"].as_f64().unwrap_or(0.0);
+        let q = interleaved[way]["quinn_gbps"].as_f64().unwrap_or(0.0);
+        let ratio = interleaved[way]["tunnel_of_quinn"].as_f64().unwrap_or(0.0);
+        assert!(
+            (ratio - t / q).abs() < 0.01,
+            "{way}: ratio {ratio} vs {t} / {q}"
+        );
+    }
 
     let idle = json["idle"].as_array().expect("idle");
     assert_eq!(idle.len(), 2, "idle levels: {idle:?}");

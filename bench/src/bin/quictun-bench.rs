@@ -36,8 +36,8 @@ struct Args {
     /// Directory holding quictun-server and quictun-client.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
-    /// Where the JSON results go [default: bench/results/loopback.json, or link.json for
-    /// the link suite].
+    /// Where the JSON results go [default: bench/results/loopback.json, link.json or
+    /// ceiling.json after the suite].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Which measurements: loopback, or the emulated link (needs root, `ip`, /dev/net/tun).
@@ -49,20 +49,28 @@ struct Args {
     /// Internal: how many tunnels the idle helper opens.
     #[arg(long, hide = true, default_value_t = 0)]
     count: usize,
+    /// Internal: run the plain TCP relay in front of ADDR (the two TCP hops without QUIC).
+    #[arg(long, hide = true, value_name = "ADDR")]
+    tcp_relay_helper: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Suite {
     Loopback,
     Link,
+    /// Only the interleaved rounds of the loopback suite: one connection through the tunnel,
+    /// a bare quinn stream and the plain TCP relay.
+    Ceiling,
 }
 
 fn main() {
     let args = Args::parse();
-    let result = match (args.idle_helper, args.suite) {
-        (Some(addr), _) => idle_helper(addr, args.count),
-        (None, Suite::Loopback) => run(args),
-        (None, Suite::Link) => link_suite(args),
+    let result = match (args.idle_helper, args.tcp_relay_helper, args.suite) {
+        (Some(addr), _, _) => idle_helper(addr, args.count),
+        (None, Some(target), _) => tcp_relay_helper(target),
+        (None, None, Suite::Loopback) => run(args),
+        (None, None, Suite::Link) => link_suite(args),
+        (None, None, Suite::Ceiling) => ceiling_suite(args),
     };
     if let Err(error) = result {
         eprintln!("quictun-bench: {error}");
@@ -73,14 +81,15 @@ fn main() {
 fn run(args: Args) -> Result<(), String> {
     raise_nofile();
     let load_before = loadavg();
-    let (bytes, samples, idle_levels): (u64, usize, &[usize]) = if args.quick {
-        (64 << 20, 50, &[1, 100])
+    let (bytes, samples, rounds, idle_levels): (u64, usize, usize, &[usize]) = if args.quick {
+        (64 << 20, 50, 1, &[1, 100])
     } else {
-        (1 << 30, 300, &[1, 1000, 10_000])
+        (1 << 30, 300, 5, &[1, 1000, 10_000])
     };
     let target = start_target().map_err(|e| format!("cannot start the target: {e}"))?;
     let tunnel = Tunnel::start(&args.bin_dir, target)?;
     let mut peer = QuinnPeer::start(&peer_binary())?;
+    let relay = TcpRelay::start(target)?;
     let ssh = Ssh::start(target)
         .inspect_err(|e| println!("ssh -L skipped: {e}"))
         .ok();
@@ -104,6 +113,10 @@ fn run(args: Args) -> Result<(), String> {
         peer.measure(bytes, samples)
             .map_err(|e| format!("bare quinn: {e}"))?,
     );
+    record(
+        measure("tcp relay", relay.addr, &relay.pids(), bytes, samples)
+            .map_err(|e| format!("tcp relay: {e}"))?,
+    );
     if let Some(ssh) = &ssh {
         record(
             measure("ssh -L", ssh.addr, &ssh.pids(), bytes, samples)
@@ -116,7 +129,11 @@ fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| format!("stunnel: {e}"))?,
         );
     }
-    drop((peer, ssh, stunnel));
+    drop((ssh, stunnel));
+    let ceiling = Ceiling::measure(tunnel.addr, &mut peer, relay.addr, bytes, rounds)
+        .map_err(|e| format!("interleaved rounds: {e}"))?;
+    ceiling.print();
+    drop((peer, relay));
     let mut idle = Vec::new();
     for &n in idle_levels {
         let (client_kib, server_kib) =
@@ -133,14 +150,45 @@ fn run(args: Args) -> Result<(), String> {
     println!("load average before / after: {load_before} / {load_after}");
     let json = format!(
         "{{\"bytes\":{bytes},\"unix_time\":{},\"loadavg_before\":\"{load_before}\",\
-         \"loadavg_after\":\"{load_after}\",\"paths\":[{}],\"idle\":[{}]}}\n",
+         \"loadavg_after\":\"{load_after}\",\"paths\":[{}],\"interleaved\":{},\"idle\":[{}]}}\n",
         unix_time(),
         rows.iter().map(Row::json).collect::<Vec<_>>().join(","),
+        ceiling.json(),
         idle.join(",")
     );
     let out = args
         .out
         .unwrap_or_else(|| "bench/results/loopback.json".into());
+    write_results(&out, &json)
+}
+
+/// The loopback suite's interleaved rounds alone (about two minutes): for trying a change to
+/// the data path against the bound.
+fn ceiling_suite(args: Args) -> Result<(), String> {
+    let (bytes, rounds) = if args.quick {
+        (64 << 20, 1)
+    } else {
+        (1 << 30, 5)
+    };
+    let load_before = loadavg();
+    let target = start_target().map_err(|e| format!("cannot start the target: {e}"))?;
+    let tunnel = Tunnel::start(&args.bin_dir, target)?;
+    let mut peer = QuinnPeer::start(&peer_binary())?;
+    let relay = TcpRelay::start(target)?;
+    let ceiling = Ceiling::measure(tunnel.addr, &mut peer, relay.addr, bytes, rounds)
+        .map_err(|e| format!("interleaved rounds: {e}"))?;
+    ceiling.print();
+    let load_after = loadavg();
+    println!("load average before / after: {load_before} / {load_after}");
+    let json = format!(
+        "{{\"bytes\":{bytes},\"unix_time\":{},\"loadavg_before\":\"{load_before}\",\
+         \"loadavg_after\":\"{load_after}\",\"interleaved\":{}}}\n",
+        unix_time(),
+        ceiling.json()
+    );
+    let out = args
+        .out
+        .unwrap_or_else(|| "bench/results/ceiling.json".into());
     write_results(&out, &json)
 }
 
@@ -487,6 +535,271 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
         },
     }
     stream.shutdown(Shutdown::Write)
+}
+
+/// A plain user-space TCP relay in front of the target, in a helper process (this binary
+/// again): the two loopback TCP hops that any tunnel adds, with nothing between them.
+struct TcpRelay {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl TcpRelay {
+    fn start(target: SocketAddr) -> Result<TcpRelay, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .arg("--tcp-relay-helper")
+            .arg(target.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the tcp relay: {e}"))?;
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            let _ = BufReader::new(stdout).read_line(&mut line);
+        }
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the tcp relay did not start: {line:?}"));
+        };
+        Ok(TcpRelay { addr, child })
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        vec![self.child.id()]
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The helper's side of [`TcpRelay`]: relays each connection to `target` with one thread a
+/// direction and [`BUF`]-sized copies, half-close kept; exits when standard input ends.
+fn tcp_relay_helper(target: SocketAddr) -> Result<(), String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening {addr}");
+    io::stdout().flush().map_err(|e| e.to_string())?;
+    thread::spawn(|| {
+        let _ = io::stdin().read_to_end(&mut Vec::new());
+        std::process::exit(0);
+    });
+    for app in listener.incoming().flatten() {
+        thread::spawn(move || relay_one(app, target));
+    }
+    Ok(())
+}
+
+fn relay_one(app: TcpStream, target: SocketAddr) -> io::Result<()> {
+    let upstream = TcpStream::connect(target)?;
+    app.set_nodelay(true)?;
+    upstream.set_nodelay(true)?;
+    let (app_out, upstream_in) = (app.try_clone()?, upstream.try_clone()?);
+    let back = thread::spawn(move || copy_until_eof(upstream_in, app_out));
+    copy_until_eof(app, upstream)?;
+    back.join()
+        .map_err(|_| io::Error::other("relay thread panicked"))?
+}
+
+/// Copies until EOF, then shuts down the other side's write half.
+fn copy_until_eof(mut from: TcpStream, mut to: TcpStream) -> io::Result<()> {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        match from.read(&mut buf)? {
+            0 => return to.shutdown(Shutdown::Write),
+            n => to.write_all(&buf[..n])?,
+        }
+    }
+}
+
+/// One connection's bulk throughput through the tunnel, a bare quinn stream and the plain TCP
+/// relay, in alternating rounds, so that a machine whose speed drifts (a shared host) affects
+/// all three alike; each transfer also records the whole machine's busy CPU time per GiB.
+///
+/// What it shows: the tunnel does bare quinn's work plus that of two loopback TCP hops (the
+/// relay's), so with every core busy no tunnel built on quinn can move more than
+/// 1 / (1/quinn + 1/relay): the bound printed next to the ratio to bare quinn.
+struct Ceiling {
+    rounds: usize,
+    /// Upload, then download.
+    ways: [PathSamples; 2],
+}
+
+/// Per round: tunnel, bare quinn, tcp relay.
+#[derive(Default)]
+struct PathSamples(Vec<[Sample; 3]>);
+
+#[derive(Clone, Copy)]
+struct Sample {
+    gbps: f64,
+    core_s_per_gib: f64,
+}
+
+const WAYS: [(&str, u8); 2] = [("up", MODE_SINK), ("down", MODE_SOURCE)];
+
+impl Ceiling {
+    fn measure(
+        tunnel: SocketAddr,
+        peer: &mut QuinnPeer,
+        relay: SocketAddr,
+        bytes: u64,
+        rounds: usize,
+    ) -> io::Result<Ceiling> {
+        let mut ways: [PathSamples; 2] = Default::default();
+        for _ in 0..rounds {
+            for ((way, mode), samples) in WAYS.into_iter().zip(ways.iter_mut()) {
+                samples.0.push([
+                    sampled(bytes, || transfer(tunnel, bytes, 1, mode))?,
+                    sampled(bytes, || peer.gbps(way, bytes, 1))?,
+                    sampled(bytes, || transfer(relay, bytes, 1, mode))?,
+                ]);
+            }
+        }
+        Ok(Ceiling { rounds, ways })
+    }
+
+    fn print(&self) {
+        println!(
+            "one connection, {} interleaved round(s), medians (per-round ratios):",
+            self.rounds
+        );
+        for ((way, _), samples) in WAYS.iter().zip(&self.ways) {
+            let s = samples.summary();
+            println!(
+                "  {way:<4} tunnel {:.2}, bare quinn {:.2}, tcp relay {:.2} Gbit/s | tunnel/bare quinn {:.0} % \
+                 (target 90 %) | bound 1/(1/quinn + 1/relay) {:.2} Gbit/s, tunnel {:.0} % of it | \
+                 machine CPU per GiB: tunnel {:.2}, bare quinn {:.2} + tcp relay {:.2} = {:.2} core-s",
+                s.gbps[0],
+                s.gbps[1],
+                s.gbps[2],
+                s.of_quinn * 100.0,
+                s.bound,
+                s.of_bound * 100.0,
+                s.work[0],
+                s.work[1],
+                s.work[2],
+                s.work[1] + s.work[2],
+            );
+        }
+    }
+
+    fn json(&self) -> String {
+        let ways: Vec<String> = WAYS
+            .iter()
+            .zip(&self.ways)
+            .map(|((way, _), samples)| {
+                let s = samples.summary();
+                let rounds: Vec<String> = samples
+                    .0
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "[{:.3},{:.3},{:.3}]",
+                            r[0].gbps, r[1].gbps, r[2].gbps
+                        )
+                    })
+                    .collect();
+                format!(
+                    "\"{way}\":{{\"tunnel_gbps\":{:.3},\"quinn_gbps\":{:.3},\"tcp_relay_gbps\":{:.3},\
+                     \"tunnel_of_quinn\":{:.3},\"bound_gbps\":{:.3},\"tunnel_of_bound\":{:.3},\
+                     \"tunnel_core_s_per_gib\":{:.2},\"quinn_core_s_per_gib\":{:.2},\
+                     \"tcp_relay_core_s_per_gib\":{:.2},\"rounds_gbps\":[{}]}}",
+                    s.gbps[0],
+                    s.gbps[1],
+                    s.gbps[2],
+                    s.of_quinn,
+                    s.bound,
+                    s.of_bound,
+                    s.work[0],
+                    s.work[1],
+                    s.work[2],
+                    rounds.join(",")
+                )
+            })
+            .collect();
+        format!("{{\"rounds\":{},{}}}", self.rounds, ways.join(","))
+    }
+}
+
+struct Summary {
+    /// Median Gbit/s: tunnel, bare quinn, tcp relay.
+    gbps: [f64; 3],
+    /// Median machine core-seconds per GiB, same order.
+    work: [f64; 3],
+    /// Medians of the per-round ratios.
+    of_quinn: f64,
+    bound: f64,
+    of_bound: f64,
+}
+
+impl PathSamples {
+    fn summary(&self) -> Summary {
+        let column = |f: &dyn Fn(&[Sample; 3]) -> f64| median(self.0.iter().map(f).collect());
+        let bound = |r: &[Sample; 3]| 1.0 / (1.0 / r[1].gbps + 1.0 / r[2].gbps);
+        Summary {
+            gbps: [0, 1, 2].map(|i| column(&|r| r[i].gbps)),
+            work: [0, 1, 2].map(|i| column(&|r| r[i].core_s_per_gib)),
+            of_quinn: column(&|r| r[0].gbps / r[1].gbps),
+            bound: column(&bound),
+            of_bound: column(&|r| r[0].gbps / bound(r)),
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// Runs one transfer (returning Gbit/s) and measures the machine's busy time meanwhile.
+fn sampled(bytes: u64, run: impl FnOnce() -> io::Result<f64>) -> io::Result<Sample> {
+    let before = machine_busy_seconds();
+    let gbps = run()?;
+    let busy = machine_busy_seconds() - before;
+    Ok(Sample {
+        gbps,
+        core_s_per_gib: busy / (bytes as f64 / f64::from(1u32 << 30)),
+    })
+}
+
+/// Busy CPU seconds of the whole machine so far, all cores (/proc/stat: user, nice, system,
+/// irq, softirq): work done anywhere on a path's behalf is counted — its processes, this
+/// tool's application threads, the kernel's packet processing.
+fn machine_busy_seconds() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq ...
+    [0, 1, 2, 5, 6]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum::<f64>()
+        / ticks
 }
 
 /// The release server and client on loopback, the client's tokens naming the target.
