@@ -103,6 +103,9 @@ fn quick_run_reports_every_path() {
             "tunnel_core_s_per_gib",
             "quinn_core_s_per_gib",
             "tcp_relay_core_s_per_gib",
+            "tunnel_endpoints_s_per_gib",
+            "quinn_endpoints_s_per_gib",
+            "tunnel_endpoints_of_quinn",
         ] {
             let value = interleaved[way][key].as_f64().unwrap_or(f64::NAN);
             assert!(value > 0.0 && value.is_finite(), "{way}: {key} = {value}");

@@ -130,7 +130,7 @@ fn run(args: Args) -> Result<(), String> {
         );
     }
     drop((ssh, stunnel));
-    let ceiling = Ceiling::measure(tunnel.addr, &mut peer, relay.addr, bytes, rounds)
+    let ceiling = Ceiling::measure(&tunnel, &mut peer, &relay, bytes, rounds)
         .map_err(|e| format!("interleaved rounds: {e}"))?;
     ceiling.print();
     drop((peer, relay));
@@ -175,7 +175,7 @@ fn ceiling_suite(args: Args) -> Result<(), String> {
     let tunnel = Tunnel::start(&args.bin_dir, target)?;
     let mut peer = QuinnPeer::start(&peer_binary())?;
     let relay = TcpRelay::start(target)?;
-    let ceiling = Ceiling::measure(tunnel.addr, &mut peer, relay.addr, bytes, rounds)
+    let ceiling = Ceiling::measure(&tunnel, &mut peer, &relay, bytes, rounds)
         .map_err(|e| format!("interleaved rounds: {e}"))?;
     ceiling.print();
     let load_after = loadavg();
@@ -641,26 +641,34 @@ struct PathSamples(Vec<[Sample; 3]>);
 #[derive(Clone, Copy)]
 struct Sample {
     gbps: f64,
+    /// The whole machine's busy time per GiB.
     core_s_per_gib: f64,
+    /// The path's own processes' CPU time per GiB (the two endpoints; the relay process).
+    own_s_per_gib: f64,
 }
 
 const WAYS: [(&str, u8); 2] = [("up", MODE_SINK), ("down", MODE_SOURCE)];
 
 impl Ceiling {
     fn measure(
-        tunnel: SocketAddr,
+        tunnel: &Tunnel,
         peer: &mut QuinnPeer,
-        relay: SocketAddr,
+        relay: &TcpRelay,
         bytes: u64,
         rounds: usize,
     ) -> io::Result<Ceiling> {
         let mut ways: [PathSamples; 2] = Default::default();
+        let peer_pids = peer.pids();
         for _ in 0..rounds {
             for ((way, mode), samples) in WAYS.into_iter().zip(ways.iter_mut()) {
                 samples.0.push([
-                    sampled(bytes, || transfer(tunnel, bytes, 1, mode))?,
-                    sampled(bytes, || peer.gbps(way, bytes, 1))?,
-                    sampled(bytes, || transfer(relay, bytes, 1, mode))?,
+                    sampled(bytes, &tunnel.pids(), || {
+                        transfer(tunnel.addr, bytes, 1, mode)
+                    })?,
+                    sampled(bytes, &peer_pids, || peer.gbps(way, bytes, 1))?,
+                    sampled(bytes, &relay.pids(), || {
+                        transfer(relay.addr, bytes, 1, mode)
+                    })?,
                 ]);
             }
         }
@@ -677,7 +685,8 @@ impl Ceiling {
             println!(
                 "  {way:<4} tunnel {:.2}, bare quinn {:.2}, tcp relay {:.2} Gbit/s | tunnel/bare quinn {:.0} % \
                  (target 90 %) | bound 1/(1/quinn + 1/relay) {:.2} Gbit/s, tunnel {:.0} % of it | \
-                 machine CPU per GiB: tunnel {:.2}, bare quinn {:.2} + tcp relay {:.2} = {:.2} core-s",
+                 machine CPU per GiB: tunnel {:.2}, bare quinn {:.2} + tcp relay {:.2} = {:.2} core-s | \
+                 endpoints' CPU per GiB: tunnel {:.2}, bare quinn {:.2} s ({:.2} ×)",
                 s.gbps[0],
                 s.gbps[1],
                 s.gbps[2],
@@ -688,6 +697,9 @@ impl Ceiling {
                 s.work[1],
                 s.work[2],
                 s.work[1] + s.work[2],
+                s.own[0],
+                s.own[1],
+                s.own_of_quinn,
             );
         }
     }
@@ -712,7 +724,9 @@ impl Ceiling {
                     "\"{way}\":{{\"tunnel_gbps\":{:.3},\"quinn_gbps\":{:.3},\"tcp_relay_gbps\":{:.3},\
                      \"tunnel_of_quinn\":{:.3},\"bound_gbps\":{:.3},\"tunnel_of_bound\":{:.3},\
                      \"tunnel_core_s_per_gib\":{:.2},\"quinn_core_s_per_gib\":{:.2},\
-                     \"tcp_relay_core_s_per_gib\":{:.2},\"rounds_gbps\":[{}]}}",
+                     \"tcp_relay_core_s_per_gib\":{:.2},\"tunnel_endpoints_s_per_gib\":{:.2},\
+                     \"quinn_endpoints_s_per_gib\":{:.2},\"tunnel_endpoints_of_quinn\":{:.3},\
+                     \"rounds_gbps\":[{}]}}",
                     s.gbps[0],
                     s.gbps[1],
                     s.gbps[2],
@@ -722,6 +736,9 @@ impl Ceiling {
                     s.work[0],
                     s.work[1],
                     s.work[2],
+                    s.own[0],
+                    s.own[1],
+                    s.own_of_quinn,
                     rounds.join(",")
                 )
             })
@@ -735,6 +752,10 @@ struct Summary {
     gbps: [f64; 3],
     /// Median machine core-seconds per GiB, same order.
     work: [f64; 3],
+    /// Median CPU seconds per GiB of each path's own processes, same order.
+    own: [f64; 3],
+    /// Median of the per-round ratios of the tunnel's endpoints' CPU to bare quinn's.
+    own_of_quinn: f64,
     /// Medians of the per-round ratios.
     of_quinn: f64,
     bound: f64,
@@ -748,6 +769,8 @@ impl PathSamples {
         Summary {
             gbps: [0, 1, 2].map(|i| column(&|r| r[i].gbps)),
             work: [0, 1, 2].map(|i| column(&|r| r[i].core_s_per_gib)),
+            own: [0, 1, 2].map(|i| column(&|r| r[i].own_s_per_gib)),
+            own_of_quinn: column(&|r| r[0].own_s_per_gib / r[1].own_s_per_gib),
             of_quinn: column(&|r| r[0].gbps / r[1].gbps),
             bound: column(&bound),
             of_bound: column(&|r| r[0].gbps / bound(r)),
@@ -768,14 +791,16 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// Runs one transfer (returning Gbit/s) and measures the machine's busy time meanwhile.
-fn sampled(bytes: u64, run: impl FnOnce() -> io::Result<f64>) -> io::Result<Sample> {
-    let before = machine_busy_seconds();
+/// Runs one transfer (returning Gbit/s) and measures meanwhile the machine's busy time and
+/// the CPU time of the path's processes `pids`.
+fn sampled(bytes: u64, pids: &[u32], run: impl FnOnce() -> io::Result<f64>) -> io::Result<Sample> {
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    let (machine, own) = (machine_busy_seconds(), cpu_seconds(pids));
     let gbps = run()?;
-    let busy = machine_busy_seconds() - before;
     Ok(Sample {
         gbps,
-        core_s_per_gib: busy / (bytes as f64 / f64::from(1u32 << 30)),
+        core_s_per_gib: (machine_busy_seconds() - machine) / gib,
+        own_s_per_gib: (cpu_seconds(pids) - own) / gib,
     })
 }
 
