@@ -48,8 +48,9 @@ pub struct CheckConfig {
     pub handshake_timeout: Duration,
 }
 
-/// Connects once, writes the report to `out`, and succeeds only when the server accepts the
-/// test token. A failure to connect is the same error the client logs.
+/// Connects once (trying each of the server's addresses until one answers), writes the
+/// report to `out`, and succeeds only when the server accepts the test token. A failure to
+/// connect is the error the client logs, for each address tried.
 pub async fn run(mut config: CheckConfig, out: &mut impl Write) -> anyhow::Result<()> {
     let identity = config.identity.take();
     let quic = client::quic_config(&config.verification, identity, &config.transport)?;
@@ -62,7 +63,7 @@ pub async fn run(mut config: CheckConfig, out: &mut impl Write) -> anyhow::Resul
         },
         Arc::default(),
     );
-    let connection = dialer.connect().await?;
+    let connection = dialer.connect_any().await?;
     report(&config.server, &connection, out)?;
     let verdict = test_token(&config, &connection, out).await;
     connection.close(ErrorCode::Done.varint(), b"check done");

@@ -148,11 +148,18 @@ impl Supervisor {
     }
 }
 
-/// Makes connections to the server one attempt at a time, all from one UDP endpoint: the
-/// supervisor's reconnections and the client's one-shot check (`--check`) alike.
+/// Makes connections to the server one attempt at a time, from one UDP endpoint per address
+/// family: the supervisor's reconnections and the client's one-shot check (`--check`) alike.
+///
+/// A server name may resolve to several addresses (an AAAA and an A record, say), not all of
+/// them reachable from here. Each attempt uses one: the one that worked last, or after a
+/// failure the next one in the list, so a dead first address costs one attempt, not all.
 pub struct Dialer {
     config: ConnectorConfig,
-    endpoint: Option<Endpoint>,
+    /// IPv4, IPv6; each opened on first use.
+    endpoints: [Option<Endpoint>; 2],
+    /// Index into the server's addresses for the next attempt.
+    next: usize,
     registry: Arc<ConnectionRegistry>,
 }
 
@@ -161,20 +168,80 @@ impl Dialer {
     pub fn new(config: ConnectorConfig, registry: Arc<ConnectionRegistry>) -> Dialer {
         Dialer {
             config,
-            endpoint: None,
+            endpoints: [None, None],
+            next: 0,
             registry,
         }
     }
 
     /// One attempt: resolves the server and completes the handshake within the time-out.
     pub async fn connect(&mut self) -> anyhow::Result<Connection> {
-        let server = self.config.server.clone();
-        let addr = *server
+        let addrs = self.resolve().await?;
+        self.connect_among(&addrs).await
+    }
+
+    /// Tries each of the server's addresses in turn until one completes a handshake: for the
+    /// one-shot check, which has no next attempt.
+    pub async fn connect_any(&mut self) -> anyhow::Result<Connection> {
+        let addrs = self.resolve().await?;
+        self.try_each(&addrs).await
+    }
+
+    async fn resolve(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        let server = &self.config.server;
+        server
             .resolve()
             .await
-            .with_context(|| format!("cannot resolve server {server}"))?
-            .first()
-            .with_context(|| format!("server {server} resolves to no address"))?;
+            .with_context(|| format!("cannot resolve server {server}"))
+    }
+
+    async fn try_each(&mut self, addrs: &[SocketAddr]) -> anyhow::Result<Connection> {
+        if addrs.len() <= 1 {
+            return self.connect_among(addrs).await;
+        }
+        let mut failures = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            match self.connect_to(addr).await {
+                Ok(connection) => return Ok(connection),
+                Err(error) => failures.push(format!("{addr}: {error:#}")),
+            }
+        }
+        let server = &self.config.server;
+        anyhow::bail!(
+            "no address of server {server} answered: {}",
+            failures.join("; ")
+        )
+    }
+
+    /// One attempt to one of `addrs`, the server's addresses (see [`Dialer`]).
+    async fn connect_among(&mut self, addrs: &[SocketAddr]) -> anyhow::Result<Connection> {
+        let server = self.config.server.clone();
+        if addrs.is_empty() {
+            anyhow::bail!("server {server} resolves to no address");
+        }
+        let index = self.next % addrs.len();
+        match self.connect_to(addrs[index]).await {
+            Ok(connection) => {
+                self.next = index;
+                Ok(connection)
+            }
+            Err(error) if addrs.len() > 1 => {
+                self.next = index + 1;
+                let next = addrs[self.next % addrs.len()];
+                Err(error.context(format!(
+                    "{server} at {} ({} of {} addresses; the next attempt tries {next})",
+                    addrs[index],
+                    index + 1,
+                    addrs.len()
+                )))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Completes a handshake with the server at `addr` within the time-out.
+    async fn connect_to(&mut self, addr: SocketAddr) -> anyhow::Result<Connection> {
+        let server = self.config.server.clone();
         let name = match &server.host {
             Host::Name(name) => name.clone(),
             Host::Ip(ip) => ip.to_string(),
@@ -205,22 +272,25 @@ impl Dialer {
     /// Waits up to `bound` for closed connections to finish closing, so the server hears of
     /// it before the process exits.
     pub async fn wait_idle(&self, bound: Duration) {
-        if let Some(endpoint) = &self.endpoint {
-            let _ = tokio::time::timeout(bound, endpoint.wait_idle()).await;
-        }
+        let idle = async {
+            for endpoint in self.endpoints.iter().flatten() {
+                endpoint.wait_idle().await;
+            }
+        };
+        let _ = tokio::time::timeout(bound, idle).await;
     }
 
-    /// The client's UDP endpoint, bound on first use to the server's address family.
+    /// The client's UDP endpoint for the server address's family, opened on first use.
     fn endpoint_for(&mut self, server: SocketAddr) -> anyhow::Result<Endpoint> {
-        if let Some(endpoint) = &self.endpoint {
+        let (slot, local) = match server {
+            SocketAddr::V4(_) => (0, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
+            SocketAddr::V6(_) => (1, SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))),
+        };
+        if let Some(endpoint) = &self.endpoints[slot] {
             return Ok(endpoint.clone());
         }
-        let local = match server {
-            SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-        };
         let endpoint = transport::endpoint(local, None).context("cannot open a UDP socket")?;
-        self.endpoint = Some(endpoint.clone());
+        self.endpoints[slot] = Some(endpoint.clone());
         Ok(endpoint)
     }
 }
@@ -236,6 +306,79 @@ fn jitter(pause: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Identity;
+    use crate::tls::{self, Verification};
+
+    /// A server whose name resolves to two addresses, the first with nothing behind it (here
+    /// IPv6, as when a host has an AAAA record but no IPv6 route): the first attempt fails on
+    /// it and says what the next one tries, the next attempt connects to the second address
+    /// from an endpoint of the other family, and later attempts stay with it.
+    #[tokio::test]
+    async fn a_dead_first_address_costs_one_attempt() {
+        let identity = Identity::self_signed(&["localhost"]).unwrap();
+        let crypto = tls::server_crypto(identity, None).unwrap();
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let server =
+            transport::endpoint(listen, Some(quinn::ServerConfig::with_crypto(crypto))).unwrap();
+        let live = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(connection) = incoming.await {
+                        connection.closed().await;
+                    }
+                });
+            }
+        });
+        let dead = SocketAddr::from((Ipv6Addr::LOCALHOST, live.port()));
+        let config = ConnectorConfig {
+            server: HostPort {
+                host: Host::Name("tunnel.test".into()),
+                port: live.port(),
+            },
+            quic: quinn::ClientConfig::new(
+                tls::client_crypto(&Verification::Insecure, None).unwrap(),
+            ),
+            handshake_timeout: Duration::from_millis(300),
+            max_backoff: Duration::from_secs(1),
+        };
+        let mut dialer = Dialer::new(config, Arc::default());
+        let addrs = [dead, live];
+
+        let error = dialer.connect_among(&addrs).await.unwrap_err();
+        let message = format!("{error:#}");
+        let expected = format!(
+            "tunnel.test:{} at {dead} (1 of 2 addresses; the next attempt tries {live}): ",
+            live.port()
+        );
+        assert!(message.starts_with(&expected), "{message}");
+
+        let connection = dialer.connect_among(&addrs).await.unwrap();
+        assert_eq!(connection.remote_address(), live);
+        connection.close(0u32.into(), b"");
+        let connection = dialer.connect_among(&addrs).await.unwrap();
+        assert_eq!(connection.remote_address(), live);
+        connection.close(0u32.into(), b"");
+
+        // The one-shot check tries both addresses in one call, and names each when none
+        // answers.
+        let mut check = Dialer::new(dialer.config.clone(), Arc::default());
+        let connection = check.try_each(&addrs).await.unwrap();
+        assert_eq!(connection.remote_address(), live);
+        connection.close(0u32.into(), b"");
+        let also_dead = std::net::UdpSocket::bind(listen)
+            .and_then(|socket| socket.local_addr())
+            .unwrap(); // closed again: nothing answers there
+        let error = check.try_each(&[dead, also_dead]).await.unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.starts_with(&format!(
+                "no address of server tunnel.test:{} answered: {dead}: ",
+                live.port()
+            )) && message.contains(&format!("; {also_dead}: ")),
+            "{message}"
+        );
+    }
 
     #[test]
     fn jitter_stays_within_a_fifth() {
