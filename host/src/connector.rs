@@ -336,9 +336,12 @@ mod tests {
                 host: Host::Name("tunnel.test".into()),
                 port: live.port(),
             },
-            quic: quinn::ClientConfig::new(
-                tls::client_crypto(&Verification::Insecure, None).unwrap(),
-            ),
+            quic: crate::client::quic_config(
+                &Verification::Insecure,
+                None,
+                &transport::TransportOptions::default(),
+            )
+            .unwrap(),
             handshake_timeout: Duration::from_millis(300),
             max_backoff: Duration::from_secs(1),
         };

@@ -231,21 +231,14 @@ struct Way<'a> {
 }
 
 impl Way<'_> {
-    /// Accounts for one chunk: one atomic add, and the discriminators while they listen.
-    fn saw(&self, data: &[u8]) {
-        self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
-        if let Some(sniffer) = self.sniffer {
-            sniffer.feed(self.direction, data);
-        }
-    }
-
-    /// Accounts for a batch of chunks: one atomic add.
-    fn saw_all(&self, chunks: &[Bytes]) {
-        let len: usize = chunks.iter().map(Bytes::len).sum();
+    /// Accounts for chunks read or written together: one atomic add, and the discriminators
+    /// while they listen.
+    fn saw<T: AsRef<[u8]>>(&self, chunks: &[T]) {
+        let len: usize = chunks.iter().map(|c| c.as_ref().len()).sum();
         self.count.fetch_add(len as u64, Ordering::Relaxed);
         if let Some(sniffer) = self.sniffer {
             for chunk in chunks {
-                sniffer.feed(self.direction, chunk);
+                sniffer.feed(self.direction, chunk.as_ref());
             }
         }
     }
@@ -258,7 +251,7 @@ async fn upstream(app: &AppStream, send: &mut SendStream, way: Way<'_>) -> Resul
         let mut buf = BytesMut::with_capacity(CHUNK);
         let eof = fill(app, &mut buf).map_err(Abort::App)?;
         if !buf.is_empty() {
-            way.saw(&buf);
+            way.saw(&[&buf[..]]);
             let written = if buf.len() >= ZERO_COPY_MIN {
                 send.write_chunk(buf.freeze()).await
             } else {
@@ -313,7 +306,7 @@ async fn downstream(
     loop {
         match recv.read_chunks(&mut chunks).await {
             Ok(Some(n)) => {
-                way.saw_all(&chunks[..n]);
+                way.saw(&chunks[..n]);
                 app.write_all_chunks(&mut chunks[..n])
                     .await
                     .map_err(Abort::App)?;

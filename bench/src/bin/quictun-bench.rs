@@ -563,8 +563,7 @@ impl TcpRelay {
             .strip_prefix("listening ")
             .and_then(|a| a.parse().ok());
         let Some(addr) = addr else {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop([&mut child]);
             return Err(format!("the tcp relay did not start: {line:?}"));
         };
         Ok(TcpRelay { addr, child })
@@ -577,8 +576,7 @@ impl TcpRelay {
 
 impl Drop for TcpRelay {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop([&mut self.child]);
     }
 }
 
@@ -658,17 +656,13 @@ impl Ceiling {
         rounds: usize,
     ) -> io::Result<Ceiling> {
         let mut ways: [PathSamples; 2] = Default::default();
-        let peer_pids = peer.pids();
+        let pids = [tunnel.pids(), peer.pids(), relay.pids()];
         for _ in 0..rounds {
             for ((way, mode), samples) in WAYS.into_iter().zip(ways.iter_mut()) {
                 samples.0.push([
-                    sampled(bytes, &tunnel.pids(), || {
-                        transfer(tunnel.addr, bytes, 1, mode)
-                    })?,
-                    sampled(bytes, &peer_pids, || peer.gbps(way, bytes, 1))?,
-                    sampled(bytes, &relay.pids(), || {
-                        transfer(relay.addr, bytes, 1, mode)
-                    })?,
+                    sampled(bytes, &pids[0], || transfer(tunnel.addr, bytes, 1, mode))?,
+                    sampled(bytes, &pids[1], || peer.gbps(way, bytes, 1))?,
+                    sampled(bytes, &pids[2], || transfer(relay.addr, bytes, 1, mode))?,
                 ]);
             }
         }
@@ -931,10 +925,15 @@ fn wait_echo(addr: SocketAddr) -> Result<(), String> {
 
 impl Drop for Tunnel {
     fn drop(&mut self) {
-        for child in [&mut self.client, &mut self.server] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop([&mut self.client, &mut self.server]);
+    }
+}
+
+/// Ends processes this tool started and reaps them.
+fn stop<const N: usize>(children: [&mut Child; N]) {
+    for child in children {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -1050,10 +1049,7 @@ impl Ssh {
 
 impl Drop for Ssh {
     fn drop(&mut self) {
-        for child in [&mut self.ssh, &mut self.sshd] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop([&mut self.ssh, &mut self.sshd]);
     }
 }
 
@@ -1110,8 +1106,7 @@ impl QuinnPeer {
         let mut client = match spawn(&["client", "--server", &addr]) {
             Ok(client) => client,
             Err(e) => {
-                let _ = server.kill();
-                let _ = server.wait();
+                stop([&mut server]);
                 return Err(e);
             }
         };
@@ -1186,10 +1181,7 @@ impl QuinnPeer {
 
 impl Drop for QuinnPeer {
     fn drop(&mut self) {
-        for child in [&mut self.client, &mut self.server] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop([&mut self.client, &mut self.server]);
     }
 }
 
@@ -1259,10 +1251,7 @@ impl Stunnel {
 
 impl Drop for Stunnel {
     fn drop(&mut self) {
-        for child in [&mut self.client, &mut self.server] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop([&mut self.client, &mut self.server]);
     }
 }
 
