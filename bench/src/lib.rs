@@ -2,3 +2,15 @@
 //! QUIC tunnel over the same emulated lossy, rate-limited, delayed link.
 pub mod cc;
 pub mod linkem;
+
+/// The first byte of a benchmark connection or stream picks what the far end does, for
+/// quictun-bench's target and quinn-peer's server alike; a sink or source byte is followed
+/// by an 8-byte big-endian length.
+pub mod mode {
+    /// Echo everything back.
+    pub const ECHO: u8 = b'e';
+    /// Read to the end, then close.
+    pub const SINK: u8 = b's';
+    /// Send the given number of bytes.
+    pub const SOURCE: u8 = b'g';
+}

@@ -21,10 +21,8 @@ use std::{fs, thread};
 use clap::{Parser, ValueEnum};
 use quictun_bench::cc::{self, Scenario, Sender};
 use quictun_bench::linkem::{Link, LinkConfig};
+use quictun_bench::mode;
 
-const MODE_ECHO: u8 = b'e';
-const MODE_SINK: u8 = b's';
-const MODE_SOURCE: u8 = b'g';
 const BUF: usize = 256 * 1024;
 
 #[derive(Parser)]
@@ -269,11 +267,11 @@ fn measure(
     samples: usize,
 ) -> io::Result<Row> {
     let cpu_before = cpu_seconds(pids);
-    let up1 = transfer(addr, bytes, 1, MODE_SINK)?;
+    let up1 = transfer(addr, bytes, 1, mode::SINK)?;
     let cpu_after = cpu_seconds(pids);
-    let down1 = transfer(addr, bytes, 1, MODE_SOURCE)?;
-    let up8 = transfer(addr, bytes, 8, MODE_SINK)?;
-    let down8 = transfer(addr, bytes, 8, MODE_SOURCE)?;
+    let down1 = transfer(addr, bytes, 1, mode::SOURCE)?;
+    let up8 = transfer(addr, bytes, 8, mode::SINK)?;
+    let down8 = transfer(addr, bytes, 8, mode::SOURCE)?;
     let gib = bytes as f64 / f64::from(1u32 << 30);
     Ok(Row {
         name: name.to_string(),
@@ -306,7 +304,7 @@ fn one_transfer(addr: SocketAddr, bytes: u64, mode: u8) -> io::Result<()> {
     header[1..].copy_from_slice(&bytes.to_be_bytes());
     stream.write_all(&header)?;
     let mut buf = vec![0u8; BUF];
-    if mode == MODE_SINK {
+    if mode == mode::SINK {
         let mut left = bytes;
         while left > 0 {
             let n = left.min(BUF as u64) as usize;
@@ -323,7 +321,7 @@ fn one_transfer(addr: SocketAddr, bytes: u64, mode: u8) -> io::Result<()> {
             n => got += n as u64,
         }
     }
-    if mode == MODE_SOURCE && got != bytes {
+    if mode == mode::SOURCE && got != bytes {
         return Err(io::Error::other(format!("received {got} of {bytes} bytes")));
     }
     Ok(())
@@ -336,7 +334,7 @@ fn ttfb(addr: SocketAddr, samples: usize) -> io::Result<Vec<f64>> {
         let start = Instant::now();
         let mut stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
-        stream.write_all(&[MODE_ECHO, 0, 0, 0, 0, 0, 0, 0, 0, b'x'])?;
+        stream.write_all(&[mode::ECHO, 0, 0, 0, 0, 0, 0, 0, 0, b'x'])?;
         let mut byte = [0u8; 1];
         stream.read_exact(&mut byte)?;
         out.push(start.elapsed().as_secs_f64() * 1e3);
@@ -361,7 +359,7 @@ fn echo(addr: SocketAddr, samples: usize) -> io::Result<Vec<f64>> {
 fn echo_connection(addr: SocketAddr) -> io::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
-    stream.write_all(&[MODE_ECHO, 0, 0, 0, 0, 0, 0, 0, 0])?;
+    stream.write_all(&[mode::ECHO, 0, 0, 0, 0, 0, 0, 0, 0])?;
     Ok(stream)
 }
 
@@ -515,9 +513,9 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
     let mut header = [0u8; 9];
     stream.read_exact(&mut header)?;
     let len = u64::from_be_bytes(header[1..].try_into().unwrap_or_default());
-    let mut buf = vec![0u8; if header[0] == MODE_ECHO { 4096 } else { BUF }];
+    let mut buf = vec![0u8; if header[0] == mode::ECHO { 4096 } else { BUF }];
     match header[0] {
-        MODE_SOURCE => {
+        mode::SOURCE => {
             let mut left = len;
             while left > 0 {
                 let n = left.min(BUF as u64) as usize;
@@ -525,7 +523,7 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
                 left -= n as u64;
             }
         }
-        MODE_SINK => while stream.read(&mut buf)? > 0 {},
+        mode::SINK => while stream.read(&mut buf)? > 0 {},
         _ => loop {
             let n = stream.read(&mut buf)?;
             if n == 0 {
@@ -645,7 +643,7 @@ struct Sample {
     own_s_per_gib: f64,
 }
 
-const WAYS: [(&str, u8); 2] = [("up", MODE_SINK), ("down", MODE_SOURCE)];
+const WAYS: [(&str, u8); 2] = [("up", mode::SINK), ("down", mode::SOURCE)];
 
 impl Ceiling {
     fn measure(

@@ -22,11 +22,9 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use quictun::tls::{self, Identity, Verification};
 use quictun::transport::{self, TransportOptions};
+use quictun_bench::mode;
 use quinn::{Connection, RecvStream, SendStream};
 
-const MODE_ECHO: u8 = b'e';
-const MODE_SINK: u8 = b's';
-const MODE_SOURCE: u8 = b'g';
 /// Chunk handed to quinn by the sending side (one shared buffer, never copied).
 const CHUNK: usize = 64 * 1024;
 
@@ -101,8 +99,8 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream) -> Result<()> 
     recv.read_exact(&mut header).await?;
     let len = u64::from_be_bytes(header[1..].try_into()?);
     match header[0] {
-        MODE_SINK => while recv.read_chunk(usize::MAX, true).await?.is_some() {},
-        MODE_SOURCE => send_bytes(&mut send, len).await?,
+        mode::SINK => while recv.read_chunk(usize::MAX, true).await?.is_some() {},
+        mode::SOURCE => send_bytes(&mut send, len).await?,
         _ => {
             while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
                 send.write_chunk(chunk.bytes).await?;
@@ -151,7 +149,11 @@ async fn client(server: SocketAddr) -> Result<()> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let answer = match words.as_slice() {
             ["transfer", way, bytes, streams] => {
-                let mode = if *way == "up" { MODE_SINK } else { MODE_SOURCE };
+                let mode = if *way == "up" {
+                    mode::SINK
+                } else {
+                    mode::SOURCE
+                };
                 let seconds = transfer(&connection, mode, bytes.parse()?, streams.parse()?).await?;
                 format!("ok {seconds:.6}")
             }
@@ -193,7 +195,7 @@ async fn transfer(connection: &Connection, mode: u8, bytes: u64, streams: u64) -
             tokio::spawn(async move {
                 let (mut send, mut recv) = connection.open_bi().await?;
                 send.write_all(&header(mode, each)).await?;
-                if mode == MODE_SINK {
+                if mode == mode::SINK {
                     send_bytes(&mut send, each).await?;
                 }
                 send.finish()?;
@@ -201,7 +203,7 @@ async fn transfer(connection: &Connection, mode: u8, bytes: u64, streams: u64) -
                 while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
                     got += chunk.bytes.len() as u64;
                 }
-                if mode == MODE_SOURCE && got != each {
+                if mode == mode::SOURCE && got != each {
                     return Err(format!("received {got} of {each} bytes").into());
                 }
                 Result::Ok(())
@@ -219,7 +221,7 @@ async fn ttfb(connection: &Connection, n: usize) -> Result<Vec<f64>> {
     for _ in 0..n {
         let start = Instant::now();
         let (mut send, mut recv) = connection.open_bi().await?;
-        let mut first = header(MODE_ECHO, 0).to_vec();
+        let mut first = header(mode::ECHO, 0).to_vec();
         first.push(b'x');
         send.write_all(&first).await?;
         let mut byte = [0u8; 1];
@@ -232,7 +234,7 @@ async fn ttfb(connection: &Connection, n: usize) -> Result<Vec<f64>> {
 
 async fn echo(connection: &Connection, n: usize) -> Result<Vec<f64>> {
     let (mut send, mut recv) = connection.open_bi().await?;
-    send.write_all(&header(MODE_ECHO, 0)).await?;
+    send.write_all(&header(mode::ECHO, 0)).await?;
     let mut buf = [7u8; 1024];
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
