@@ -1,25 +1,36 @@
 //! quic-tun: carries TCP and UNIX-socket application connections as streams of one encrypted
 //! QUIC connection.
-pub mod addr;
+//!
+//! The map of the crate, bottom up (a module uses only those above it in this list):
+//!
+//! - [`wire`]: the bytes on the wire. Addresses, the per-stream handshake of both protocols
+//!   as pure encode/decode, and [`wire::handshake`], where the protocol is chosen from ALPN
+//!   and every token and answer is read or written on a QUIC stream.
+//! - [`plugins`]: loading token sources, token parsers and discriminators, and calling them
+//!   safely.
+//! - [`tls`]: who an endpoint is and whom it trusts: identities, fingerprints, known hosts,
+//!   certificate checks.
+//! - [`quic`]: QUIC endpoints and transport settings, and the registry of live connections.
+//! - [`tunnel`]: one tunnel's life: the registry the API lists, the relay between an
+//!   application socket and a QUIC stream, protocol sniffing, application sockets.
+//! - [`client`] and [`server`]: the two endpoints, built on the above; the client's
+//!   connection to the server and `--check` live with the client, the target policy with the
+//!   server.
+//! - [`api`]: the REST API, metrics and dashboard of either endpoint.
+//! - [`shutdown`]: the signal and the drain, one type for both endpoints.
+//! - [`cli`]: what the two binaries share: flags, `--config` files, logging, generated
+//!   completions and man pages, one-line errors.
 pub mod api;
-pub mod app;
-pub mod check;
 pub mod cli;
 pub mod client;
-pub mod config;
-pub mod congestion;
-pub mod connections;
-pub mod connector;
-pub mod generate;
-pub mod identity;
-pub mod known_hosts;
 mod lock;
 pub mod plugins;
-pub mod policy;
-pub mod relay;
+pub mod quic;
 pub mod server;
-pub mod sniff;
+pub mod shutdown;
 pub mod tls;
-pub mod transport;
 pub mod tunnel;
 pub mod wire;
+
+// Moves into its own crate (quictun-congestion).
+pub mod congestion;

@@ -312,61 +312,80 @@ async fn call<T: Send + 'static>(
     }
 }
 
-/// Loads a plugin of `kind` and builds its object from `config`.
-fn instantiate<B>(
-    arg: &str,
-    config: &str,
-    plugin_dir: Option<&Path>,
-    kind: PluginKind,
-    constructor: impl FnOnce(PluginModuleRef) -> Option<Constructor<B>>,
-) -> Result<(PluginInfo, B), LoadError> {
-    let (module, path) = load_module(arg, plugin_dir, kind)?;
-    let info = info(module, path);
-    let build = constructor(module.root).ok_or_else(|| LoadError::WrongKind {
-        path: info.path.clone(),
-        expected: kind,
-        found: "different".into(),
-    })?;
-    let object = build(config.into(), host_log(&info.name))
-        .into_result()
-        .map_err(|reason| LoadError::Init {
-            name: info.name.clone(),
+/// A loaded plugin: what is known about it, and its object, shared by every call.
+struct Loaded<B> {
+    info: PluginInfo,
+    object: Arc<B>,
+}
+
+impl<B> Loaded<B> {
+    /// Loads a plugin of `kind` and builds its object from `config`.
+    fn load(
+        arg: &str,
+        config: &str,
+        plugin_dir: Option<&Path>,
+        kind: PluginKind,
+        constructor: impl FnOnce(PluginModuleRef) -> Option<Constructor<B>>,
+    ) -> Result<Self, LoadError> {
+        let (module, path) = load_module(arg, plugin_dir, kind)?;
+        let info = info(module, path);
+        let build = constructor(module.root).ok_or_else(|| LoadError::WrongKind {
             path: info.path.clone(),
-            reason: reason.into(),
+            expected: kind,
+            found: "different".into(),
         })?;
-    Ok((info, object))
+        let object = build(config.into(), host_log(&info.name))
+            .into_result()
+            .map_err(|reason| LoadError::Init {
+                name: info.name.clone(),
+                path: info.path.clone(),
+                reason: reason.into(),
+            })?;
+        Ok(Loaded {
+            info,
+            object: Arc::new(object),
+        })
+    }
+}
+
+impl<B> Clone for Loaded<B> {
+    fn clone(&self) -> Self {
+        Loaded {
+            info: self.info.clone(),
+            object: self.object.clone(),
+        }
+    }
+}
+
+/// Plugin objects have no useful `Debug`: show what was loaded from where.
+impl<B> std::fmt::Debug for Loaded<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.info.fmt(f)
+    }
 }
 
 type Constructor<B> = extern "C" fn(RStr<'_>, HostLog) -> RResult<B, RString>;
 
 /// A loaded token-source plugin (client side).
-#[derive(Clone)]
-pub struct TokenSource {
-    info: PluginInfo,
-    plugin: Arc<TokenSourceBox>,
-}
+#[derive(Clone, Debug)]
+pub struct TokenSource(Loaded<TokenSourceBox>);
 
 impl TokenSource {
     /// Loads `arg` (a built-in name or a path) and builds it from `config`.
     pub fn load(arg: &str, config: &str, plugin_dir: Option<&Path>) -> Result<Self, LoadError> {
-        let (info, plugin) = instantiate(arg, config, plugin_dir, PluginKind::TokenSource, |m| {
-            m.new_token_source()
-        })?;
-        Ok(Self {
-            info,
-            plugin: Arc::new(plugin),
-        })
+        let kind = PluginKind::TokenSource;
+        Loaded::load(arg, config, plugin_dir, kind, |m| m.new_token_source()).map(Self)
     }
 
     pub fn info(&self) -> &PluginInfo {
-        &self.info
+        &self.0.info
     }
 
     /// The token for a connection from `client_addr`.
     pub async fn token(&self, client_addr: &str) -> Result<Vec<u8>, PluginError> {
-        let plugin = self.plugin.clone();
+        let plugin = self.0.object.clone();
         let client_addr = client_addr.to_owned();
-        call(&self.info, move || {
+        call(self.info(), move || {
             plugin.token(client_addr.as_str().into()).map(Into::into)
         })
         .await
@@ -374,32 +393,24 @@ impl TokenSource {
 }
 
 /// A loaded token-parser plugin (server side).
-#[derive(Clone)]
-pub struct TokenParser {
-    info: PluginInfo,
-    plugin: Arc<TokenParserBox>,
-}
+#[derive(Clone, Debug)]
+pub struct TokenParser(Loaded<TokenParserBox>);
 
 impl TokenParser {
     /// Loads `arg` (a built-in name or a path) and builds it from `config`.
     pub fn load(arg: &str, config: &str, plugin_dir: Option<&Path>) -> Result<Self, LoadError> {
-        let (info, plugin) = instantiate(arg, config, plugin_dir, PluginKind::TokenParser, |m| {
-            m.new_token_parser()
-        })?;
-        Ok(Self {
-            info,
-            plugin: Arc::new(plugin),
-        })
+        let kind = PluginKind::TokenParser;
+        Loaded::load(arg, config, plugin_dir, kind, |m| m.new_token_parser()).map(Self)
     }
 
     pub fn info(&self) -> &PluginInfo {
-        &self.info
+        &self.0.info
     }
 
     /// The target address a token names, as text.
     pub async fn target(&self, token: Vec<u8>) -> Result<String, PluginError> {
-        let plugin = self.plugin.clone();
-        call(&self.info, move || {
+        let plugin = self.0.object.clone();
+        call(self.info(), move || {
             plugin.target(token.as_slice().into()).map(Into::into)
         })
         .await
@@ -407,31 +418,24 @@ impl TokenParser {
 }
 
 /// A loaded protocol-discriminator plugin (both sides).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Discriminator {
-    info: PluginInfo,
+    plugin: Loaded<DiscriminatorBox>,
     protocol: String,
-    plugin: Arc<DiscriminatorBox>,
 }
 
 impl Discriminator {
     /// Loads `NAME_OR_PATH[=CONFIG]`.
     pub fn load(arg: &str, plugin_dir: Option<&Path>) -> Result<Self, LoadError> {
         let (name, config) = arg.split_once('=').unwrap_or((arg, ""));
-        let (info, plugin) =
-            instantiate(name, config, plugin_dir, PluginKind::Discriminator, |m| {
-                m.new_discriminator()
-            })?;
-        let protocol = plugin.protocol().into();
-        Ok(Self {
-            info,
-            protocol,
-            plugin: Arc::new(plugin),
-        })
+        let kind = PluginKind::Discriminator;
+        let plugin = Loaded::load(name, config, plugin_dir, kind, |m| m.new_discriminator())?;
+        let protocol = plugin.object.protocol().into();
+        Ok(Self { plugin, protocol })
     }
 
     pub fn info(&self) -> &PluginInfo {
-        &self.info
+        &self.plugin.info
     }
 
     /// The protocol this discriminator recognises, e.g. `spice`.
@@ -441,25 +445,7 @@ impl Discriminator {
 
     /// A fresh state for one tunnel.
     pub fn session(&self) -> Result<DiscriminatorSessionBox, PluginError> {
-        self.plugin.session().into_result()
-    }
-}
-
-impl std::fmt::Debug for Discriminator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Discriminator").field(&self.info).finish()
-    }
-}
-
-impl std::fmt::Debug for TokenSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("TokenSource").field(&self.info).finish()
-    }
-}
-
-impl std::fmt::Debug for TokenParser {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("TokenParser").field(&self.info).finish()
+        self.plugin.object.session().into_result()
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use quictun::api::{self, ApiState};
-use quictun::relay::Side;
+use quictun::tunnel::Side;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use webdriver::{Browser, Failure};
 

@@ -10,13 +10,13 @@ use std::net::SocketAddr;
 
 use common::*;
 use quictun::plugins::TokenParser;
-use quictun::policy::Policy;
+use quictun::server::policy::Policy;
 use quictun::tls::Verification;
 use quictun::wire::{ALPN_LEGACY, encode_legacy_token};
 
 /// A connection as the original's client makes it: ALPN `quic-tun` only.
 async fn legacy_connection(server: SocketAddr) -> quinn::Connection {
-    let endpoint = quictun::transport::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let endpoint = quictun::quic::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
     let crypto =
         quictun::tls::client_crypto_offering(&Verification::Insecure, None, &[ALPN_LEGACY])
             .unwrap();
@@ -146,7 +146,7 @@ enum OriginalCert {
     /// that shows a certificate it does not hold the key of.
     DefaultWithoutItsKey,
     /// A certificate given to it with `--cert-file/--key-file`.
-    Given(quictun::identity::Identity),
+    Given(quictun::tls::Identity),
 }
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -236,8 +236,7 @@ async fn original_server(cert: OriginalCert) -> (SocketAddr, tokio::task::JoinHa
     crypto.alpn_protocols = vec![ALPN_LEGACY.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).unwrap();
     let config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(quic));
-    let endpoint =
-        quictun::transport::endpoint("127.0.0.1:0".parse().unwrap(), Some(config)).unwrap();
+    let endpoint = quictun::quic::endpoint("127.0.0.1:0".parse().unwrap(), Some(config)).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let task = tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
@@ -320,7 +319,7 @@ async fn handshake(
     server: SocketAddr,
     verification: &Verification,
 ) -> Result<quinn::Connection, quinn::ConnectionError> {
-    let endpoint = quictun::transport::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let endpoint = quictun::quic::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
     let crypto = quictun::tls::client_crypto(verification, None).unwrap();
     let connecting = endpoint
         .connect_with(quinn::ClientConfig::new(crypto), server, "127.0.0.1")
@@ -330,7 +329,7 @@ async fn handshake(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_original_default_certificate_is_accepted_only_from_the_holder_of_its_key() {
-    let pinned = Verification::Pinned(quictun::identity::Fingerprint::of(&original_default_cert()));
+    let pinned = Verification::Pinned(quictun::tls::Fingerprint::of(&original_default_cert()));
     // Pinned: the 1024-bit key's RSA-PSS signature is checked, and the tunnel works.
     let (server, _task) = original_server(OriginalCert::Default).await;
     let app = app_server_tcp(Behaviour::Echo).await;
@@ -344,7 +343,7 @@ async fn a_pinned_original_default_certificate_is_accepted_only_from_the_holder_
     );
     let connection = handshake(server, &pinned).await.unwrap();
     assert_eq!(
-        quictun::transport::negotiated_alpn(&connection).as_deref(),
+        quictun::wire::handshake::negotiated_alpn(&connection).as_deref(),
         Some(ALPN_LEGACY)
     );
 
@@ -356,8 +355,8 @@ async fn a_pinned_original_default_certificate_is_accepted_only_from_the_holder_
     handshake(impostor, &Verification::Insecure).await.unwrap();
 
     // Another pin: refused, naming both fingerprints.
-    let other = quictun::identity::Fingerprint::of(
-        &quictun::identity::Identity::self_signed(&["localhost"])
+    let other = quictun::tls::Fingerprint::of(
+        &quictun::tls::Identity::self_signed(&["localhost"])
             .unwrap()
             .chain[0],
     );
@@ -375,7 +374,7 @@ async fn an_original_server_with_a_ca_signed_certificate_is_verified_by_the_ca()
     let ca = Ca::new(&dir, "legacy");
     let leaf = ca.leaf(&dir, "original-server", &["localhost", "127.0.0.1"]);
     let (server, _task) = original_server(OriginalCert::Given(leaf)).await;
-    let roots = quictun::identity::load_roots(&ca.ca_file(&dir)).unwrap();
+    let roots = quictun::tls::load_roots(&ca.ca_file(&dir)).unwrap();
     let app = app_server_tcp(Behaviour::Echo).await;
     let client = start_client_custom(local_tcp(), server, &app.addr.to_string(), |config| {
         config.verification = Verification::Pki(roots.clone());
@@ -387,7 +386,7 @@ async fn an_original_server_with_a_ca_signed_certificate_is_verified_by_the_ca()
     );
     // Another CA's roots do not vouch for it.
     let other = Ca::new(&dir, "other");
-    let other_roots = quictun::identity::load_roots(&other.ca_file(&dir)).unwrap();
+    let other_roots = quictun::tls::load_roots(&other.ca_file(&dir)).unwrap();
     let error = handshake(server, &Verification::Pki(other_roots))
         .await
         .unwrap_err()
@@ -397,7 +396,7 @@ async fn an_original_server_with_a_ca_signed_certificate_is_verified_by_the_ca()
 
 /// The original's server closes both directions at the first EOF, so applications behind it
 /// read their whole answer before they close.
-async fn echo_without_half_close(addr: &quictun::addr::Address, data: &[u8]) -> Vec<u8> {
+async fn echo_without_half_close(addr: &quictun::wire::addr::Address, data: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut reader, mut writer) = connect_tcp(addr).await.into_split();
     let sent = data.to_vec();
@@ -451,7 +450,7 @@ async fn a_token_too_long_for_the_original_block_is_refused_not_cut() {
 /// certificate from the command line.
 async fn check_original(server: SocketAddr, token: &str) -> std::process::Output {
     let state = TempDir::new("legacy-check");
-    let pin = quictun::identity::Fingerprint::of(&original_default_cert()).to_string();
+    let pin = quictun::tls::Fingerprint::of(&original_default_cert()).to_string();
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_quictun-client"))
         .args(["--check", "--server-endpoint", &server.to_string()])
         .args(["--server-cert-fingerprint", &pin, "--token-source", token])

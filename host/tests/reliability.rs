@@ -122,7 +122,7 @@ fn free_tcp_port() -> u16 {
         .port()
 }
 
-async fn echo_once(addr: &quictun::addr::Address, data: &[u8]) -> std::io::Result<Vec<u8>> {
+async fn echo_once(addr: &quictun::wire::addr::Address, data: &[u8]) -> std::io::Result<Vec<u8>> {
     exchange(connect(addr).await, data.to_vec()).await
 }
 
@@ -157,7 +157,7 @@ async fn a_killed_and_restarted_server_is_reached_again_without_restarting_the_c
         ],
     );
     client.wait_for("client ready", Duration::from_secs(20));
-    let listen: quictun::addr::Address = listen.parse().unwrap();
+    let listen: quictun::wire::addr::Address = listen.parse().unwrap();
     assert_eq!(
         within(30, echo_once(&listen, b"before")).await.unwrap(),
         b"before"
@@ -231,7 +231,7 @@ async fn sigterm_lets_open_tunnels_finish_then_exits_zero() {
         ],
     );
     client.wait_for("client ready", Duration::from_secs(20));
-    let listen: quictun::addr::Address = listen.parse().unwrap();
+    let listen: quictun::wire::addr::Address = listen.parse().unwrap();
 
     // A tunnel in the middle of its work when the server is told to stop.
     let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();

@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use quictun::identity::{Fingerprint, Identity, load_roots};
 use quictun::plugins::TokenParser;
-use quictun::policy::Policy;
+use quictun::server::policy::Policy;
 use quictun::server::{Server, ServerConfig};
 use quictun::tls::Verification;
+use quictun::tls::{Fingerprint, Identity, load_roots};
 use quictun::wire::Status;
 
 fn server(
@@ -45,7 +45,7 @@ async fn tunnel_works(
     identity: Option<Identity>,
 ) -> Result<(), String> {
     let app = app_server_tcp(Behaviour::Echo).await;
-    let endpoint = quictun::transport::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let endpoint = quictun::quic::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
     let crypto = quictun::tls::client_crypto(verification, identity).map_err(|e| e.to_string())?;
     let connecting = endpoint
         .connect_with(quinn::ClientConfig::new(crypto), server, "localhost")
@@ -56,9 +56,12 @@ async fn tunnel_works(
     frame.extend_from_slice(b"hello");
     send.write_all(&frame).await.map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
-    let answer = within(10, quictun::relay::read_answer(&mut recv))
-        .await
-        .map_err(|e| e.to_string())?;
+    let answer = within(
+        10,
+        quictun::wire::handshake::read_answer(&mut recv, quictun::wire::handshake::Protocol::V2),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     if answer.status != Status::Ok {
         return Err(answer.reason);
     }
@@ -186,7 +189,7 @@ async fn the_allow_list_decides_for_tcp_and_unix_targets() {
     let allowed_dir = dir.join("allowed");
     std::fs::create_dir_all(&allowed_dir).unwrap();
     let app = app_server_tcp(Behaviour::Echo).await;
-    let quictun::addr::Address::Tcp(app_hp) = &app.addr else {
+    let quictun::wire::addr::Address::Tcp(app_hp) = &app.addr else {
         unreachable!()
     };
     let unix_allowed = tokio::net::UnixListener::bind(allowed_dir.join("ok.sock")).unwrap();
@@ -278,9 +281,12 @@ async fn a_one_mib_token_is_refused_from_its_header() {
     let writer = tokio::spawn(async move {
         let _ = send.write_all(&huge).await;
     });
-    let answer = within(10, quictun::relay::read_answer(&mut recv))
-        .await
-        .unwrap();
+    let answer = within(
+        10,
+        quictun::wire::handshake::read_answer(&mut recv, quictun::wire::handshake::Protocol::V2),
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.status, Status::BadToken);
     assert!(answer.reason.contains("65535"), "{}", answer.reason);
     within(10, writer).await.unwrap();
@@ -309,7 +315,7 @@ async fn idle_connections_hit_the_limit_and_the_server_stays_responsive() {
     for _ in 0..3 {
         idle.push(raw_connection(addr).await);
     }
-    let endpoint = quictun::transport::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let endpoint = quictun::quic::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
     let crypto = quictun::tls::client_crypto(&Verification::Insecure, None).unwrap();
     let fourth = endpoint
         .connect_with(quinn::ClientConfig::new(crypto), addr, "localhost")

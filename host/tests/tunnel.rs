@@ -5,8 +5,8 @@ mod common;
 
 use base64::Engine;
 use common::*;
-use quictun::addr::Address;
 use quictun::wire::Status;
+use quictun::wire::addr::Address;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIG: usize = 64 * 1024 * 1024;
@@ -178,7 +178,10 @@ async fn bad_token_lengths_are_status_2_and_the_server_keeps_serving() {
     frame.extend_from_slice(b"still here");
     send.write_all(&frame).await.unwrap();
     send.finish().unwrap();
-    let answer = quictun::relay::read_answer(&mut recv).await.unwrap();
+    let answer =
+        quictun::wire::handshake::read_answer(&mut recv, quictun::wire::handshake::Protocol::V2)
+            .await
+            .unwrap();
     assert_eq!(answer.status, Status::Ok);
     let echoed = within(30, recv.read_to_end(1024)).await.unwrap();
     assert_eq!(echoed, b"still here");
@@ -241,7 +244,7 @@ async fn a_panicking_parser_fails_only_its_tunnel_with_status_5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_congestion_controller_carries_the_bytes_exactly() {
     use quictun::plugins::TokenParser;
-    use quictun::transport::{Congestion, TransportOptions};
+    use quictun::quic::{Congestion, TransportOptions};
     let app = app_server_tcp(Behaviour::Echo).await;
     for congestion in [
         Congestion::Cubic,

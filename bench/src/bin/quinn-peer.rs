@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use quictun::quic::{self, TransportOptions};
 use quictun::tls::{self, Identity, Verification};
-use quictun::transport::{self, TransportOptions};
 use quictun_bench::mode;
 use quinn::{Connection, RecvStream, SendStream};
 
@@ -78,7 +78,7 @@ async fn serve(listen: SocketAddr) -> Result<()> {
         ..TransportOptions::default()
     };
     config.transport_config(Arc::new(options.build()?));
-    let endpoint = transport::endpoint(listen, Some(config))?;
+    let endpoint = quic::endpoint(listen, Some(config))?;
     println!("listening {}", endpoint.local_addr()?);
     std::io::stdout().flush()?;
     while let Some(incoming) = endpoint.accept().await {
@@ -133,7 +133,7 @@ async fn client(server: SocketAddr) -> Result<()> {
     } else {
         "0.0.0.0:0".parse()?
     };
-    let endpoint = transport::endpoint(local, None)?;
+    let endpoint = quic::endpoint(local, None)?;
     let connection = endpoint.connect_with(config, server, "localhost")?.await?;
     println!("connected");
     std::io::stdout().flush()?;

@@ -104,7 +104,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::relay::Side;
+    use crate::tunnel::Side;
     use crate::tunnel::TunnelSpec;
 
     fn tunnel() -> Arc<Tunnel> {

@@ -5,14 +5,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
-use quictun::addr::{Address, HostPort};
 use quictun::api::{self, ApiListen, ApiState};
-use quictun::check::{self, CheckConfig};
 use quictun::cli::{self, CommonArgs, parse_duration};
+use quictun::client::check::{self, CheckConfig};
 use quictun::client::{Client, ClientConfig};
 use quictun::plugins::TokenSource;
-use quictun::relay::Side;
+use quictun::shutdown::Shutdown;
 use quictun::tls::{Fingerprint, Verification};
+use quictun::tunnel::Side;
+use quictun::wire::addr::{Address, HostPort};
 use tracing::{info, warn};
 
 /// Client endpoint of quic-tun: accepts TCP or UNIX-socket connections and carries each as one
@@ -139,7 +140,7 @@ async fn check(args: Args, verification: Verification, source: TokenSource) -> a
         transport: args.common.transport(0),
         handshake_timeout: args.handshake_timeout,
     };
-    check::run(config, &mut std::io::stdout()).await
+    Ok(check::run(config, &mut std::io::stdout()).await?)
 }
 
 fn main() -> ExitCode {
@@ -178,11 +179,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     let handle = client.handle();
     // Dropping `run` closes the listener (and removes a UNIX socket file).
-    tokio::select! {
-        _ = client.run() => {}
-        _ = cli::shutdown_signal() => info!("shutting down"),
-    }
-    let cut = handle.shutdown(args.common.drain_timeout).await;
-    info!(tunnels_cut = cut, "stopped");
+    Shutdown::new(args.common.drain_timeout)
+        .run(client.run(), handle)
+        .await;
     Ok(())
 }

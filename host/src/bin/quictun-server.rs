@@ -8,12 +8,13 @@ use std::time::Duration;
 use clap::Parser;
 use quictun::api::{self, ApiListen, ApiState};
 use quictun::cli::{self, CommonArgs, parse_duration};
-use quictun::identity;
 use quictun::plugins::TokenParser;
-use quictun::policy::Policy;
-use quictun::relay::Side;
+use quictun::server::policy::Policy;
 use quictun::server::{Server, ServerConfig};
+use quictun::shutdown::Shutdown;
+use quictun::tls;
 use quictun::tls::Identity;
+use quictun::tunnel::Side;
 use tracing::{info, warn};
 
 /// Server endpoint of quic-tun: carries TCP and UNIX-socket connections over one QUIC
@@ -78,7 +79,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     let identity = match args.common.own_identity()? {
         Some(identity) => identity,
-        None => Identity::load_or_create(&args.common.state_dir()).map_err(anyhow::Error::msg)?,
+        None => Identity::load_or_create(&args.common.state_dir())?,
     };
     let parser = TokenParser::load(
         &args.token_parser_plugin,
@@ -97,10 +98,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         discriminators: args.common.discriminators()?,
         policy: policy.clone(),
         client_roots,
-        reset_key: Some(
-            identity::load_or_create_reset_key(&args.common.state_dir())
-                .map_err(anyhow::Error::msg)?,
-        ),
+        reset_key: Some(tls::load_or_create_reset_key(&args.common.state_dir())?),
     })?;
     if let ApiListen(Some(listen)) = &args.httpd_listen_on {
         let state = ApiState::new(Side::Server, server.registry(), server.connections());
@@ -110,11 +108,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         warn!("no --allow-target rule: this server relays to any address a client names");
     }
     let handle = server.handle();
-    tokio::select! {
-        _ = server.run() => {}
-        _ = cli::shutdown_signal() => info!("shutting down"),
-    }
-    let cut = handle.shutdown(args.common.drain_timeout).await;
-    info!(tunnels_cut = cut, "stopped");
+    Shutdown::new(args.common.drain_timeout)
+        .run(server.run(), handle)
+        .await;
     Ok(())
 }

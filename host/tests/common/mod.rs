@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use quictun::addr::Address;
 use quictun::client::{Client, ClientConfig};
-use quictun::connections::ConnectionRegistry;
 use quictun::plugins::{Discriminator, TokenParser, TokenSource};
+use quictun::quic::TransportOptions;
+use quictun::quic::connections::ConnectionRegistry;
 use quictun::server::{Server, ServerConfig};
 use quictun::tls::{Identity, Verification};
-use quictun::transport::TransportOptions;
 use quictun::tunnel::TunnelRegistry;
+use quictun::wire::addr::Address;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
@@ -413,7 +413,7 @@ pub async fn within<T>(secs: u64, future: impl std::future::Future<Output = T>) 
 
 /// A bare QUIC connection to a server, for speaking the wire protocol by hand.
 pub async fn raw_connection(server: SocketAddr) -> quinn::Connection {
-    let endpoint = quictun::transport::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let endpoint = quictun::quic::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
     let crypto = quictun::tls::client_crypto(&Verification::Insecure, None).unwrap();
     let config = quinn::ClientConfig::new(crypto);
     endpoint
@@ -427,10 +427,10 @@ pub async fn raw_connection(server: SocketAddr) -> quinn::Connection {
 pub async fn raw_answer(
     connection: &quinn::Connection,
     bytes: &[u8],
-) -> Result<quictun::wire::Answer, quictun::relay::Abort> {
+) -> Result<quictun::wire::Answer, quictun::wire::handshake::HandshakeError> {
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
     send.write_all(bytes).await.unwrap();
-    quictun::relay::read_answer(&mut recv).await
+    quictun::wire::handshake::read_answer(&mut recv, quictun::wire::handshake::Protocol::V2).await
 }
 
 /// A `quic-tun/2` token frame.

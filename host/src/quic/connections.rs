@@ -91,6 +91,22 @@ impl ConnectionRegistry {
         lock(&self.live).len()
     }
 
+    /// Waits up to `limit` for a handshake to complete; a failure is counted under its
+    /// reason.
+    pub async fn handshake(
+        &self,
+        connecting: impl IntoFuture<Output = Result<Connection, ConnectionError>>,
+        limit: Duration,
+    ) -> Result<Connection, HandshakeFailure> {
+        let failure = match tokio::time::timeout(limit, connecting).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(error)) => HandshakeFailure::Failed(error),
+            Err(_) => HandshakeFailure::TimedOut(limit),
+        };
+        self.handshake_failed(failure.reason());
+        Err(failure)
+    }
+
     /// Counts a failed handshake under a short reason.
     pub fn handshake_failed(&self, reason: &'static str) {
         *lock(&self.handshake_failures).entry(reason).or_default() += 1;
@@ -105,8 +121,26 @@ impl ConnectionRegistry {
     }
 }
 
-/// The short reason a handshake failed, for the metrics.
-pub fn handshake_failure_reason(error: &ConnectionError) -> &'static str {
+/// Why a handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeFailure {
+    #[error("{0}")]
+    Failed(ConnectionError),
+    #[error("no handshake within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl HandshakeFailure {
+    /// The short reason the metrics count it under.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HandshakeFailure::Failed(error) => failure_reason(error),
+            HandshakeFailure::TimedOut(_) => "timeout",
+        }
+    }
+}
+
+fn failure_reason(error: &ConnectionError) -> &'static str {
     match error {
         ConnectionError::TimedOut => "timeout",
         // TLS alerts travel as CRYPTO_ERROR codes 0x0100-0x01ff (RFC 9000 §20.1).

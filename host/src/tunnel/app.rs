@@ -15,7 +15,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-use crate::addr::Address;
+use crate::wire::addr::Address;
 
 /// Most chunks handed to one vectored write.
 pub const WRITE_BATCH: usize = 32;

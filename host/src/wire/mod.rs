@@ -1,5 +1,7 @@
-//! The per-stream handshakes of both wire protocols, as pure encode/decode over bytes
-//! (SPEC §6). A buffer that is too short decodes to `None` ("need more"), never an error.
+//! The bytes on the wire (SPEC §3, §6): [`addr`] for the addresses tokens and flags name,
+//! this module for the per-stream handshakes of both protocols as pure encode/decode over
+//! bytes, and [`handshake`] for reading and writing them on QUIC streams. A buffer that is too
+//! short decodes to `None` ("need more"), never an error.
 //!
 //! ALPN picks the protocol for the whole QUIC connection:
 //!
@@ -9,6 +11,9 @@
 //!   and a one-byte answer.
 
 use quinn::VarInt;
+
+pub mod addr;
+pub mod handshake;
 
 /// ALPN of our protocol.
 pub const ALPN_V2: &[u8] = b"quic-tun/2";
@@ -109,6 +114,18 @@ impl ErrorCode {
             4 => ErrorCode::ClosedByOperator,
             _ => return None,
         })
+    }
+
+    /// How logs name a code that came from the peer.
+    pub fn describe(code: VarInt) -> String {
+        match ErrorCode::from_varint(code) {
+            Some(ErrorCode::Done) => "done".into(),
+            Some(ErrorCode::AppReset) => "application connection reset".into(),
+            Some(ErrorCode::ProtocolViolation) => "protocol violation".into(),
+            Some(ErrorCode::Shutdown) => "endpoint shutting down".into(),
+            Some(ErrorCode::ClosedByOperator) => "closed by the operator".into(),
+            None => format!("code {code}"),
+        }
     }
 }
 

@@ -10,15 +10,14 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use quinn::{Connection, Endpoint};
+use quinn::{Connection, ConnectionError, Endpoint};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::addr::{Host, HostPort};
-use crate::connections::{ConnectionRegistry, handshake_failure_reason};
-use crate::transport;
+use crate::quic;
+use crate::quic::connections::{ConnectionRegistry, HandshakeFailure};
+use crate::wire::addr::{Host, HostPort};
 
 /// First pause after a failed attempt; it doubles up to the configured maximum.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -32,6 +31,75 @@ enum State {
     Up(Connection),
     /// The last attempt failed, or the connection was lost; why.
     Down(String),
+}
+
+/// Why an attempt to connect to the server failed: one line naming the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot resolve server {server}: {source}")]
+    Resolve {
+        server: HostPort,
+        source: std::io::Error,
+    },
+    #[error("server {server} resolves to no address")]
+    NoAddress { server: HostPort },
+    #[error("cannot open a UDP socket: {0}")]
+    Socket(std::io::Error),
+    #[error("cannot connect to server {server}: {source}")]
+    Start {
+        server: HostPort,
+        source: quinn::ConnectError,
+    },
+    #[error("cannot connect to server {server}: {source}")]
+    Handshake {
+        server: HostPort,
+        source: ConnectionError,
+    },
+    #[error("no handshake with server {server} within {limit:?}")]
+    Timeout { server: HostPort, limit: Duration },
+    /// One address of several failed.
+    #[error("{attempt}: {source}")]
+    Address {
+        attempt: Box<Attempt>,
+        source: Box<ConnectError>,
+    },
+    /// `--check` tried every address.
+    #[error("no address of server {server} answered: {}", list(.failures))]
+    NoneAnswered {
+        server: HostPort,
+        failures: Vec<(SocketAddr, ConnectError)>,
+    },
+}
+
+/// Which of the server's addresses an attempt tried, and which the next one tries.
+#[derive(Debug)]
+pub struct Attempt {
+    server: HostPort,
+    addr: SocketAddr,
+    position: usize,
+    count: usize,
+    next: SocketAddr,
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Attempt {
+            server,
+            addr,
+            position,
+            count,
+            next,
+        } = self;
+        write!(
+            f,
+            "{server} at {addr} ({position} of {count} addresses; the next attempt tries {next})"
+        )
+    }
+}
+
+fn list(failures: &[(SocketAddr, ConnectError)]) -> String {
+    let each: Vec<String> = failures.iter().map(|(a, e)| format!("{a}: {e}")).collect();
+    each.join("; ")
 }
 
 /// Settings of the connector.
@@ -138,8 +206,8 @@ impl Supervisor {
                 }
                 Err(error) => {
                     let pause = jitter(backoff);
-                    warn!("{error:#}; next attempt in {pause:?}");
-                    self.state.send_replace(State::Down(format!("{error:#}")));
+                    warn!("{error}; next attempt in {pause:?}");
+                    self.state.send_replace(State::Down(error.to_string()));
                     tokio::time::sleep(pause).await;
                     backoff = (backoff * 2).min(max_backoff);
                 }
@@ -175,27 +243,30 @@ impl Dialer {
     }
 
     /// One attempt: resolves the server and completes the handshake within the time-out.
-    pub async fn connect(&mut self) -> anyhow::Result<Connection> {
+    pub async fn connect(&mut self) -> Result<Connection, ConnectError> {
         let addrs = self.resolve().await?;
         self.connect_among(&addrs).await
     }
 
     /// Tries each of the server's addresses in turn until one completes a handshake: for the
     /// one-shot check, which has no next attempt.
-    pub async fn connect_any(&mut self) -> anyhow::Result<Connection> {
+    pub async fn connect_any(&mut self) -> Result<Connection, ConnectError> {
         let addrs = self.resolve().await?;
         self.try_each(&addrs).await
     }
 
-    async fn resolve(&self) -> anyhow::Result<Vec<SocketAddr>> {
+    async fn resolve(&self) -> Result<Vec<SocketAddr>, ConnectError> {
         let server = &self.config.server;
         server
             .resolve()
             .await
-            .with_context(|| format!("cannot resolve server {server}"))
+            .map_err(|source| ConnectError::Resolve {
+                server: server.clone(),
+                source,
+            })
     }
 
-    async fn try_each(&mut self, addrs: &[SocketAddr]) -> anyhow::Result<Connection> {
+    async fn try_each(&mut self, addrs: &[SocketAddr]) -> Result<Connection, ConnectError> {
         if addrs.len() <= 1 {
             return self.connect_among(addrs).await;
         }
@@ -203,21 +274,20 @@ impl Dialer {
         for &addr in addrs {
             match self.connect_to(addr).await {
                 Ok(connection) => return Ok(connection),
-                Err(error) => failures.push(format!("{addr}: {error:#}")),
+                Err(error) => failures.push((addr, error)),
             }
         }
-        let server = &self.config.server;
-        anyhow::bail!(
-            "no address of server {server} answered: {}",
-            failures.join("; ")
-        )
+        Err(ConnectError::NoneAnswered {
+            server: self.config.server.clone(),
+            failures,
+        })
     }
 
     /// One attempt to one of `addrs`, the server's addresses (see [`Dialer`]).
-    async fn connect_among(&mut self, addrs: &[SocketAddr]) -> anyhow::Result<Connection> {
+    async fn connect_among(&mut self, addrs: &[SocketAddr]) -> Result<Connection, ConnectError> {
         let server = self.config.server.clone();
         if addrs.is_empty() {
-            anyhow::bail!("server {server} resolves to no address");
+            return Err(ConnectError::NoAddress { server });
         }
         let index = self.next % addrs.len();
         match self.connect_to(addrs[index]).await {
@@ -227,20 +297,23 @@ impl Dialer {
             }
             Err(error) if addrs.len() > 1 => {
                 self.next = index + 1;
-                let next = addrs[self.next % addrs.len()];
-                Err(error.context(format!(
-                    "{server} at {} ({} of {} addresses; the next attempt tries {next})",
-                    addrs[index],
-                    index + 1,
-                    addrs.len()
-                )))
+                Err(ConnectError::Address {
+                    attempt: Box::new(Attempt {
+                        server,
+                        addr: addrs[index],
+                        position: index + 1,
+                        count: addrs.len(),
+                        next: addrs[self.next % addrs.len()],
+                    }),
+                    source: Box::new(error),
+                })
             }
             Err(error) => Err(error),
         }
     }
 
     /// Completes a handshake with the server at `addr` within the time-out.
-    async fn connect_to(&mut self, addr: SocketAddr) -> anyhow::Result<Connection> {
+    async fn connect_to(&mut self, addr: SocketAddr) -> Result<Connection, ConnectError> {
         let server = self.config.server.clone();
         let name = match &server.host {
             Host::Name(name) => name.clone(),
@@ -249,19 +322,18 @@ impl Dialer {
         let connecting = self
             .endpoint_for(addr)?
             .connect_with(self.config.quic.clone(), addr, &name)
-            .with_context(|| format!("cannot connect to server {server}"))?;
-        let connection = match tokio::time::timeout(self.config.handshake_timeout, connecting).await
-        {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => {
-                self.registry
-                    .handshake_failed(handshake_failure_reason(&error));
-                anyhow::bail!("cannot connect to server {server}: {error}");
+            .map_err(|source| ConnectError::Start {
+                server: server.clone(),
+                source,
+            })?;
+        let limit = self.config.handshake_timeout;
+        let connection = match self.registry.handshake(connecting, limit).await {
+            Ok(connection) => connection,
+            Err(HandshakeFailure::Failed(source)) => {
+                return Err(ConnectError::Handshake { server, source });
             }
-            Err(_) => {
-                self.registry.handshake_failed("timeout");
-                let limit = self.config.handshake_timeout;
-                anyhow::bail!("no handshake with server {server} within {limit:?}");
+            Err(HandshakeFailure::TimedOut(limit)) => {
+                return Err(ConnectError::Timeout { server, limit });
             }
         };
         info!(server = %server, remote_endpoint = %addr, "connected to server");
@@ -281,7 +353,7 @@ impl Dialer {
     }
 
     /// The client's UDP endpoint for the server address's family, opened on first use.
-    fn endpoint_for(&mut self, server: SocketAddr) -> anyhow::Result<Endpoint> {
+    fn endpoint_for(&mut self, server: SocketAddr) -> Result<Endpoint, ConnectError> {
         let (slot, local) = match server {
             SocketAddr::V4(_) => (0, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
             SocketAddr::V6(_) => (1, SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))),
@@ -289,7 +361,7 @@ impl Dialer {
         if let Some(endpoint) = &self.endpoints[slot] {
             return Ok(endpoint.clone());
         }
-        let endpoint = transport::endpoint(local, None).context("cannot open a UDP socket")?;
+        let endpoint = quic::endpoint(local, None).map_err(ConnectError::Socket)?;
         self.endpoints[slot] = Some(endpoint.clone());
         Ok(endpoint)
     }
@@ -306,7 +378,7 @@ fn jitter(pause: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Identity;
+    use crate::tls::Identity;
     use crate::tls::{self, Verification};
 
     /// A server whose name resolves to two addresses, the first with nothing behind it (here
@@ -319,7 +391,7 @@ mod tests {
         let crypto = tls::server_crypto(identity, None).unwrap();
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let server =
-            transport::endpoint(listen, Some(quinn::ServerConfig::with_crypto(crypto))).unwrap();
+            quic::endpoint(listen, Some(quinn::ServerConfig::with_crypto(crypto))).unwrap();
         let live = server.local_addr().unwrap();
         tokio::spawn(async move {
             while let Some(incoming) = server.accept().await {
@@ -339,7 +411,7 @@ mod tests {
             quic: crate::client::quic_config(
                 &Verification::Insecure,
                 None,
-                &transport::TransportOptions::default(),
+                &quic::TransportOptions::default(),
             )
             .unwrap(),
             handshake_timeout: Duration::from_millis(300),
@@ -349,7 +421,7 @@ mod tests {
         let addrs = [dead, live];
 
         let error = dialer.connect_among(&addrs).await.unwrap_err();
-        let message = format!("{error:#}");
+        let message = error.to_string();
         let expected = format!(
             "tunnel.test:{} at {dead} (1 of 2 addresses; the next attempt tries {live}): ",
             live.port()
@@ -373,7 +445,7 @@ mod tests {
             .and_then(|socket| socket.local_addr())
             .unwrap(); // closed again: nothing answers there
         let error = check.try_each(&[dead, also_dead]).await.unwrap_err();
-        let message = format!("{error:#}");
+        let message = error.to_string();
         assert!(
             message.starts_with(&format!(
                 "no address of server tunnel.test:{} answered: {dead}: ",

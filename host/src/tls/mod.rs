@@ -14,11 +14,17 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-pub use crate::identity::{Fingerprint, Identity};
-use crate::known_hosts::KnownHosts;
 use crate::wire::{ALPN_LEGACY, ALPN_V2};
+use known_hosts::KnownHosts;
 
+mod identity;
+mod known_hosts;
 mod small_rsa;
+
+pub use identity::{
+    Fingerprint, Identity, IdentityError, create_private_dir, default_state_dir,
+    load_or_create_reset_key, load_roots,
+};
 
 /// The process's crypto provider.
 pub fn provider() -> Arc<CryptoProvider> {

@@ -9,21 +9,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use quinn::{Connection, RecvStream, SendStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::addr::{Address, HostPort};
-use crate::app::{AppListener, AppStream};
-use crate::connections::ConnectionRegistry;
-use crate::connector::{Connector, ConnectorConfig};
+pub mod check;
+pub mod connector;
+
 use crate::plugins::{Discriminator, TokenSource};
-use crate::relay::{self, Preface, Side, log_end};
-use crate::sniff::Sniffer;
-use crate::tls::{self, Verification};
-use crate::transport::{self, TransportOptions};
-use crate::tunnel::{Tunnel, TunnelRegistry, TunnelSpec};
-use crate::wire::{self, ErrorCode};
+use crate::quic::connections::ConnectionRegistry;
+use crate::quic::{SetupError, TransportOptions};
+use crate::shutdown::Drain;
+use crate::tls::{self, Identity, Verification};
+use crate::tunnel::app::{AppListener, AppStream};
+use crate::tunnel::relay::{self, log_end};
+use crate::tunnel::sniff::Sniffer;
+use crate::tunnel::{Side, Tunnel, TunnelRegistry, TunnelSpec};
+use crate::wire::ErrorCode;
+use crate::wire::addr::{Address, HostPort};
+use crate::wire::handshake::Protocol;
+use connector::{Connector, ConnectorConfig};
 
 /// Everything the client needs, already checked.
 #[derive(Debug)]
@@ -33,7 +37,7 @@ pub struct ClientConfig {
     pub source: TokenSource,
     pub verification: Verification,
     /// The client's certificate, for servers that require one.
-    pub identity: Option<crate::identity::Identity>,
+    pub identity: Option<Identity>,
     pub transport: TransportOptions,
     /// Longest time for a QUIC handshake.
     pub handshake_timeout: Duration,
@@ -49,36 +53,31 @@ pub struct ClientConfig {
 pub struct Client {
     listener: AppListener,
     server: HostPort,
-    shared: Arc<Shared>,
+    core: Arc<ClientCore>,
 }
 
 /// Shuts a client down.
 #[derive(Clone)]
 pub struct ClientHandle {
-    shared: Arc<Shared>,
+    core: Arc<ClientCore>,
 }
 
-impl ClientHandle {
-    /// Lets open tunnels finish for up to `drain` (the listener must already be closed, by
-    /// dropping the `run` future), then closes the connection. Returns how many tunnels were
-    /// cut off.
-    pub async fn shutdown(&self, drain: Duration) -> usize {
-        let registry = &self.shared.registry;
-        if registry.open_count() > 0 {
-            info!(
-                tunnels = registry.open_count(),
-                "waiting up to {drain:?} for open tunnels to finish"
-            );
-        }
-        let cut = registry.wait_empty(drain).await;
-        if let Some(connection) = self.shared.connector.current() {
+impl Drain for ClientHandle {
+    /// Nothing to do: the listener closes when the `run` future is dropped.
+    fn stop_accepting(&self) {}
+
+    fn tunnels(&self) -> &TunnelRegistry {
+        &self.core.registry
+    }
+
+    async fn close(&self) {
+        if let Some(connection) = self.core.connector.current() {
             connection.close(ErrorCode::Shutdown.varint(), b"client shutting down");
         }
-        cut
     }
 }
 
-struct Shared {
+struct ClientCore {
     source: TokenSource,
     discriminators: Vec<Discriminator>,
     registry: Arc<TunnelRegistry>,
@@ -88,10 +87,14 @@ struct Shared {
 
 impl Client {
     /// Binds the application listener. No QUIC connection is made yet.
-    pub async fn bind(config: ClientConfig) -> anyhow::Result<Client> {
-        let listener = AppListener::bind(&config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+    pub async fn bind(config: ClientConfig) -> Result<Client, SetupError> {
+        let listener =
+            AppListener::bind(&config.listen)
+                .await
+                .map_err(|source| SetupError::Listen {
+                    what: config.listen.to_string(),
+                    source,
+                })?;
         let quic = quic_config(&config.verification, config.identity, &config.transport)?;
         let connector = Connector::start(ConnectorConfig {
             server: config.server.clone(),
@@ -99,7 +102,7 @@ impl Client {
             handshake_timeout: config.handshake_timeout,
             max_backoff: config.reconnect_max_backoff,
         });
-        let shared = Arc::new(Shared {
+        let core = Arc::new(ClientCore {
             source: config.source,
             discriminators: config.discriminators,
             registry: Arc::default(),
@@ -109,25 +112,25 @@ impl Client {
         Ok(Client {
             listener,
             server: config.server,
-            shared,
+            core,
         })
     }
 
     /// The live QUIC connection and handshake failures.
     pub fn connections(&self) -> Arc<ConnectionRegistry> {
-        self.shared.connector.registry()
+        self.core.connector.registry()
     }
 
     /// A handle to shut the client down once [`run`](Self::run) has been stopped.
     pub fn handle(&self) -> ClientHandle {
         ClientHandle {
-            shared: self.shared.clone(),
+            core: self.core.clone(),
         }
     }
 
     /// The live tunnels.
     pub fn registry(&self) -> Arc<TunnelRegistry> {
-        self.shared.registry.clone()
+        self.core.registry.clone()
     }
 
     pub fn local_addr(&self) -> std::io::Result<Address> {
@@ -142,7 +145,7 @@ impl Client {
             match self.listener.accept().await {
                 Ok((app, client_app)) => {
                     let span = info_span!("tunnel", %client_app, stream_id = tracing::field::Empty);
-                    tokio::spawn(serve_app(app, client_app, self.shared.clone()).instrument(span));
+                    tokio::spawn(serve_app(app, client_app, self.core.clone()).instrument(span));
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -158,9 +161,9 @@ impl Client {
 /// transport options.
 pub(crate) fn quic_config(
     verification: &Verification,
-    identity: Option<crate::identity::Identity>,
+    identity: Option<Identity>,
     transport: &TransportOptions,
-) -> anyhow::Result<quinn::ClientConfig> {
+) -> Result<quinn::ClientConfig, SetupError> {
     let crypto = tls::client_crypto(verification, identity)?;
     let mut quic = quinn::ClientConfig::new(crypto);
     quic.transport_config(Arc::new(transport.build()?));
@@ -168,24 +171,24 @@ pub(crate) fn quic_config(
 }
 
 /// Serves one application connection.
-async fn serve_app(app: AppStream, client_app: String, shared: Arc<Shared>) {
-    let token = match shared.source.token(&client_app).await {
+async fn serve_app(app: AppStream, client_app: String, core: Arc<ClientCore>) {
+    let token = match core.source.token(&client_app).await {
         Ok(token) => token,
         Err(error) => {
             warn!("connection refused: no token: {error}");
             return app.reset();
         }
     };
-    let wait = shared.outage_wait;
+    let wait = core.outage_wait;
     let ((mut send, recv), connection) = match tokio::time::timeout(
         wait,
-        open_stream(&shared.connector),
+        open_stream(&core.connector),
     )
     .await
     {
         Ok(opened) => opened,
         Err(_) => {
-            let why = shared
+            let why = core
                 .connector
                 .last_error()
                 .map(|e| format!(" (last: {e})"))
@@ -197,8 +200,8 @@ async fn serve_app(app: AppStream, client_app: String, shared: Arc<Shared>) {
         }
     };
     tracing::Span::current().record("stream_id", tracing::field::display(send.id()));
-    let legacy = transport::negotiated_alpn(&connection).as_deref() == Some(wire::ALPN_LEGACY);
-    let (frame, preface) = match token_frame(&token, legacy) {
+    let protocol = Protocol::of(&connection);
+    let frame = match protocol.token_frame(&token) {
         Ok(framed) => framed,
         Err(error) => {
             warn!("connection refused: the token source gave an unusable token: {error}");
@@ -210,7 +213,7 @@ async fn serve_app(app: AppStream, client_app: String, shared: Arc<Shared>) {
         warn!("connection closed: cannot send the token: {error}");
         return app.reset();
     }
-    let registered = shared.registry.register(Tunnel::new(TunnelSpec {
+    let registered = core.registry.register(Tunnel::new(TunnelSpec {
         stream_id: u64::from(send.id()),
         side: Side::Client,
         client_app: Some(client_app),
@@ -218,9 +221,9 @@ async fn serve_app(app: AppStream, client_app: String, shared: Arc<Shared>) {
         remote_endpoint: connection.remote_address(),
     }));
     let tunnel = registered.tunnel();
-    let sniffer = Sniffer::start(&shared.discriminators, tunnel.clone());
+    let sniffer = Sniffer::start(&core.discriminators, tunnel.clone());
     log_end(
-        relay::relay(app, send, recv, tunnel, preface, sniffer.as_ref()).await,
+        relay::relay(app, send, recv, tunnel, Some(protocol), sniffer.as_ref()).await,
         tunnel,
     );
 }
@@ -235,22 +238,4 @@ async fn open_stream(connector: &Connector) -> ((SendStream, RecvStream), Connec
             Err(error) => debug!("stream not opened, retrying: {error}"),
         }
     }
-}
-
-/// The token as the negotiated protocol frames it, and the answer to expect. The original's
-/// block is written in one piece (its server keeps only the last chunk it reads); a token too
-/// long for its 512 bytes is refused here rather than cut, as the original did.
-pub(crate) fn token_frame(
-    token: &[u8],
-    legacy: bool,
-) -> Result<(Vec<u8>, Preface), wire::WireError> {
-    if legacy {
-        return Ok((
-            wire::encode_legacy_token(token)?.to_vec(),
-            Preface::LegacyAnswer,
-        ));
-    }
-    let mut frame = Vec::with_capacity(wire::TOKEN_HEADER_LEN + token.len());
-    wire::encode_token(token, &mut frame)?;
-    Ok((frame, Preface::Answer))
 }

@@ -14,7 +14,26 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::lock::lock;
-use crate::relay::{ByteCounters, Side};
+
+pub mod app;
+pub mod relay;
+pub mod sniff;
+
+/// Bytes moved through one tunnel, by who sent them.
+#[derive(Debug, Default)]
+pub struct ByteCounters {
+    /// Bytes sent by the client application.
+    pub client_to_server: AtomicU64,
+    /// Bytes sent by the server application.
+    pub server_to_client: AtomicU64,
+}
+
+/// Which endpoint runs the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
 
 /// One application connection carried by one QUIC stream.
 #[derive(Debug)]
@@ -29,13 +48,13 @@ pub struct Tunnel {
     pub remote_endpoint: SocketAddr,
     pub created_at: SystemTime,
     pub counters: ByteCounters,
-    protocol: Mutex<Option<Protocol>>,
+    protocol: Mutex<Option<AppProtocol>>,
     closed_by_operator: Notify,
 }
 
 /// What a discriminator found.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Protocol {
+pub struct AppProtocol {
     pub name: String,
     /// The discriminator's properties, a JSON object, once it has any.
     pub properties: Option<serde_json::Value>,
@@ -67,7 +86,7 @@ impl Tunnel {
         }
     }
 
-    pub fn protocol(&self) -> Option<Protocol> {
+    pub fn protocol(&self) -> Option<AppProtocol> {
         lock(&self.protocol).clone()
     }
 
@@ -77,7 +96,7 @@ impl Tunnel {
         let mut protocol = lock(&self.protocol);
         match protocol.as_mut() {
             None => {
-                *protocol = Some(Protocol {
+                *protocol = Some(AppProtocol {
                     name: name.to_owned(),
                     properties,
                 });

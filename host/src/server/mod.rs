@@ -12,17 +12,21 @@ use std::time::Duration;
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::addr::Address;
-use crate::app::{AppStream, within};
-use crate::connections::{ConnectionRegistry, handshake_failure_reason};
+pub mod policy;
+
 use crate::plugins::{Discriminator, TokenParser};
-use crate::policy::Policy;
-use crate::relay::{self, Abort, Preface, Side, log_end};
-use crate::sniff::Sniffer;
+use crate::quic::connections::ConnectionRegistry;
+use crate::quic::{self, SetupError, TransportOptions};
+use crate::shutdown::Drain;
 use crate::tls::{self, Identity};
-use crate::transport::{self, TransportOptions};
-use crate::tunnel::{Tunnel, TunnelRegistry, TunnelSpec};
-use crate::wire::{self, Answer, ErrorCode, Status, TOKEN_HEADER_LEN, WireError};
+use crate::tunnel::app::{AppStream, within};
+use crate::tunnel::relay::{self, Abort, log_end};
+use crate::tunnel::sniff::Sniffer;
+use crate::tunnel::{Side, Tunnel, TunnelRegistry, TunnelSpec};
+use crate::wire::addr::Address;
+use crate::wire::handshake::{self, HandshakeError, Protocol};
+use crate::wire::{Answer, ErrorCode, Status};
+use policy::Policy;
 
 /// Everything the server needs, already checked.
 #[derive(Debug)]
@@ -49,38 +53,34 @@ pub struct ServerConfig {
 /// A bound server endpoint.
 pub struct Server {
     endpoint: Endpoint,
-    shared: Arc<Shared>,
+    core: Arc<ServerCore>,
 }
 
 /// Shuts a running server down.
 #[derive(Clone)]
 pub struct ServerHandle {
     endpoint: Endpoint,
-    shared: Arc<Shared>,
+    core: Arc<ServerCore>,
 }
 
-impl ServerHandle {
-    /// Stops accepting connections and tunnels, lets open tunnels finish for up to `drain`,
-    /// then closes every connection. Returns how many tunnels were cut off.
-    pub async fn shutdown(&self, drain: Duration) -> usize {
-        self.shared.draining.store(true, Ordering::Relaxed);
+impl Drain for ServerHandle {
+    fn stop_accepting(&self) {
+        self.core.draining.store(true, Ordering::Relaxed);
         self.endpoint.set_server_config(None);
-        let open = self.shared.registry.open_count();
-        if open > 0 {
-            info!(
-                tunnels = open,
-                "waiting up to {drain:?} for open tunnels to finish"
-            );
-        }
-        let cut = self.shared.registry.wait_empty(drain).await;
+    }
+
+    fn tunnels(&self) -> &TunnelRegistry {
+        &self.core.registry
+    }
+
+    async fn close(&self) {
         self.endpoint
             .close(ErrorCode::Shutdown.varint(), b"server shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
-        cut
     }
 }
 
-struct Shared {
+struct ServerCore {
     draining: AtomicBool,
     parser: TokenParser,
     policy: Policy,
@@ -95,21 +95,22 @@ struct Shared {
 
 impl Server {
     /// Binds the UDP socket. The certificate's fingerprint is logged.
-    pub fn bind(config: ServerConfig) -> anyhow::Result<Server> {
-        use anyhow::Context;
+    pub fn bind(config: ServerConfig) -> Result<Server, SetupError> {
         if let Some(fingerprint) = config.identity.fingerprint() {
             info!(%fingerprint, "server certificate");
         }
-        let crypto = tls::server_crypto(config.identity, config.client_roots)
-            .context("invalid certificate or key")?;
+        let crypto = tls::server_crypto(config.identity, config.client_roots)?;
         let mut server_config = quinn::ServerConfig::with_crypto(crypto);
         server_config.transport_config(Arc::new(config.transport.build()?));
         let endpoint = match &config.reset_key {
-            Some(key) => transport::server_endpoint(config.listen, server_config, key),
-            None => transport::endpoint(config.listen, Some(server_config)),
+            Some(key) => quic::server_endpoint(config.listen, server_config, key),
+            None => quic::endpoint(config.listen, Some(server_config)),
         }
-        .with_context(|| format!("cannot listen on udp {}", config.listen))?;
-        let shared = Arc::new(Shared {
+        .map_err(|source| SetupError::Listen {
+            what: format!("udp {}", config.listen),
+            source,
+        })?;
+        let core = Arc::new(ServerCore {
             draining: AtomicBool::new(false),
             parser: config.parser,
             policy: config.policy,
@@ -121,7 +122,7 @@ impl Server {
             max_connections: config.max_connections,
             connections: AtomicUsize::new(0),
         });
-        Ok(Server { endpoint, shared })
+        Ok(Server { endpoint, core })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -130,19 +131,19 @@ impl Server {
 
     /// The live tunnels.
     pub fn registry(&self) -> Arc<TunnelRegistry> {
-        self.shared.registry.clone()
+        self.core.registry.clone()
     }
 
     /// The live QUIC connections and handshake failures.
     pub fn connections(&self) -> Arc<ConnectionRegistry> {
-        self.shared.connections_registry.clone()
+        self.core.connections_registry.clone()
     }
 
     /// A handle to shut the server down from elsewhere.
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             endpoint: self.endpoint.clone(),
-            shared: self.shared.clone(),
+            core: self.core.clone(),
         }
     }
 
@@ -150,51 +151,42 @@ impl Server {
     pub async fn run(self) {
         info!(listen = %self.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "server ready");
         while let Some(incoming) = self.endpoint.accept().await {
-            let shared = self.shared.clone();
-            if shared.connections.load(Ordering::Relaxed) >= shared.max_connections {
-                warn!(remote = %incoming.remote_address(), limit = shared.max_connections, "connection refused: too many connections");
-                shared
-                    .connections_registry
+            let core = self.core.clone();
+            if core.connections.load(Ordering::Relaxed) >= core.max_connections {
+                warn!(remote = %incoming.remote_address(), limit = core.max_connections, "connection refused: too many connections");
+                core.connections_registry
                     .handshake_failed("too_many_connections");
                 incoming.refuse();
                 continue;
             }
             let span = info_span!("connection", remote_endpoint = %incoming.remote_address());
-            tokio::spawn(serve_connection(incoming, shared).instrument(span));
+            tokio::spawn(serve_connection(incoming, core).instrument(span));
         }
     }
 }
 
-async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
-    shared.connections.fetch_add(1, Ordering::Relaxed);
+async fn serve_connection(incoming: Incoming, core: Arc<ServerCore>) {
+    core.connections.fetch_add(1, Ordering::Relaxed);
     let _count = scopeguard(|| {
-        shared.connections.fetch_sub(1, Ordering::Relaxed);
+        core.connections.fetch_sub(1, Ordering::Relaxed);
     });
-    let connection = match tokio::time::timeout(shared.handshake_timeout, incoming).await {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(error)) => {
-            shared
-                .connections_registry
-                .handshake_failed(handshake_failure_reason(&error));
-            return warn!("handshake failed: {error}");
-        }
-        Err(_) => {
-            shared.connections_registry.handshake_failed("timeout");
-            return warn!("handshake timed out after {:?}", shared.handshake_timeout);
-        }
+    let registry = &core.connections_registry;
+    let connection = match registry.handshake(incoming, core.handshake_timeout).await {
+        Ok(connection) => connection,
+        Err(failure) => return warn!("handshake failed: {failure}"),
     };
-    let _listed = shared.connections_registry.register(&connection);
+    let _listed = core.connections_registry.register(&connection);
     info!("connection established");
     loop {
         match connection.accept_bi().await {
-            Ok((mut send, mut recv)) if shared.draining.load(Ordering::Relaxed) => {
+            Ok((mut send, mut recv)) if core.draining.load(Ordering::Relaxed) => {
                 // Shutting down: open tunnels may finish, new ones are turned away.
                 let _ = recv.stop(ErrorCode::Shutdown.varint());
                 let _ = send.reset(ErrorCode::Shutdown.varint());
             }
             Ok((send, recv)) => {
                 let span = info_span!("tunnel", stream_id = %send.id(), server_app = tracing::field::Empty);
-                let stream = serve_stream(send, recv, connection.clone(), shared.clone());
+                let stream = serve_stream(send, recv, connection.clone(), core.clone());
                 tokio::spawn(stream.instrument(span));
             }
             Err(error) => return info!("connection closed: {error}"),
@@ -207,48 +199,48 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
     connection: Connection,
-    shared: Arc<Shared>,
+    core: Arc<ServerCore>,
 ) {
     let remote_endpoint = connection.remote_address();
     let protocol = Protocol::of(&connection);
-    let token = match token_within(&mut recv, &connection, protocol, shared.handshake_timeout).await
-    {
+    let limit = core.handshake_timeout;
+    let token = match handshake::read_token(&mut recv, &connection, protocol, limit).await {
         Some(Ok(token)) => token,
-        Some(Err(TokenError::Wire(error))) => {
+        Some(Err(HandshakeError::Wire(error))) => {
             warn!("bad token frame: {error}");
             let answer = Answer::refuse(Status::BadToken, &error.to_string());
-            return refuse(send, recv, protocol, answer).await;
+            return handshake::refuse(send, recv, protocol, answer).await;
         }
-        Some(Err(TokenError::Stream(abort))) => {
-            return debug!("stream ended before its token: {abort}");
+        Some(Err(error)) => {
+            return debug!("stream ended before its token: {}", Abort::from(error));
         }
         None => {
-            warn!("no token within {:?}", shared.handshake_timeout);
+            warn!("no token within {:?}", core.handshake_timeout);
             let _ = recv.stop(ErrorCode::ProtocolViolation.varint());
             let _ = send.reset(ErrorCode::ProtocolViolation.varint());
             return;
         }
     };
-    let target = match target_of(&shared.parser, token).await {
+    let target = match target_of(&core.parser, token).await {
         Ok(target) => target,
         Err(answer) => {
             warn!(status = %answer.status, "tunnel refused: {}", answer.reason);
-            return refuse(send, recv, protocol, answer).await;
+            return handshake::refuse(send, recv, protocol, answer).await;
         }
     };
     tracing::Span::current().record("server_app", tracing::field::display(&target));
-    let app = match dial(&target, &shared.policy, shared.connect_timeout).await {
+    let app = match dial(&target, &core.policy, core.connect_timeout).await {
         Ok(app) => app,
         Err(answer) => {
             warn!(status = %answer.status, "tunnel refused: {}", answer.reason);
-            return refuse(send, recv, protocol, answer).await;
+            return handshake::refuse(send, recv, protocol, answer).await;
         }
     };
-    if let Err(error) = send.write_all(&protocol.encode(&Answer::ok())).await {
+    if let Err(error) = handshake::accept(&mut send, protocol).await {
         return debug!("peer went away before the answer: {error}");
     }
     debug!("tunnel open");
-    let registered = shared.registry.register(Tunnel::new(TunnelSpec {
+    let registered = core.registry.register(Tunnel::new(TunnelSpec {
         stream_id: u64::from(send.id()),
         side: Side::Server,
         client_app: None,
@@ -256,106 +248,11 @@ async fn serve_stream(
         remote_endpoint,
     }));
     let tunnel = registered.tunnel();
-    let sniffer = Sniffer::start(&shared.discriminators, tunnel.clone());
+    let sniffer = Sniffer::start(&core.discriminators, tunnel.clone());
     log_end(
-        relay::relay(app, send, recv, tunnel, Preface::None, sniffer.as_ref()).await,
+        relay::relay(app, send, recv, tunnel, None, sniffer.as_ref()).await,
         tunnel,
     );
-}
-
-/// The wire protocol a connection negotiated (by ALPN).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
-    /// `quic-tun/2`: length-prefixed token, status and reason.
-    V2,
-    /// `quic-tun`, the original's: a 512-byte NUL-padded token, a one-byte answer.
-    Legacy,
-}
-
-impl Protocol {
-    fn of(connection: &Connection) -> Protocol {
-        match transport::negotiated_alpn(connection).as_deref() {
-            Some(wire::ALPN_LEGACY) => Protocol::Legacy,
-            _ => Protocol::V2,
-        }
-    }
-
-    /// The answer's bytes in this protocol.
-    fn encode(self, answer: &Answer) -> Vec<u8> {
-        match self {
-            // Never 0x00: the original's client crashes on it.
-            Protocol::Legacy => vec![answer.status.legacy_byte()],
-            Protocol::V2 => {
-                let mut bytes = Vec::with_capacity(wire::ANSWER_HEADER_LEN + answer.reason.len());
-                answer
-                    .encode(&mut bytes)
-                    .expect("reasons are cut to the limit");
-                bytes
-            }
-        }
-    }
-}
-
-enum TokenError {
-    Wire(WireError),
-    Stream(Abort),
-}
-
-/// How many handshake time-outs a token may wait while its connection is busy.
-const MAX_TOKEN_WAITS: u32 = 6;
-
-/// Reads the token within the handshake time-out. On a connection busy with other tunnels a
-/// token can queue behind their data (send buffers, flow control), so a time-out during which
-/// other stream data arrived extends the wait, up to [`MAX_TOKEN_WAITS`] time-outs; a silent
-/// stream on an otherwise quiet connection is closed at the first. `None` when time ran out.
-async fn token_within(
-    recv: &mut RecvStream,
-    connection: &Connection,
-    protocol: Protocol,
-    limit: Duration,
-) -> Option<Result<Vec<u8>, TokenError>> {
-    let read = async {
-        match protocol {
-            Protocol::V2 => read_token(recv).await,
-            Protocol::Legacy => read_legacy_token(recv).await,
-        }
-    };
-    tokio::pin!(read);
-    let mut seen = connection.stats().frame_rx.stream;
-    for _ in 0..MAX_TOKEN_WAITS {
-        if let Ok(result) = tokio::time::timeout(limit, &mut read).await {
-            return Some(result);
-        }
-        let now = connection.stats().frame_rx.stream;
-        if now == seen {
-            return None;
-        }
-        seen = now;
-    }
-    None
-}
-
-/// Reads a legacy token block (it may arrive in several pieces) and strips its padding.
-async fn read_legacy_token(recv: &mut RecvStream) -> Result<Vec<u8>, TokenError> {
-    let mut block = [0u8; wire::LEGACY_TOKEN_LEN];
-    relay::read_exact(recv, &mut block)
-        .await
-        .map_err(TokenError::Stream)?;
-    Ok(wire::decode_legacy_token(&block).to_vec())
-}
-
-/// Reads a `quic-tun/2` token. A bad length is refused before any token byte is read.
-async fn read_token(recv: &mut RecvStream) -> Result<Vec<u8>, TokenError> {
-    let mut header = [0u8; TOKEN_HEADER_LEN];
-    relay::read_exact(recv, &mut header)
-        .await
-        .map_err(TokenError::Stream)?;
-    let len = wire::decode_token_header(header).map_err(TokenError::Wire)?;
-    let mut token = vec![0u8; len];
-    relay::read_exact(recv, &mut token)
-        .await
-        .map_err(TokenError::Stream)?;
-    Ok(token)
 }
 
 /// Asks the parser for the target; a refusal becomes the answer to send.
@@ -412,8 +309,8 @@ async fn dial(target: &Address, policy: &Policy, timeout: Duration) -> Result<Ap
             if allowed.is_empty() && !resolved.is_empty() {
                 let addrs: Vec<String> = resolved.iter().map(ToString::to_string).collect();
                 let detail = match &host_port.host {
-                    crate::addr::Host::Name(_) => format!(" ({})", addrs.join(", ")),
-                    crate::addr::Host::Ip(_) => String::new(),
+                    crate::wire::addr::Host::Name(_) => format!(" ({})", addrs.join(", ")),
+                    crate::wire::addr::Host::Ip(_) => String::new(),
                 };
                 return Err(not_allowed(detail));
             }
@@ -421,16 +318,6 @@ async fn dial(target: &Address, policy: &Policy, timeout: Duration) -> Result<Ap
                 .await
                 .map_err(unreachable)
         }
-    }
-}
-
-/// Sends a refusal, finishes our side and stops reading theirs.
-async fn refuse(mut send: SendStream, mut recv: RecvStream, protocol: Protocol, answer: Answer) {
-    let _ = recv.stop(ErrorCode::Done.varint());
-    if send.write_all(&protocol.encode(&answer)).await.is_ok() {
-        let _ = send.finish();
-        // Keep the stream until the peer has the answer.
-        let _ = send.stopped().await;
     }
 }
 

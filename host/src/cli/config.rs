@@ -9,10 +9,35 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::{ArgAction, Command};
 use serde_yaml_ng::Value;
+
+/// What is wrong with a `--config` file: one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read --config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--config {} is not valid YAML: {source}", path.display())]
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("--config {} must be a mapping of flag names to values", path.display())]
+    NotAMapping { path: PathBuf },
+    #[error("--config {}: keys must be flag names", path.display())]
+    KeyNotText { path: PathBuf },
+    #[error("--config {}: unknown key {key:?}", path.display())]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("--config {}: {key:?} must be a text, number or boolean", path.display())]
+    NotAScalar { path: PathBuf, key: String },
+    #[error("--config {}: {key:?} takes one value, not a list", path.display())]
+    NotRepeatable { path: PathBuf, key: String },
+}
 
 /// The command line with the file's flags in front, and warnings to log once logging is up.
 #[derive(Debug, Default)]
@@ -22,15 +47,17 @@ pub struct Expanded {
 }
 
 /// Expands `--config FILE` (or `-c FILE`) in `args` for `command`.
-pub fn expand(args: Vec<OsString>, command: &Command) -> Result<Expanded, String> {
+pub fn expand(args: Vec<OsString>, command: &Command) -> Result<Expanded, ConfigError> {
     let Some(path) = config_path(&args) else {
         return Ok(Expanded {
             args,
             warnings: Vec::new(),
         });
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
     let given = flags_given(&args);
     let mut expanded = Expanded::default();
     let mut from_file = file_flags(&text, &path, command, &given, &mut expanded.warnings)?;
@@ -41,7 +68,7 @@ pub fn expand(args: Vec<OsString>, command: &Command) -> Result<Expanded, String
     Ok(expanded)
 }
 
-fn config_path(args: &[OsString]) -> Option<std::path::PathBuf> {
+fn config_path(args: &[OsString]) -> Option<PathBuf> {
     let mut iter = args
         .iter()
         .skip(1)
@@ -71,23 +98,22 @@ fn file_flags(
     command: &Command,
     given: &HashSet<String>,
     warnings: &mut Vec<String>,
-) -> Result<Vec<OsString>, String> {
+) -> Result<Vec<OsString>, ConfigError> {
     let file = path.display();
-    let document: Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| format!("--config {file} is not valid YAML: {e}"))?;
+    let path = || path.to_path_buf();
+    let document: Value = serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Yaml {
+        path: path(),
+        source,
+    })?;
     let mapping = match document {
         Value::Null => return Ok(Vec::new()),
         Value::Mapping(mapping) => mapping,
-        _ => {
-            return Err(format!(
-                "--config {file} must be a mapping of flag names to values"
-            ));
-        }
+        _ => return Err(ConfigError::NotAMapping { path: path() }),
     };
     let mut flags = Vec::new();
     for (key, value) in mapping {
         let Value::String(key) = key else {
-            return Err(format!("--config {file}: keys must be flag names"));
+            return Err(ConfigError::KeyNotText { path: path() });
         };
         let arg = command
             .get_arguments()
@@ -97,13 +123,13 @@ fn file_flags(
                 warnings.push(format!("--config {file}: key {key:?} has no meaning here and is ignored (logs go to standard error)"));
                 continue;
             }
-            return Err(format!("--config {file}: unknown key {key:?}"));
+            return Err(ConfigError::UnknownKey { path: path(), key });
         };
         if given.contains(&key) {
             continue;
         }
         let repeatable = matches!(arg.get_action(), ArgAction::Append);
-        for value in scalars(&key, value, repeatable, &file.to_string())? {
+        for value in scalars(&key, value, repeatable, &path())? {
             let value = if key == "log-format" && value == "console" {
                 "text".to_owned()
             } else {
@@ -116,16 +142,23 @@ fn file_flags(
 }
 
 /// The values of one key as flag values; `""` and null mean unset.
-fn scalars(key: &str, value: Value, repeatable: bool, file: &str) -> Result<Vec<String>, String> {
+fn scalars(
+    key: &str,
+    value: Value,
+    repeatable: bool,
+    path: &Path,
+) -> Result<Vec<String>, ConfigError> {
+    let (path, key) = (path.to_path_buf(), key.to_owned());
     let one = |value: Value| match value {
         Value::Null => Ok(None),
         Value::String(text) if text.is_empty() => Ok(None),
         Value::String(text) => Ok(Some(text)),
         Value::Bool(flag) => Ok(Some(flag.to_string())),
         Value::Number(number) => Ok(Some(number.to_string())),
-        _ => Err(format!(
-            "--config {file}: {key:?} must be a text, number or boolean"
-        )),
+        _ => Err(ConfigError::NotAScalar {
+            path: path.clone(),
+            key: key.clone(),
+        }),
     };
     match value {
         Value::Sequence(items) if repeatable => items
@@ -133,9 +166,7 @@ fn scalars(key: &str, value: Value, repeatable: bool, file: &str) -> Result<Vec<
             .map(one)
             .filter_map(Result::transpose)
             .collect(),
-        Value::Sequence(_) => Err(format!(
-            "--config {file}: {key:?} takes one value, not a list"
-        )),
+        Value::Sequence(_) => Err(ConfigError::NotRepeatable { path, key }),
         other => Ok(one(other)?.into_iter().collect()),
     }
 }
@@ -159,7 +190,7 @@ mod tests {
             )
     }
 
-    fn run(yaml: &str, cli: &[&str]) -> Result<Expanded, String> {
+    fn run(yaml: &str, cli: &[&str]) -> Result<Expanded, ConfigError> {
         let path = std::env::temp_dir().join(format!(
             "quictun-config-{}-{}.yaml",
             std::process::id(),
@@ -218,20 +249,33 @@ mod tests {
         assert!(
             run("bogus: 1\n", &[])
                 .unwrap_err()
+                .to_string()
                 .contains("unknown key \"bogus\"")
         );
         assert!(
             run("listen-on: [a, b]\n", &[])
                 .unwrap_err()
+                .to_string()
                 .contains("takes one value")
         );
         assert!(
             run("listen-on: {a: 1}\n", &[])
                 .unwrap_err()
+                .to_string()
                 .contains("must be a text")
         );
-        assert!(run("- a\n", &[]).unwrap_err().contains("must be a mapping"));
-        assert!(run("a: [\n", &[]).unwrap_err().contains("not valid YAML"));
+        assert!(
+            run("- a\n", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("must be a mapping")
+        );
+        assert!(
+            run("a: [\n", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("not valid YAML")
+        );
         assert!(run("", &[]).unwrap().args.len() == 3);
     }
 }

@@ -15,50 +15,22 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use quinn::{
-    ConnectionError, ReadError, ReadExactError, RecvStream, SendStream, VarInt, WriteError,
-};
+use quinn::{ConnectionError, ReadError, RecvStream, SendStream, VarInt, WriteError};
 use tracing::{debug, warn};
 
 use quictun_plugin_api::Direction;
 
-use crate::app::{AppStream, WRITE_BATCH};
-use crate::sniff::Sniffer;
-use crate::tunnel::Tunnel;
-use crate::wire::{ANSWER_HEADER_LEN, Answer, ErrorCode, Status, WireError};
+use crate::tunnel::app::{AppStream, WRITE_BATCH};
+use crate::tunnel::sniff::Sniffer;
+use crate::tunnel::{Side, Tunnel};
+use crate::wire::handshake::{self, HandshakeError, Protocol};
+use crate::wire::{Answer, ErrorCode, Status};
 
 /// Largest chunk read from an application socket at once.
 const CHUNK: usize = 64 * 1024;
 /// Chunks at least this big are handed to QUIC without a copy; smaller ones are copied so
 /// the 64 KiB buffer is not kept alive for a few bytes.
 const ZERO_COPY_MIN: usize = 16 * 1024;
-
-/// Bytes moved through one tunnel, by who sent them.
-#[derive(Debug, Default)]
-pub struct ByteCounters {
-    /// Bytes sent by the client application.
-    pub client_to_server: AtomicU64,
-    /// Bytes sent by the server application.
-    pub server_to_client: AtomicU64,
-}
-
-/// Which endpoint runs the relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Server,
-}
-
-/// What the relay must read from the QUIC stream before the peer's application bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Preface {
-    /// Nothing: relay at once (the server, after it has answered).
-    None,
-    /// The server's `quic-tun/2` answer (the client).
-    Answer,
-    /// The one-byte answer of a server speaking the original's `quic-tun` (the client).
-    LegacyAnswer,
-}
 
 /// How a tunnel ended.
 #[derive(Debug)]
@@ -76,9 +48,9 @@ pub enum End {
 pub enum Abort {
     #[error("application connection failed: {0}")]
     App(io::Error),
-    #[error("peer reset the stream ({})", describe_code(*.0))]
+    #[error("peer reset the stream ({})", ErrorCode::describe(*.0))]
     PeerReset(VarInt),
-    #[error("peer stopped reading ({})", describe_code(*.0))]
+    #[error("peer stopped reading ({})", ErrorCode::describe(*.0))]
     PeerStopped(VarInt),
     #[error("connection lost: {0}")]
     Connection(ConnectionError),
@@ -111,14 +83,13 @@ impl Abort {
     }
 }
 
-fn describe_code(code: VarInt) -> String {
-    match ErrorCode::from_varint(code) {
-        Some(ErrorCode::Done) => "done".into(),
-        Some(ErrorCode::AppReset) => "application connection reset".into(),
-        Some(ErrorCode::ProtocolViolation) => "protocol violation".into(),
-        Some(ErrorCode::Shutdown) => "endpoint shutting down".into(),
-        Some(ErrorCode::ClosedByOperator) => "closed by the operator".into(),
-        None => format!("code {code}"),
+impl From<HandshakeError> for Abort {
+    fn from(error: HandshakeError) -> Self {
+        match error {
+            HandshakeError::Reset(code) => Abort::PeerReset(code),
+            HandshakeError::Connection(error) => Abort::Connection(error),
+            other => Abort::Protocol(other.to_string()),
+        }
     }
 }
 
@@ -160,13 +131,14 @@ impl From<Abort> for Stop {
 }
 
 /// Relays until both directions are done, one of them fails, or the operator closes the
-/// tunnel.
+/// tunnel. With `answer`, the server's answer in that protocol is read first (the client),
+/// and a refusal ends the tunnel before any byte reaches the application.
 pub async fn relay(
     app: AppStream,
     mut send: SendStream,
     mut recv: RecvStream,
     tunnel: &Tunnel,
-    preface: Preface,
+    answer: Option<Protocol>,
     sniffer: Option<&Sniffer>,
 ) -> End {
     let counters = &tunnel.counters;
@@ -198,7 +170,7 @@ pub async fn relay(
     };
     let outcome = tokio::select! {
         outcome = async {
-            tokio::try_join!(upstream(&app, &mut send, up), downstream(&app, &mut recv, down, preface))
+            tokio::try_join!(upstream(&app, &mut send, up), downstream(&app, &mut recv, down, answer))
         } => outcome,
         () = tunnel.closed() => Err(Stop::Abort(Abort::Operator)),
     };
@@ -292,13 +264,15 @@ async fn downstream(
     app: &AppStream,
     recv: &mut RecvStream,
     way: Way<'_>,
-    preface: Preface,
+    answer: Option<Protocol>,
 ) -> Result<(), Stop> {
-    if let Some(answer) = read_preface(recv, preface)
-        .await?
-        .filter(|a| a.status != Status::Ok)
-    {
-        return Err(Stop::Refused(answer));
+    if let Some(protocol) = answer {
+        let answer = handshake::read_answer(recv, protocol)
+            .await
+            .map_err(Abort::from)?;
+        if answer.status != Status::Ok {
+            return Err(Stop::Refused(answer));
+        }
     }
     // quinn hands out received data a packet's worth (~1.2 KiB) at a time: take what has
     // arrived, up to a batch of them, in one call and write them with one vectored write.
@@ -319,58 +293,6 @@ async fn downstream(
             Err(error) => return Err(read_abort(error).into()),
         }
     }
-}
-
-/// Reads the server's answer that `preface` announces, in either protocol (none for
-/// [`Preface::None`]).
-pub async fn read_preface(
-    recv: &mut RecvStream,
-    preface: Preface,
-) -> Result<Option<Answer>, Abort> {
-    Ok(match preface {
-        Preface::None => None,
-        Preface::Answer => Some(read_answer(recv).await?),
-        Preface::LegacyAnswer => Some(read_legacy_answer(recv).await?),
-    })
-}
-
-/// Reads the server's `quic-tun/2` answer.
-pub async fn read_answer(recv: &mut RecvStream) -> Result<Answer, Abort> {
-    let mut header = [0u8; ANSWER_HEADER_LEN];
-    read_exact(recv, &mut header).await?;
-    let (status, len) = Answer::decode_header(header).map_err(protocol)?;
-    let mut reason = vec![0u8; len];
-    read_exact(recv, &mut reason).await?;
-    Answer::from_parts(status, &reason).map_err(protocol)
-}
-
-/// Reads the original protocol's one-byte answer.
-async fn read_legacy_answer(recv: &mut RecvStream) -> Result<Answer, Abort> {
-    let mut byte = [0u8; 1];
-    read_exact(recv, &mut byte).await?;
-    match Status::from_legacy_byte(byte[0]) {
-        Some(Status::Ok) => Ok(Answer::ok()),
-        Some(status) => Ok(Answer::refuse(
-            status,
-            "refused by a server of the original protocol",
-        )),
-        None => Err(Abort::Protocol(format!(
-            "unknown answer byte {:#04x}",
-            byte[0]
-        ))),
-    }
-}
-
-/// Fills `buf` from the stream; a stream that ends first breaks the protocol.
-pub async fn read_exact(recv: &mut RecvStream, buf: &mut [u8]) -> Result<(), Abort> {
-    recv.read_exact(buf).await.map_err(|error| match error {
-        ReadExactError::FinishedEarly(_) => Abort::Protocol("stream ended inside a frame".into()),
-        ReadExactError::ReadError(error) => read_abort(error),
-    })
-}
-
-fn protocol(error: WireError) -> Abort {
-    Abort::Protocol(error.to_string())
 }
 
 fn read_abort(error: ReadError) -> Abort {

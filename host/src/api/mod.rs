@@ -16,7 +16,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
@@ -29,10 +28,11 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::addr::HostPort;
-use crate::connections::{ConnectionInfo, ConnectionRegistry};
-use crate::relay::Side;
+use crate::quic::SetupError;
+use crate::quic::connections::{ConnectionInfo, ConnectionRegistry};
+use crate::tunnel::Side;
 use crate::tunnel::{Tunnel, TunnelRegistry};
+use crate::wire::addr::HostPort;
 
 /// How often the send rates are sampled: they are rates over the last second.
 pub const RATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -98,11 +98,15 @@ impl FromStr for ApiListen {
 
 /// Binds the REST API's TCP port and serves it in the background. A port that cannot be
 /// bound is an error, for the binary to report at start-up. Returns the bound address.
-pub async fn start(listen: &HostPort, state: ApiState) -> anyhow::Result<SocketAddr> {
+pub async fn start(listen: &HostPort, state: ApiState) -> Result<SocketAddr, SetupError> {
+    let cannot = |source| SetupError::Listen {
+        what: format!("tcp {listen} for the REST API"),
+        source,
+    };
     let listener = TcpListener::bind(listen.to_string())
         .await
-        .with_context(|| format!("cannot listen on tcp {listen} for the REST API"))?;
-    let local = listener.local_addr()?;
+        .map_err(cannot)?;
+    let local = listener.local_addr().map_err(cannot)?;
     info!(listen = %local, "REST API ready");
     tokio::spawn(serve(listener, state));
     Ok(local)
@@ -248,7 +252,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
 
 /// The live dashboard: one self-contained page that polls `/tunnels` and `/connections`.
 async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("api/dashboard.html"))
+    Html(include_str!("dashboard.html"))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
-use crate::identity::{self, Identity};
 use crate::plugins::{Discriminator, LoadError};
-use crate::transport::{Congestion, TransportOptions};
+use crate::quic::{Congestion, TransportOptions};
+use crate::tls::{self, Identity};
+
+pub mod config;
+pub mod generate;
 
 /// Flags both endpoints take.
 #[derive(Debug, Args)]
@@ -85,15 +88,13 @@ impl CommonArgs {
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir
             .clone()
-            .unwrap_or_else(identity::default_state_dir)
+            .unwrap_or_else(tls::default_state_dir)
     }
 
     /// The certificate this endpoint presents, when --cert-file and --key-file are given.
     pub fn own_identity(&self) -> anyhow::Result<Option<Identity>> {
         match (&self.cert_file, &self.key_file) {
-            (Some(cert), Some(key)) => Ok(Some(
-                Identity::from_pem_files(cert, key).map_err(anyhow::Error::msg)?,
-            )),
+            (Some(cert), Some(key)) => Ok(Some(Identity::from_pem_files(cert, key)?)),
             _ => Ok(None),
         }
     }
@@ -101,9 +102,7 @@ impl CommonArgs {
     /// The CA roots of --ca-file, required when --verify-remote-endpoint is given.
     pub fn roots(&self) -> anyhow::Result<Option<rustls::RootCertStore>> {
         match &self.ca_file {
-            Some(file) => Ok(Some(
-                identity::load_roots(file).map_err(anyhow::Error::msg)?,
-            )),
+            Some(file) => Ok(Some(tls::load_roots(file)?)),
             None if self.verify_remote_endpoint => anyhow::bail!(
                 "--verify-remote-endpoint needs --ca-file, the CA that signs the other endpoint's certificate"
             ),
@@ -172,9 +171,9 @@ pub const VERSION: &str = concat!(
 
 /// Parses the command line; a bad flag is printed as one line and exits with 2.
 /// `--config FILE` is expanded first; its warnings are logged by [`init_logging`].
-/// The hidden `--generate` prints completions or a man page and exits ([`crate::generate`]).
+/// The hidden `--generate` prints completions or a man page and exits ([`generate`]).
 pub fn parse<T: Parser>() -> T {
-    let expanded = match crate::config::expand(std::env::args_os().collect(), &T::command()) {
+    let expanded = match config::expand(std::env::args_os().collect(), &T::command()) {
         Ok(expanded) => expanded,
         Err(message) => {
             eprintln!("{}: error: {message}", program());
@@ -204,9 +203,9 @@ pub fn parse<T: Parser>() -> T {
 
 /// As `T::try_parse_from`, but `--generate` alone prints what it asks for and exits.
 fn parse_or_generate<T: Parser>(args: Vec<std::ffi::OsString>) -> Result<T, clap::Error> {
-    let matches = crate::generate::with_flag(T::command()).try_get_matches_from(args)?;
-    if let Some(output) = crate::generate::requested(&matches) {
-        let written = crate::generate::write(output, T::command(), &mut std::io::stdout().lock());
+    let matches = generate::with_flag(T::command()).try_get_matches_from(args)?;
+    if let Some(output) = generate::requested(&matches) {
+        let written = generate::write(output, T::command(), &mut std::io::stdout().lock());
         if let Err(error) = written {
             eprintln!("{}: error: cannot write {output:?}: {error}", program());
             std::process::exit(1);
@@ -287,21 +286,6 @@ fn program() -> String {
         .next()
         .and_then(|arg0| arg0.rsplit('/').next().map(str::to_owned))
         .unwrap_or_else(|| "quictun".into())
-}
-
-/// Resolves when SIGINT or SIGTERM arrives.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::addr::{Host, HostPort};
+use crate::wire::addr::{Host, HostPort};
 
 /// The set of `--allow-target` rules.
 #[derive(Debug, Clone, Default)]

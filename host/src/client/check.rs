@@ -12,25 +12,59 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use quinn::Connection;
+use quictun_plugin_api::PluginError;
+use quinn::{Connection, ConnectionError, WriteError};
 use rustls::pki_types::CertificateDer;
 
-use crate::addr::{Address, HostPort};
-use crate::client;
-use crate::connector::{ConnectorConfig, Dialer};
-use crate::identity::{Fingerprint, Identity};
+use super::connector::{ConnectError, ConnectorConfig, Dialer};
 use crate::plugins::TokenSource;
-use crate::relay;
-use crate::tls::Verification;
-use crate::transport::{self, TransportOptions};
-use crate::wire::{self, Answer, ErrorCode, Status};
+use crate::quic::{SetupError, TransportOptions};
+use crate::tls::{Fingerprint, Identity, Verification};
+use crate::wire::addr::{Address, HostPort};
+use crate::wire::handshake::{self, HandshakeError, Protocol, negotiated_alpn};
+use crate::wire::{Answer, ErrorCode, Status, WireError};
 
 /// Longest wait for the server's answer to the test token. The server dials the target
 /// before it answers, and gives up on that after its `--connect-timeout` (10 s by default).
 const ANSWER_WAIT: Duration = Duration::from_secs(20);
 /// Longest wait for the close to reach the server before the process exits.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Why the check failed: one line, as the report's last.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("cannot resolve {listen}: {source}")]
+    Resolve {
+        listen: Address,
+        source: std::io::Error,
+    },
+    #[error("{0} resolves to no address")]
+    NoAddress(Address),
+    #[error("the token source {name} gave no token for {app}: {source}")]
+    NoToken {
+        name: String,
+        app: String,
+        source: PluginError,
+    },
+    #[error("the token cannot be sent: {0}")]
+    Token(WireError),
+    #[error("cannot open a stream: {0}")]
+    Open(ConnectionError),
+    #[error("cannot send the token: {0}")]
+    Send(WriteError),
+    #[error("no answer to the test token: {0}")]
+    Answer(HandshakeError),
+    #[error("no answer to the test token within {0:?}")]
+    AnswerTimeout(Duration),
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot write the report: {0}")]
+    Report(#[from] std::io::Error),
+}
 
 /// What the check needs, already parsed.
 #[derive(Debug)]
@@ -51,9 +85,9 @@ pub struct CheckConfig {
 /// Connects once (trying each of the server's addresses until one answers), writes the
 /// report to `out`, and succeeds only when the server accepts the test token. A failure to
 /// connect is the error the client logs, for each address tried.
-pub async fn run(mut config: CheckConfig, out: &mut impl Write) -> anyhow::Result<()> {
+pub async fn run(mut config: CheckConfig, out: &mut impl Write) -> Result<(), CheckError> {
     let identity = config.identity.take();
-    let quic = client::quic_config(&config.verification, identity, &config.transport)?;
+    let quic = super::quic_config(&config.verification, identity, &config.transport)?;
     let mut dialer = Dialer::new(
         ConnectorConfig {
             server: config.server.clone(),
@@ -74,7 +108,7 @@ pub async fn run(mut config: CheckConfig, out: &mut impl Write) -> anyhow::Resul
 /// The application address to ask the token source about when none is given: where an
 /// application on this host would come from when it connects to `listen` — a UNIX listener's
 /// own address, or the TCP listener's address with a wildcard IP read as loopback.
-pub async fn app_addr_for(listen: &Address) -> anyhow::Result<String> {
+pub async fn app_addr_for(listen: &Address) -> Result<String, CheckError> {
     let host_port = match listen {
         Address::Unix(_) => return Ok(listen.to_string()),
         Address::Tcp(host_port) => host_port,
@@ -82,9 +116,12 @@ pub async fn app_addr_for(listen: &Address) -> anyhow::Result<String> {
     let addr = *host_port
         .resolve()
         .await
-        .with_context(|| format!("cannot resolve {listen}"))?
+        .map_err(|source| CheckError::Resolve {
+            listen: listen.clone(),
+            source,
+        })?
         .first()
-        .with_context(|| format!("{listen} resolves to no address"))?;
+        .ok_or_else(|| CheckError::NoAddress(listen.clone()))?;
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -94,28 +131,20 @@ pub async fn app_addr_for(listen: &Address) -> anyhow::Result<String> {
 }
 
 /// The lines about the connection itself.
-fn report(server: &HostPort, connection: &Connection, out: &mut impl Write) -> anyhow::Result<()> {
+fn report(server: &HostPort, connection: &Connection, out: &mut impl Write) -> std::io::Result<()> {
     let fingerprint = peer_fingerprint(connection)
         .map(|f| f.to_string())
         .unwrap_or_else(|| "unknown (the server showed no certificate)".into());
-    let alpn = transport::negotiated_alpn(connection)
-        .map(|alpn| describe_alpn(&alpn))
-        .unwrap_or_else(|| "none".into());
+    let alpn = match negotiated_alpn(connection) {
+        Some(_) => Protocol::of(connection).describe(),
+        None => "none",
+    };
     let rtt = connection.rtt().as_secs_f64() * 1000.0;
     writeln!(out, "server {server} ({})", connection.remote_address())?;
     writeln!(out, "fingerprint {fingerprint}")?;
     writeln!(out, "alpn {alpn}")?;
     writeln!(out, "rtt {rtt:.2} ms")?;
     Ok(())
-}
-
-fn describe_alpn(alpn: &[u8]) -> String {
-    let name = String::from_utf8_lossy(alpn);
-    if alpn == wire::ALPN_LEGACY {
-        format!("{name} (the original protocol)")
-    } else {
-        name.into_owned()
-    }
 }
 
 /// The SHA-256 fingerprint of the certificate the server showed.
@@ -132,7 +161,7 @@ async fn test_token(
     config: &CheckConfig,
     connection: &Connection,
     out: &mut impl Write,
-) -> anyhow::Result<()> {
+) -> Result<(), CheckError> {
     let token = match &config.token {
         Some(token) => {
             writeln!(out, "token from --check-token ({} bytes)", token.len())?;
@@ -144,15 +173,19 @@ async fn test_token(
                 .source
                 .token(app)
                 .await
-                .with_context(|| format!("the token source {name} gave no token for {app}"))?;
+                .map_err(|source| CheckError::NoToken {
+                    name: name.clone(),
+                    app: app.clone(),
+                    source,
+                })?;
             writeln!(out, "token from {name} for {app} ({} bytes)", token.len())?;
             token
         }
     };
-    let legacy = transport::negotiated_alpn(connection).as_deref() == Some(wire::ALPN_LEGACY);
-    let answer = tokio::time::timeout(ANSWER_WAIT, send_token(connection, &token, legacy))
+    let protocol = Protocol::of(connection);
+    let answer = tokio::time::timeout(ANSWER_WAIT, send_token(connection, &token, protocol))
         .await
-        .map_err(|_| anyhow::anyhow!("no answer to the test token within {ANSWER_WAIT:?}"))??;
+        .map_err(|_| CheckError::AnswerTimeout(ANSWER_WAIT))??;
     if answer.status == Status::Ok {
         writeln!(out, "token accepted")?;
         return Ok(());
@@ -162,25 +195,24 @@ async fn test_token(
         reason => format!("token refused: {}: {reason}", answer.status),
     };
     writeln!(out, "{refusal}")?;
-    anyhow::bail!(refusal)
+    Err(CheckError::Refused(refusal))
 }
 
 /// Sends `token` on a new stream, finished at once, and reads the answer.
-async fn send_token(connection: &Connection, token: &[u8], legacy: bool) -> anyhow::Result<Answer> {
-    let (frame, preface) =
-        client::token_frame(token, legacy).context("the token cannot be sent")?;
-    let (mut send, mut recv) = connection.open_bi().await.context("cannot open a stream")?;
-    send.write_all(&frame)
-        .await
-        .context("cannot send the token")?;
+async fn send_token(
+    connection: &Connection,
+    token: &[u8],
+    protocol: Protocol,
+) -> Result<Answer, CheckError> {
+    let frame = protocol.token_frame(token).map_err(CheckError::Token)?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(CheckError::Open)?;
+    send.write_all(&frame).await.map_err(CheckError::Send)?;
     let _ = send.finish();
-    let answer = relay::read_preface(&mut recv, preface).await;
+    let answer = handshake::read_answer(&mut recv, protocol).await;
     // Whatever the target would send is of no interest; the original's server repeats a
     // refusal until the client stops reading.
     let _ = recv.stop(ErrorCode::Done.varint());
-    Ok(answer
-        .context("no answer to the test token")?
-        .unwrap_or_else(Answer::ok))
+    answer.map_err(CheckError::Answer)
 }
 
 #[cfg(test)]
@@ -209,15 +241,6 @@ mod tests {
         assert_eq!(
             app_addr_for(&app("unix:/run/app.sock")).await.unwrap(),
             "unix:/run/app.sock"
-        );
-    }
-
-    #[test]
-    fn the_original_protocol_is_named() {
-        assert_eq!(describe_alpn(wire::ALPN_V2), "quic-tun/2");
-        assert_eq!(
-            describe_alpn(wire::ALPN_LEGACY),
-            "quic-tun (the original protocol)"
         );
     }
 }

@@ -14,6 +14,8 @@ use quinn::{Endpoint, EndpointConfig, IdleTimeout, TokioRuntime, TransportConfig
 use quinn_proto::HashedConnectionIdGenerator;
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub mod connections;
+
 /// Requested UDP socket buffer size, each way.
 const UDP_BUFFER: usize = 8 * 1024 * 1024;
 // Flow-control windows. They are credit, not allocations: an idle tunnel holds none of them,
@@ -77,11 +79,22 @@ impl Default for TransportOptions {
     }
 }
 
+/// Why an endpoint could not be set up: one line naming what.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("invalid certificate or key: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("--idle-timeout {0:?} is too long")]
+    IdleTimeout(Duration),
+    #[error("cannot listen on {what}: {source}")]
+    Listen { what: String, source: io::Error },
+}
+
 impl TransportOptions {
-    pub fn build(&self) -> io::Result<TransportConfig> {
+    pub fn build(&self) -> Result<TransportConfig, SetupError> {
         let mut config = TransportConfig::default();
         let idle = IdleTimeout::try_from(self.idle_timeout)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "idle time-out too long"))?;
+            .map_err(|_| SetupError::IdleTimeout(self.idle_timeout))?;
         config
             .max_concurrent_bidi_streams(VarInt::from_u32(self.max_streams))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
@@ -150,12 +163,4 @@ fn endpoint_with(
 ) -> io::Result<Endpoint> {
     let socket = udp_socket(addr)?;
     Endpoint::new(config, server, socket, Arc::new(TokioRuntime))
-}
-
-/// The application protocol the connection's handshake settled on (ALPN).
-pub fn negotiated_alpn(connection: &quinn::Connection) -> Option<Vec<u8>> {
-    connection
-        .handshake_data()
-        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|data| data.protocol)
 }

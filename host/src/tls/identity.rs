@@ -13,6 +13,34 @@ const STATE_IDENTITY: &str = "server-identity.pem";
 const STATE_RESET_KEY: &str = "reset-key";
 const RESET_KEY_LEN: usize = 64;
 
+/// Why an identity, a key or a CA bundle could not be had: one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("no {what} in {}", path.display())]
+    Empty { what: &'static str, path: PathBuf },
+    #[error("bad CA certificate in {}: {source}", path.display())]
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{} is not a {RESET_KEY_LEN}-byte key", path.display())]
+    BadResetKey { path: PathBuf },
+    #[error("cannot generate {0}")]
+    Generate(String),
+    #[error("cannot create state directory {}: {source}", path.display())]
+    StateDir { path: PathBuf, source: io::Error },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+}
+
 /// A certificate chain and its private key.
 #[derive(Debug)]
 pub struct Identity {
@@ -23,26 +51,24 @@ pub struct Identity {
 impl Identity {
     /// Reads a PEM certificate chain and private key (PKCS#8, PKCS#1 RSA or SEC1 EC; ECDSA,
     /// Ed25519 and RSA keys).
-    pub fn from_pem_files(cert_file: &Path, key_file: &Path) -> Result<Identity, String> {
-        let chain = CertificateDer::pem_file_iter(cert_file)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("cannot read certificate {}: {e}", cert_file.display()))?;
-        if chain.is_empty() {
-            return Err(format!("no certificate in {}", cert_file.display()));
-        }
-        let key = PrivateKeyDer::from_pem_file(key_file)
-            .map_err(|e| format!("cannot read private key {}: {e}", key_file.display()))?;
+    pub fn from_pem_files(cert_file: &Path, key_file: &Path) -> Result<Identity, IdentityError> {
+        let chain = read_certificates(cert_file, ("certificate", "certificate"))?;
+        let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| IdentityError::Pem {
+            what: "private key",
+            path: key_file.into(),
+            source,
+        })?;
         Ok(Identity { chain, key })
     }
 
     /// The certificate kept in `state_dir`, generated there on first use so the server keeps
     /// its identity (and clients their trust in it) across restarts.
-    pub fn load_or_create(state_dir: &Path) -> Result<Identity, String> {
+    pub fn load_or_create(state_dir: &Path) -> Result<Identity, IdentityError> {
         let path = state_dir.join(STATE_IDENTITY);
         if !path.exists() {
             let names = ["localhost"];
             let certified = rcgen::generate_simple_self_signed(names.map(String::from).to_vec())
-                .map_err(|e| format!("cannot generate a certificate: {e}"))?;
+                .map_err(|e| IdentityError::Generate(format!("a certificate: {e}")))?;
             let pem = certified.cert.pem() + &certified.signing_key.serialize_pem();
             create_private_dir(state_dir)?;
             if create_once(&path, pem.as_bytes())? {
@@ -118,45 +144,61 @@ impl std::str::FromStr for Fingerprint {
 }
 
 /// The server's stateless-reset key, kept in `state_dir` (made on first use).
-pub fn load_or_create_reset_key(state_dir: &Path) -> Result<Vec<u8>, String> {
+pub fn load_or_create_reset_key(state_dir: &Path) -> Result<Vec<u8>, IdentityError> {
     let path = state_dir.join(STATE_RESET_KEY);
-    match std::fs::read(&path) {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| IdentityError::Read {
+            path: path.into(),
+            source,
+        })
+    };
+    match read(&path) {
         Ok(key) if key.len() == RESET_KEY_LEN => return Ok(key),
-        Ok(_) => {
-            return Err(format!(
-                "{} is not a {RESET_KEY_LEN}-byte key",
-                path.display()
-            ));
-        }
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(format!("cannot read {}: {e}", path.display()));
-        }
-        Err(_) => {}
+        Ok(_) => return Err(IdentityError::BadResetKey { path }),
+        Err(IdentityError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
     }
     let mut key = vec![0u8; RESET_KEY_LEN];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-        .map_err(|_| "cannot draw a random reset key".to_owned())?;
+        .map_err(|_| IdentityError::Generate("a random reset key".into()))?;
     create_private_dir(state_dir)?;
     create_once(&path, &key)?;
     // Another process may have created it first: use what the file holds.
-    std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    read(&path)
 }
 
 /// Reads a PEM bundle of CA certificates.
-pub fn load_roots(ca_file: &Path) -> Result<rustls::RootCertStore, String> {
+pub fn load_roots(ca_file: &Path) -> Result<rustls::RootCertStore, IdentityError> {
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read CA file {}: {e}", ca_file.display()))?;
-    for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| format!("bad CA certificate in {}: {e}", ca_file.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("no CA certificate in {}", ca_file.display()));
+    for cert in read_certificates(ca_file, ("CA file", "CA certificate"))? {
+        roots.add(cert).map_err(|source| IdentityError::BadCa {
+            path: ca_file.into(),
+            source,
+        })?;
     }
     Ok(roots)
+}
+
+/// Reads the PEM certificates in `path`; errors name the file as `file` and what it must hold
+/// as `item`. None is an error.
+fn read_certificates(
+    path: &Path,
+    (file, item): (&'static str, &'static str),
+) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| IdentityError::Pem {
+            what: file,
+            path: path.into(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(IdentityError::Empty {
+            what: item,
+            path: path.into(),
+        });
+    }
+    Ok(certs)
 }
 
 /// The default state directory: `$XDG_DATA_HOME/quictun`, else `~/.local/share/quictun`.
@@ -170,22 +212,28 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 /// Creates a directory only its owner can enter.
-pub fn create_private_dir(dir: &Path) -> Result<(), String> {
+pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("cannot create state directory {}: {e}", dir.display()))
+        .map_err(|source| IdentityError::StateDir {
+            path: dir.into(),
+            source,
+        })
 }
 
 /// Creates a file only its owner can read, unless it exists. The file appears whole (written
 /// beside it, then linked into place) and only once: of two processes starting together, one
 /// creates it and the other uses it. Returns whether this call created it.
-fn create_once(path: &Path, contents: &[u8]) -> Result<bool, String> {
+fn create_once(path: &Path, contents: &[u8]) -> Result<bool, IdentityError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let fail = |e: io::Error| format!("cannot write {}: {e}", path.display());
+    let fail = |source: io::Error| IdentityError::Write {
+        path: path.into(),
+        source,
+    };
     let partial = path.with_extension(format!("partial-{}", std::process::id()));
     std::fs::OpenOptions::new()
         .write(true)
@@ -261,7 +309,8 @@ mod state_tests {
     #[test]
     fn missing_files_are_named() {
         let error = Identity::from_pem_files(Path::new("/nope/c.pem"), Path::new("/nope/k.pem"))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             error.starts_with("cannot read certificate /nope/c.pem"),
             "{error}"
@@ -269,6 +318,7 @@ mod state_tests {
         assert!(
             load_roots(Path::new("/nope/ca.pem"))
                 .unwrap_err()
+                .to_string()
                 .contains("/nope/ca.pem")
         );
     }

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use crate::identity::Fingerprint;
+use crate::tls::Fingerprint;
 
 /// The known-hosts file.
 #[derive(Debug)]
@@ -70,7 +70,7 @@ impl KnownHosts {
         let fail =
             |e: std::io::Error| format!("cannot record the server in {}: {e}", self.path.display());
         if let Some(dir) = self.path.parent() {
-            crate::identity::create_private_dir(dir)?;
+            crate::tls::create_private_dir(dir).map_err(|e| e.to_string())?;
         }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
