@@ -7,7 +7,6 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod congestion;
 pub mod connections;
 pub mod connector;
 pub mod generate;

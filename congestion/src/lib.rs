@@ -18,9 +18,8 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics};
-// quinn 0.11 does not re-export `RttEstimator`; the trait signature needs it by name.
 use quinn_proto::RttEstimator;
+use quinn_proto::congestion::{Controller, ControllerFactory, ControllerMetrics};
 
 mod driver;
 pub mod model;
