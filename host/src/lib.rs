@@ -23,14 +23,3 @@
 pub mod api;
 pub mod cli;
 pub mod client;
-mod lock;
-pub mod plugins;
-pub mod quic;
-pub mod server;
-pub mod shutdown;
-pub mod tls;
-pub mod tunnel;
-pub mod wire;
-
-// Moves into its own crate (quictun-congestion).
-pub mod congestion;

@@ -107,7 +107,7 @@ impl TransportOptions {
             Congestion::Cubic => Arc::new(CubicConfig::default()),
             Congestion::Newreno => Arc::new(NewRenoConfig::default()),
             Congestion::Bbr => Arc::new(BbrConfig::default()),
-            Congestion::Adaptive => Arc::new(crate::congestion::AdaptiveConfig::default()),
+            Congestion::Adaptive => Arc::new(quictun_congestion::AdaptiveConfig::default()),
         };
         config.congestion_controller_factory(factory);
         Ok(config)

@@ -4,7 +4,7 @@
 //!
 //! Everything here is plain data driven by explicit inputs (time as a [`Duration`] since an
 //! arbitrary epoch, byte counts, rate samples), so the same code runs inside quinn (through the
-//! adapter in `mod.rs`) and on the deterministic simulated link in `sim.rs`.
+//! adapter in `lib.rs`) and on the deterministic simulated link in `sim.rs`.
 //!
 //! quinn paces at about 1.25 × window / smoothed RTT and has no pacing-rate hook, so the window
 //! is the only real lever: it sits at about one bandwidth-delay product while cruising, and only

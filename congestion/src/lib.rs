@@ -1,7 +1,12 @@
-//! "adaptive": our own model-based congestion controller for quinn, in the spirit of BBR.
+//! quictun-congestion: "adaptive", quic-tun's own model-based congestion controller for quinn,
+//! in the spirit of BBR. The host (package `quictun`) installs it for `--congestion adaptive`,
+//! its default.
 //!
-//! It estimates the bottleneck bandwidth (max filter of delivery-rate samples over ten round
-//! trips) and the path's minimum RTT (min filter over ten seconds, refreshed by a brief
+//! It depends on quinn-proto only (for the `Controller` trait it implements), never on the host,
+//! so the controller, its model and its simulated link build and test on their own.
+//!
+//! The controller estimates the bottleneck bandwidth (max filter of delivery-rate samples over
+//! ten round trips) and the path's minimum RTT (min filter over ten seconds, refreshed by a brief
 //! ProbeRtt), and keeps the congestion window near their product — quinn paces from the window,
 //! so the window is what keeps the bottleneck queue short. Isolated random loss is ignored;
 //! a round with heavy loss *and* queueing delay, or a persistently large queue, lowers a
@@ -18,9 +23,8 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics};
-// quinn 0.11 does not re-export `RttEstimator`; the trait signature needs it by name.
 use quinn_proto::RttEstimator;
+use quinn_proto::congestion::{Controller, ControllerFactory, ControllerMetrics};
 
 mod driver;
 pub mod model;
