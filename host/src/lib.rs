@@ -19,7 +19,18 @@
 //! - [`api`]: the REST API, metrics and dashboard of either endpoint.
 //! - [`shutdown`]: the signal and the drain, one type for both endpoints.
 //! - [`cli`]: what the two binaries share: flags, `--config` files, logging, generated
-//!   completions and man pages, one-line errors.
+//!   completions and man pages, one-line errors. It is the binaries' front end, and like them
+//!   reports errors with `anyhow`; the modules above return typed errors.
+//!
+//! The adaptive congestion controller is a crate of its own, `quictun-congestion`.
 pub mod api;
 pub mod cli;
 pub mod client;
+mod lock;
+pub mod plugins;
+pub mod quic;
+pub mod server;
+pub mod shutdown;
+pub mod tls;
+pub mod tunnel;
+pub mod wire;
