@@ -178,7 +178,8 @@ def main():
             server = subprocess.Popen(callgrind(
                 f"{work}/server.cg", f"{args.bin_dir}/quictun-server",
                 "--listen-on", f"127.0.0.1:{quic}", "--httpd-listen-on", "",
-                "--state-dir", f"{work}/server", "--log-level", "warn"),
+                "--state-dir", f"{work}/server", "--log-level", "warn",
+                "--allow-target", f"{target[0]}:{target[1]}"),
                 stderr=subprocess.DEVNULL)
             procs.append(server)
             client = subprocess.Popen(callgrind(

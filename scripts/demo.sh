@@ -34,7 +34,9 @@ python3 -m http.server "$web_port" --bind 127.0.0.1 --directory "$work/www" >"$w
 pids+=($!)
 
 echo "==> quictun-server on udp 127.0.0.1:$quic_port, REST API on 127.0.0.1:$server_api"
+# The server relays only to what --allow-target names: here the web server, nothing else.
 "$bin/quictun-server" --listen-on "127.0.0.1:$quic_port" --state-dir "$work/server-state" \
+    --allow-target "127.0.0.1:$web_port" \
     --httpd-listen-on "127.0.0.1:$server_api" >"$work/server.log" 2>&1 &
 pids+=($!)
 

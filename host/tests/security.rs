@@ -80,7 +80,7 @@ async fn client_verification_matrix() {
     let wrong = Ca::new(&dir, "wrong");
     let identity = ca.leaf(&dir, "server", &["localhost", "127.0.0.1"]);
     let fingerprint = identity.fingerprint().unwrap();
-    let (addr, _task) = server(identity, None, Policy::default());
+    let (addr, _task) = server(identity, None, Policy::any());
 
     let right_ca = Verification::Pki(load_roots(&ca.ca_file(&dir)).unwrap());
     tunnel_works(addr, &right_ca, None).await.expect("right CA");
@@ -113,7 +113,7 @@ async fn trust_on_first_use_records_then_refuses_a_changed_certificate() {
     let first = Identity::load_or_create(&state).unwrap();
     let again = Identity::load_or_create(&state).unwrap();
     assert_eq!(first.fingerprint(), again.fingerprint());
-    let (addr, task) = server(first, None, Policy::default());
+    let (addr, task) = server(first, None, Policy::any());
     let tofu = Verification::FirstUse {
         known_hosts: known_hosts.clone(),
         endpoint: addr.to_string(),
@@ -131,7 +131,7 @@ async fn trust_on_first_use_records_then_refuses_a_changed_certificate() {
     let (other_addr, _task) = server(
         Identity::self_signed(&["localhost"]).unwrap(),
         None,
-        Policy::default(),
+        Policy::any(),
     );
     let moved = Verification::FirstUse {
         known_hosts: known_hosts.clone(),
@@ -156,7 +156,7 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     let other = Ca::new(&dir, "other");
     let server_identity = Identity::self_signed(&["localhost"]).unwrap();
     let roots = load_roots(&ca.ca_file(&dir)).unwrap();
-    let (addr, _task) = server(server_identity, Some(roots), Policy::default());
+    let (addr, _task) = server(server_identity, Some(roots), Policy::any());
 
     assert!(
         tunnel_works(addr, &Verification::Insecure, None)
@@ -247,7 +247,7 @@ async fn a_silent_stream_is_closed_at_the_handshake_time_out() {
     let (addr, _task) = server(
         Identity::self_signed(&["localhost"]).unwrap(),
         None,
-        Policy::default(),
+        Policy::any(),
     );
     let connection = raw_connection(addr).await;
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
@@ -271,7 +271,7 @@ async fn a_one_mib_token_is_refused_from_its_header() {
     let (addr, _task) = server(
         Identity::self_signed(&["localhost"]).unwrap(),
         None,
-        Policy::default(),
+        Policy::any(),
     );
     let connection = raw_connection(addr).await;
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
@@ -304,7 +304,7 @@ async fn idle_connections_hit_the_limit_and_the_server_stays_responsive() {
         connect_timeout: Duration::from_secs(2),
         max_connections: 3,
         discriminators: Vec::new(),
-        policy: Policy::default(),
+        policy: Policy::any(),
         client_roots: None,
         reset_key: None,
     })
@@ -345,7 +345,7 @@ async fn certificates_with_rsa_ed25519_and_ecdsa_keys_in_every_pem_form() {
     ] {
         let identity = Identity::from_pem_files(&keys.join(cert), &keys.join(key)).unwrap();
         let fingerprint = identity.fingerprint().unwrap();
-        let (addr, _task) = server(identity, None, Policy::default());
+        let (addr, _task) = server(identity, None, Policy::any());
         let pinned = Verification::Pinned(fingerprint);
         tunnel_works(addr, &pinned, None)
             .await

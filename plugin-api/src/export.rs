@@ -72,11 +72,25 @@ macro_rules! __export_plugin_module {
                 }
                 .leak_into_prefix()
             }
+            // The loader abi_stable's `#[export_root_module]` expands to: it builds the
+            // module under `catch_unwind`, registers it as this library's root module, and
+            // erases its type for the header. It is public but hidden from abi_stable's docs,
+            // so the workspace pins abi_stable's exact version.
             $crate::abi_stable::library::__call_root_module_loader(module)
         }
 
         // The symbol name is `abi_stable::library::ROOT_MODULE_LOADER_NAME` (checked by a test
         // in quictun-plugin-api).
+        //
+        // This is what abi_stable's `#[export_root_module]` attribute expands to; we write it
+        // out because that attribute cannot wrap the constructor in `catch_unwind`.
+        //
+        // SAFETY: `export_name` makes this the one symbol of that name in the library (a
+        // second `export_plugin!` in one crate fails to link), and its type is the `LibHeader`
+        // the host's loader reads through it. `from_constructor` requires that the
+        // constructor return the root module of the type given (`PluginModuleRef`, by the
+        // signature of `__quictun_plugin_root`) and that the header be built once, in a
+        // static: both hold here.
         #[doc(hidden)]
         #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
         pub static __QUICTUN_PLUGIN_HEADER: $crate::abi_stable::library::LibHeader = unsafe {

@@ -856,6 +856,8 @@ impl Tunnel {
                 "",
                 "--state-dir",
                 &state("server"),
+                "--allow-target",
+                &target.to_string(),
                 "--max-streams-per-connection",
                 "20000",
                 "--log-level",

@@ -57,7 +57,7 @@ struct Args {
     httpd_listen_on: ApiListen,
 
     /// Targets tokens may name: CIDR, CIDR:PORT, CIDR:LOW-HIGH, HOST:PORT or unix:/dir/
-    /// (repeatable). Without any, every target is allowed.
+    /// (repeatable), or `any` alone for an open relay. At least one is required.
     #[arg(long, value_name = "RULE")]
     allow_target: Vec<String>,
 
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     cli::init_logging(&args.common)?;
-    let policy = Policy::new(&args.allow_target)?;
+    let policy = target_policy(&args.allow_target)?;
     let client_roots = match args.common.verify_remote_endpoint {
         true => args.common.roots()?,
         false => None,
@@ -105,11 +105,25 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         api::start(listen, state).await?;
     }
     if policy.is_open() {
-        warn!("no --allow-target rule: this server relays to any address a client names");
+        warn!(
+            "--allow-target any: this server relays any client to any address it names, this machine's own services included"
+        );
     }
     let handle = server.handle();
     Shutdown::new(args.common.drain_timeout)
         .run(server.run(), handle)
         .await;
     Ok(())
+}
+
+/// The target policy from `--allow-target`. Without a rule the server refuses to start: it
+/// would relay any client to any address (SPEC §7, fail closed).
+fn target_policy(rules: &[String]) -> anyhow::Result<Policy> {
+    let policy = Policy::new(rules)?;
+    if policy.is_empty() {
+        anyhow::bail!(
+            "no --allow-target rule: this server would relay any client to any address, this machine's own services included; name what clients may reach (e.g. --allow-target 127.0.0.1:22) or pass --allow-target any to run an open relay"
+        );
+    }
+    Ok(policy)
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +18,8 @@ use crate::lock::lock;
 #[derive(Debug, Default)]
 pub struct ConnectionRegistry {
     live: Mutex<HashMap<usize, Entry>>,
+    /// The last id given out: ids are ours, counted from 1, never a memory address.
+    last_id: AtomicUsize,
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -43,7 +46,7 @@ pub struct ConnectionInfo {
 impl ConnectionRegistry {
     /// Lists `connection` until the returned guard is dropped.
     pub fn register(self: &Arc<Self>, connection: &Connection) -> ListedConnection {
-        let id = connection.stable_id();
+        let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Entry {
             connection: connection.clone(),
             created_at: SystemTime::now(),

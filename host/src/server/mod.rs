@@ -282,14 +282,14 @@ async fn dial(target: &Address, policy: &Policy, timeout: Duration) -> Result<Ap
             &format!("cannot reach {target}: {error}"),
         )
     };
-    let not_allowed = |detail: String| {
+    let not_allowed = || {
         Answer::refuse(
             Status::NotAllowed,
-            &format!("target {target}{detail} is not allowed by --allow-target"),
+            &format!("target {target} is not allowed by --allow-target"),
         )
     };
     match target {
-        Address::Unix(path) if !policy.allows_unix(path) => Err(not_allowed(String::new())),
+        Address::Unix(path) if !policy.allows_unix(path) => Err(not_allowed()),
         Address::Unix(path) => AppStream::connect_unix(path, timeout)
             .await
             .map_err(unreachable),
@@ -306,13 +306,10 @@ async fn dial(target: &Address, policy: &Policy, timeout: Duration) -> Result<Ap
                     .filter(|&addr| policy.allows_addr(addr))
                     .collect()
             };
+            // The reason names the target as the token gave it, never what it resolved to:
+            // a refusal must not answer DNS questions about the server's network.
             if allowed.is_empty() && !resolved.is_empty() {
-                let addrs: Vec<String> = resolved.iter().map(ToString::to_string).collect();
-                let detail = match &host_port.host {
-                    crate::wire::addr::Host::Name(_) => format!(" ({})", addrs.join(", ")),
-                    crate::wire::addr::Host::Ip(_) => String::new(),
-                };
-                return Err(not_allowed(detail));
+                return Err(not_allowed());
             }
             AppStream::connect_tcp(&allowed, timeout)
                 .await

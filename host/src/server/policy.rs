@@ -5,7 +5,13 @@
 //! matches. CIDR rules match the address actually dialed, after name resolution, so a name
 //! cannot smuggle a connection to a denied address; `HOST:PORT` matches the name as the token
 //! gives it; `unix:/dir/` matches socket paths under that directory once symlinks and `..`
-//! are resolved. With no rule at all every target is allowed.
+//! are resolved. `any` stands alone and allows every target: an open relay, which the server
+//! binary accepts only when asked by name (fail closed, SPEC §7). Without any rule nothing is
+//! allowed.
+//!
+//! An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) means its IPv4 address, in rules and in
+//! targets, and an unspecified target address (`0.0.0.0`, `::`) is never allowed: it would
+//! reach this machine.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -14,13 +20,15 @@ use std::str::FromStr;
 use crate::wire::addr::{Host, HostPort};
 
 /// The set of `--allow-target` rules.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     rules: Vec<Rule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Rule {
+    /// `any`: every target.
+    Any,
     Block {
         network: IpAddr,
         prefix: u8,
@@ -36,7 +44,7 @@ enum Rule {
 /// A rule that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid --allow-target {value:?}: {reason} (expected CIDR, CIDR:PORT, CIDR:LOW-HIGH, HOST:PORT or unix:/dir/)"
+    "invalid --allow-target {value:?}: {reason} (expected CIDR, CIDR:PORT, CIDR:LOW-HIGH, HOST:PORT, unix:/dir/ or any)"
 )]
 pub struct RuleError {
     pub value: String,
@@ -44,17 +52,35 @@ pub struct RuleError {
 }
 
 impl Policy {
-    /// Parses every rule; the first bad one is the error.
+    /// Parses every rule; the first bad one is the error. `any` must stand alone.
     pub fn new<S: AsRef<str>>(rules: &[S]) -> Result<Policy, RuleError> {
-        let rules = rules
+        let rules: Vec<Rule> = rules
             .iter()
             .map(|r| r.as_ref().parse())
             .collect::<Result<_, _>>()?;
+        if rules.len() > 1 && rules.contains(&Rule::Any) {
+            return Err(RuleError {
+                value: "any".into(),
+                reason: "any allows every target and stands alone, without other rules".into(),
+            });
+        }
         Ok(Policy { rules })
     }
 
-    /// With no rule, every target is allowed.
+    /// An open relay: every target allowed (but never an unspecified address).
+    pub fn any() -> Policy {
+        Policy {
+            rules: vec![Rule::Any],
+        }
+    }
+
+    /// Whether this is `any`, an open relay.
     pub fn is_open(&self) -> bool {
+        self.rules == [Rule::Any]
+    }
+
+    /// Whether no rule was given: nothing is allowed.
+    pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 
@@ -73,11 +99,12 @@ impl Policy {
 
     /// Whether an address about to be dialed is allowed.
     pub fn allows_addr(&self, addr: SocketAddr) -> bool {
-        if self.is_open() {
-            return true;
-        }
         let ip = canonical_ip(addr.ip());
+        if ip.is_unspecified() {
+            return false;
+        }
         self.rules.iter().any(|rule| match *rule {
+            Rule::Any => true,
             Rule::Block {
                 network,
                 prefix,
@@ -125,6 +152,19 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A rule's block with an IPv4-mapped network as the IPv4 block it means: `::ffff:a.b.c.d/P`
+/// is a.b.c.d/(P−96). A mapped block shorter than /96 reaches beyond the mapped range.
+fn canonical_block(network: IpAddr, prefix: u8) -> Result<(IpAddr, u8), &'static str> {
+    match network {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(_) if prefix < 96 => Err("a mapped IPv6 block needs a prefix of 96 or more"),
+            Some(v4) => Ok((IpAddr::V4(v4), prefix - 96)),
+            None => Ok((network, prefix)),
+        },
+        IpAddr::V4(_) => Ok((network, prefix)),
+    }
+}
+
 fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
@@ -146,6 +186,9 @@ impl FromStr for Rule {
             value: value.to_owned(),
             reason: reason.to_owned(),
         };
+        if value.eq_ignore_ascii_case("any") {
+            return Ok(Rule::Any);
+        }
         if let Some(dir) = value
             .strip_prefix("unix:")
             .or_else(|| value.strip_prefix("UNIX:"))
@@ -156,6 +199,14 @@ impl FromStr for Rule {
             return Ok(Rule::UnixDir(PathBuf::from(dir)));
         }
         let (block, ports) = split_ports(value).map_err(error)?;
+        let block_of = |network: IpAddr, prefix: u8| {
+            let (network, prefix) = canonical_block(network, prefix).map_err(error)?;
+            Ok(Rule::Block {
+                network: mask(network, prefix),
+                prefix,
+                ports,
+            })
+        };
         if let Some((addr, prefix)) = block.split_once('/') {
             let network: IpAddr = addr.parse().map_err(|_| error("not an IP block"))?;
             let max = if network.is_ipv4() { 32 } else { 128 };
@@ -164,19 +215,10 @@ impl FromStr for Rule {
                 .ok()
                 .filter(|&p| p <= max)
                 .ok_or_else(|| error("bad prefix length"))?;
-            return Ok(Rule::Block {
-                network: mask(network, prefix),
-                prefix,
-                ports,
-            });
+            return block_of(network, prefix);
         }
         if let Ok(ip) = block.parse::<IpAddr>() {
-            let prefix = if ip.is_ipv4() { 32 } else { 128 };
-            return Ok(Rule::Block {
-                network: canonical_ip(ip),
-                prefix,
-                ports,
-            });
+            return block_of(ip, if ip.is_ipv4() { 32 } else { 128 });
         }
         match ports {
             Some((low, high)) if low == high => {
@@ -298,11 +340,45 @@ mod tests {
     }
 
     #[test]
-    fn no_rule_allows_everything() {
-        let p = Policy::default();
+    fn any_allows_everything_but_an_unspecified_address() {
+        let p = policy(&["any"]);
         assert!(p.is_open());
         assert!(p.allows_addr(addr("203.0.113.1:1")));
+        assert!(p.allows_addr(addr("[2001:db8::1]:1")));
         assert!(p.allows_unix(Path::new("/anything")));
+        for unspecified in ["0.0.0.0:22", "[::]:22", "[::ffff:0.0.0.0]:22"] {
+            assert!(!p.allows_addr(addr(unspecified)), "{unspecified}");
+        }
+        let error = Policy::new(&["any", "127.0.0.1:22"]).unwrap_err();
+        assert!(error.to_string().contains("stands alone"), "{error}");
+    }
+
+    #[test]
+    fn no_rule_allows_nothing() {
+        let p = policy(&[]);
+        assert!(p.is_empty() && !p.is_open());
+        assert!(!p.allows_addr(addr("127.0.0.1:22")));
+        assert!(!p.allows_unix(Path::new("/tmp/app.sock")));
+        assert!(!p.allows_name(&"localhost:22".parse().unwrap()));
+    }
+
+    #[test]
+    fn mapped_rules_mean_their_ipv4_block() {
+        // Not every IPv4 address on every port: the address 0.0.0.0, which is never dialed.
+        let p = policy(&["::ffff:0.0.0.0"]);
+        assert!(!p.allows_addr(addr("127.0.0.1:22")));
+        assert!(!p.allows_addr(addr("0.0.0.0:22")));
+        let p = policy(&["::ffff:127.0.0.1", "[::ffff:10.0.0.0/104]:22"]);
+        assert!(p.allows_addr(addr("127.0.0.1:80")));
+        assert!(p.allows_addr(addr("[::ffff:127.0.0.1]:80")));
+        assert!(!p.allows_addr(addr("127.0.0.2:80")));
+        assert!(p.allows_addr(addr("10.200.0.1:22")));
+        assert!(!p.allows_addr(addr("10.200.0.1:23")));
+        assert!(!p.allows_addr(addr("11.0.0.1:22")));
+        // IPv6 rules never match IPv4 targets.
+        assert!(!policy(&["::/0"]).allows_addr(addr("127.0.0.1:22")));
+        let error = Policy::new(&["::ffff:0.0.0.0/95"]).unwrap_err();
+        assert!(error.to_string().contains("96"), "{error}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The bytes on the wire (SPEC §3, §6): [`addr`] for the addresses tokens and flags name,
 //! this module for the per-stream handshakes of both protocols as pure encode/decode over
-//! bytes, and [`handshake`] for reading and writing them on QUIC streams. A buffer that is too
-//! short decodes to `None` ("need more"), never an error.
+//! bytes, and [`handshake`] for reading and writing them on QUIC streams. Each frame starts
+//! with a fixed-size header that says how long the rest is, so a reader takes the header
+//! first and knows exactly what to wait for; a bad length is an error before anything else is
+//! read.
 //!
 //! ALPN picks the protocol for the whole QUIC connection:
 //!
@@ -171,16 +173,6 @@ pub fn decode_token_header(header: [u8; TOKEN_HEADER_LEN]) -> Result<usize, Wire
     Ok(len)
 }
 
-/// Decodes a token frame from the front of `buf`: the token and the bytes consumed.
-pub fn decode_token(buf: &[u8]) -> Result<Option<(&[u8], usize)>, WireError> {
-    let Some(header) = buf.first_chunk::<TOKEN_HEADER_LEN>() else {
-        return Ok(None);
-    };
-    let len = decode_token_header(*header)?;
-    let end = TOKEN_HEADER_LEN + len;
-    Ok(buf.get(TOKEN_HEADER_LEN..end).map(|token| (token, end)))
-}
-
 fn check_token_len(len: usize) -> Result<(), WireError> {
     if (1..=MAX_TOKEN_LEN).contains(&len) {
         Ok(())
@@ -251,19 +243,6 @@ impl Answer {
             reason: reason.to_owned(),
         })
     }
-
-    /// Decodes an answer from the front of `buf`: the answer and the bytes consumed.
-    pub fn decode(buf: &[u8]) -> Result<Option<(Answer, usize)>, WireError> {
-        let Some(header) = buf.first_chunk::<ANSWER_HEADER_LEN>() else {
-            return Ok(None);
-        };
-        let (status, len) = Answer::decode_header(*header)?;
-        let end = ANSWER_HEADER_LEN + len;
-        match buf.get(ANSWER_HEADER_LEN..end) {
-            Some(reason) => Ok(Some((Answer::from_parts(status, reason)?, end))),
-            None => Ok(None),
-        }
-    }
 }
 
 fn check_reason(status: Status, len: usize) -> Result<(), WireError> {
@@ -309,6 +288,29 @@ mod tests {
         let mut out = Vec::new();
         encode_token(token, &mut out).unwrap();
         out
+    }
+
+    /// A token frame read from the front of `buf` as the server reads it, header first: the
+    /// token and the bytes consumed, `None` when `buf` is too short.
+    fn decode_token(buf: &[u8]) -> Result<Option<(&[u8], usize)>, WireError> {
+        let Some(header) = buf.first_chunk::<TOKEN_HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let end = TOKEN_HEADER_LEN + decode_token_header(*header)?;
+        Ok(buf.get(TOKEN_HEADER_LEN..end).map(|token| (token, end)))
+    }
+
+    /// An answer read from the front of `buf` as the client reads it.
+    fn decode_answer(buf: &[u8]) -> Result<Option<(Answer, usize)>, WireError> {
+        let Some(header) = buf.first_chunk::<ANSWER_HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let (status, len) = Answer::decode_header(*header)?;
+        let end = ANSWER_HEADER_LEN + len;
+        match buf.get(ANSWER_HEADER_LEN..end) {
+            Some(reason) => Ok(Some((Answer::from_parts(status, reason)?, end))),
+            None => Ok(None),
+        }
     }
 
     #[test]
@@ -358,26 +360,26 @@ mod tests {
             let mut out = Vec::new();
             answer.encode(&mut out).unwrap();
             out.extend_from_slice(b"app bytes");
-            let (decoded, used) = Answer::decode(&out).unwrap().unwrap();
+            let (decoded, used) = decode_answer(&out).unwrap().unwrap();
             assert_eq!(decoded, answer);
             assert_eq!(&out[used..], b"app bytes");
             for len in 0..used {
-                assert_eq!(Answer::decode(&out[..len]), Ok(None));
+                assert_eq!(decode_answer(&out[..len]), Ok(None));
             }
         }
     }
 
     #[test]
     fn bad_answers_are_errors() {
-        assert_eq!(Answer::decode(&[0, 0, 0]), Err(WireError::UnknownStatus(0)));
-        assert_eq!(Answer::decode(&[6, 0, 0]), Err(WireError::UnknownStatus(6)));
+        assert_eq!(decode_answer(&[0, 0, 0]), Err(WireError::UnknownStatus(0)));
+        assert_eq!(decode_answer(&[6, 0, 0]), Err(WireError::UnknownStatus(6)));
         assert_eq!(
-            Answer::decode(&[2, 0x04, 0x01]),
+            decode_answer(&[2, 0x04, 0x01]),
             Err(WireError::ReasonLength(1025))
         );
-        assert_eq!(Answer::decode(&[1, 0, 1, b'x']), Err(WireError::ReasonOnOk));
+        assert_eq!(decode_answer(&[1, 0, 1, b'x']), Err(WireError::ReasonOnOk));
         assert_eq!(
-            Answer::decode(&[2, 0, 2, 0xff, 0xfe]),
+            decode_answer(&[2, 0, 2, 0xff, 0xfe]),
             Err(WireError::ReasonNotUtf8)
         );
     }
@@ -389,7 +391,7 @@ mod tests {
         assert_eq!(answer.reason.len(), 1024);
         let mut out = Vec::new();
         answer.encode(&mut out).unwrap();
-        assert_eq!(Answer::decode(&out).unwrap().unwrap().0, answer);
+        assert_eq!(decode_answer(&out).unwrap().unwrap().0, answer);
     }
 
     #[test]

@@ -185,7 +185,7 @@ pub fn start_server_custom(
         connect_timeout: Duration::from_secs(5),
         max_connections: 100,
         discriminators: discriminators(),
-        policy: Default::default(),
+        policy: quictun::server::policy::Policy::any(),
         client_roots: None,
         reset_key: None,
     };
