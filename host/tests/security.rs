@@ -230,7 +230,9 @@ async fn the_allow_list_decides_for_tcp_and_unix_targets() {
     let named = answer_for(addr, &format!("tcp:localhost:{}", app_hp.port + 3)).await;
     assert_eq!(named.status, Status::NotAllowed);
     assert!(
-        named.reason.contains(&format!("localhost:{}", app_hp.port + 3)),
+        named
+            .reason
+            .contains(&format!("localhost:{}", app_hp.port + 3)),
         "{}",
         named.reason
     );

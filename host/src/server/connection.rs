@@ -46,7 +46,7 @@ pub(super) async fn serve_connection(
     let (windows, _reservation) = core.budget.reserve();
     connection.set_receive_window(VarInt::from_u64(windows.connection).unwrap_or(VarInt::MAX));
     connection.set_send_window(windows.send);
-    let _listed = registry.register(&connection);
+    let _listed = registry.register(&connection, Some(windows.connection));
     info!(
         receive_window = windows.connection,
         "connection established"

@@ -412,6 +412,49 @@ pub async fn within<T>(secs: u64, future: impl std::future::Future<Output = T>) 
         .expect("timed out")
 }
 
+/// Checks `condition` every few milliseconds until it holds (`true`, or `Some(value)`), for at
+/// most `limit`: the one way the tests wait for something another task or process does.
+/// `Err` when it never held; the caller says what it waited for (`.expect("…")`).
+pub async fn wait_until<H: Holds, Fut: std::future::Future<Output = H>>(
+    limit: Duration,
+    mut condition: impl FnMut() -> Fut,
+) -> Result<H::Value, NeverHeld> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = condition().await.holds() {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NeverHeld(limit));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A [`wait_until`] condition that did not hold within its limit.
+#[derive(Debug)]
+pub struct NeverHeld(pub Duration);
+
+/// What a [`wait_until`] condition returns: `bool`, or `Option` to hand back what it found.
+pub trait Holds {
+    type Value;
+    fn holds(self) -> Option<Self::Value>;
+}
+
+impl Holds for bool {
+    type Value = ();
+    fn holds(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Holds for Option<T> {
+    type Value = T;
+    fn holds(self) -> Option<T> {
+        self
+    }
+}
+
 /// A bare QUIC connection to a server, for speaking the wire protocol by hand.
 pub async fn raw_connection(server: SocketAddr) -> quinn::Connection {
     let endpoint = quictun::quic::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
