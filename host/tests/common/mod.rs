@@ -3,7 +3,12 @@
 
 #![allow(dead_code)]
 
+pub mod process;
 pub mod spice;
+
+// Not every test binary starts the binaries.
+#[allow(unused_imports)]
+pub use process::Launch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -244,6 +249,38 @@ pub fn local_tcp() -> Address {
     "tcp:127.0.0.1:0".parse().unwrap()
 }
 
+/// A loopback TCP port where nothing listens: connecting is refused. The socket stays bound
+/// (without listening) so no one else takes the port while the test uses it, and
+/// [`ClosedPort::listen`] opens a listener on that same port.
+pub struct ClosedPort {
+    socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        ClosedPort { socket, addr }
+    }
+
+    /// The port as a token: `tcp:127.0.0.1:PORT`.
+    pub fn target(&self) -> String {
+        format!("tcp:{}", self.addr)
+    }
+
+    /// Starts listening on the port.
+    pub fn listen(self) -> TcpListener {
+        self.socket.listen(128).unwrap();
+        self.socket.set_nonblocking(true).unwrap();
+        TcpListener::from_std(self.socket.into()).unwrap()
+    }
+}
+
 /// What a test application server does with each connection.
 #[derive(Clone, Copy)]
 pub enum Behaviour {
@@ -385,6 +422,49 @@ pub async fn within<T>(secs: u64, future: impl std::future::Future<Output = T>) 
     tokio::time::timeout(Duration::from_secs(secs), future)
         .await
         .expect("timed out")
+}
+
+/// Checks `condition` every few milliseconds until it holds (`true`, or `Some(value)`), for at
+/// most `limit`: the one way the tests wait for something another task or process does.
+/// `Err` when it never held; the caller says what it waited for (`.expect("…")`).
+pub async fn wait_until<H: Holds, Fut: std::future::Future<Output = H>>(
+    limit: Duration,
+    mut condition: impl FnMut() -> Fut,
+) -> Result<H::Value, NeverHeld> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = condition().await.holds() {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NeverHeld(limit));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A [`wait_until`] condition that did not hold within its limit.
+#[derive(Debug)]
+pub struct NeverHeld(pub Duration);
+
+/// What a [`wait_until`] condition returns: `bool`, or `Option` to hand back what it found.
+pub trait Holds {
+    type Value;
+    fn holds(self) -> Option<Self::Value>;
+}
+
+impl Holds for bool {
+    type Value = ();
+    fn holds(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Holds for Option<T> {
+    type Value = T;
+    fn holds(self) -> Option<T> {
+        self
+    }
 }
 
 /// A bare QUIC connection to a server, for speaking the wire protocol by hand.
