@@ -158,6 +158,7 @@ async fn a_target_that_goes_away_and_comes_back() {
 static PROCESS_WIDE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long soak: 1,000 concurrent tunnels of 1 MiB each way, about 2 min; scripts/test.sh runs it"]
 async fn a_thousand_concurrent_tunnels_each_move_a_mebibyte_both_ways() {
     let _alone = PROCESS_WIDE.lock().await;
     let app = app_server_tcp(Behaviour::Echo).await;
@@ -207,6 +208,7 @@ fn rss_kib() -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long soak: 10,000 sequential connections; scripts/test.sh runs it"]
 async fn ten_thousand_short_connections_leave_no_descriptors_or_memory_behind() {
     let _alone = PROCESS_WIDE.lock().await;
     // Memory for the streams' bookkeeping grows with each new stream up to the connection's
