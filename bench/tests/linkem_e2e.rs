@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use quictun_bench::linkem::{DirStats, Link, LinkConfig, netns, tcp};
+use quictun_bench::linkem::{DirStats, Link, LinkConfig, LinkStats, netns, tcp};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -264,9 +264,19 @@ fn assert_received_what_was_forwarded(received: u64, dir: &DirStats) {
     );
 }
 
-/// Waits until the last packets of a closing connection have crossed the link.
-fn settle(link: &Link) {
-    std::thread::sleep(link.config().rtt + Duration::from_millis(100));
+/// The link's counters once the last packets of a closing connection have crossed it (they
+/// are in flight for up to one delay after they were sent), or after two seconds if some
+/// never do: the caller's assertions then say which.
+fn settled(link: &Link) -> LinkStats {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let stats = link.stats();
+        let in_flight = stats.a_to_b.in_flight().packets + stats.b_to_a.in_flight().packets;
+        if in_flight == 0 || Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn assert_accounted(dir: &DirStats) {
@@ -317,8 +327,7 @@ fn link_has_the_configured_rtt_and_rate() {
         // forwarder delivered at once: allow 2 %.
         assert!(*window <= 102.0, "500 ms window at {window} Mbit/s");
     }
-    settle(&link);
-    let stats = link.stats();
+    let stats = settled(&link);
     assert_eq!(stats.a_to_b.random_dropped.packets, 0);
     assert_accounted(&stats.a_to_b);
 }
@@ -408,8 +417,7 @@ fn unlimited_link_forwards_fast_and_cleans_up() {
         "forwarder reached only {} Mbit/s",
         bulk.mbit()
     );
-    settle(&link);
-    assert_accounted(&link.stats().a_to_b);
+    assert_accounted(&settled(&link).a_to_b);
 
     drop(link);
     for ns in [ns_a, ns_b] {
