@@ -1,5 +1,7 @@
 //! End-to-end tests of linkem: real namespaces, TUN devices and kernel TCP/UDP over the
-//! emulated link. They need root, `ip` and /dev/net/tun, and fail (never skip) without them.
+//! emulated link. They need root, `ip` and /dev/net/tun, so a plain `cargo test` ignores them;
+//! `scripts/test.sh` runs them as root (and skips them by name, saying so, otherwise). Run
+//! without what they need, they fail: they never pass by skipping.
 //!
 //! They run one at a time (a shared lock): they measure rates and delays, and two at once on a
 //! two-core machine would measure each other.
@@ -289,6 +291,7 @@ fn assert_accounted(dir: &DirStats) {
 }
 
 #[test]
+#[ignore = "needs root, ip and /dev/net/tun (network namespaces); scripts/test.sh runs it as root"]
 fn link_has_the_configured_rtt_and_rate() {
     let _serial = serial();
     let link = link(20, Some(100), 0.0);
@@ -333,6 +336,7 @@ fn link_has_the_configured_rtt_and_rate() {
 }
 
 #[test]
+#[ignore = "needs root, ip and /dev/net/tun (network namespaces); scripts/test.sh runs it as root"]
 fn random_loss_matches_its_probability_in_both_directions() {
     let _serial = serial();
     let link = link(2, None, 0.05);
@@ -359,6 +363,7 @@ fn random_loss_matches_its_probability_in_both_directions() {
 }
 
 #[test]
+#[ignore = "needs root, ip and /dev/net/tun (network namespaces); scripts/test.sh runs it as root"]
 fn overdriven_link_drops_at_the_queue_and_forwards_at_its_rate() {
     let _serial = serial();
     let link = link(10, Some(100), 0.0);
@@ -389,6 +394,7 @@ fn overdriven_link_drops_at_the_queue_and_forwards_at_its_rate() {
 }
 
 #[test]
+#[ignore = "needs root, ip and /dev/net/tun (network namespaces); scripts/test.sh runs it as root"]
 fn unlimited_link_forwards_fast_and_cleans_up() {
     let _serial = serial();
     let link = link(0, None, 0.0);
@@ -427,6 +433,7 @@ fn unlimited_link_forwards_fast_and_cleans_up() {
 }
 
 #[test]
+#[ignore = "needs root, ip and /dev/net/tun (network namespaces); scripts/test.sh runs it as root"]
 fn namespaces_are_removed_when_a_test_panics() {
     let _serial = serial();
     let mut names = Vec::new();
@@ -448,6 +455,7 @@ fn namespaces_are_removed_when_a_test_panics() {
 }
 
 #[test]
+#[ignore = "needs root, ip and /dev/net/tun (network namespaces); scripts/test.sh runs it as root"]
 fn congestion_control_can_be_chosen_per_namespace_or_socket() {
     let _serial = serial();
     let link = link(0, None, 0.0);
@@ -465,6 +473,7 @@ fn congestion_control_can_be_chosen_per_namespace_or_socket() {
 }
 
 #[test]
+#[ignore = "needs root, ip and /dev/net/tun (network namespaces); scripts/test.sh runs it as root"]
 fn cli_runs_a_command_reports_json_and_cleans_up() {
     let _serial = serial();
     let script = "test -e /run/netns/$LINKEM_NS_A && test $LINKEM_ADDR_B = 198.18.0.2 \
