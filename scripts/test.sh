@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
-# The one test command: installs what the tests need when it is missing (curl, python3,
-# Chromium and chromedriver for the dashboard test; needs root and apt-get), then runs every
-# test.
-# Extra arguments go to `cargo test --workspace`. QUICTUN_SKIP_BROWSER=1 skips the browser test.
+# The one test command: every test, the ignored tier included (`cargo test --workspace` alone
+# runs the tier that needs nothing but a Rust toolchain; CONTRIBUTING.md).
+#
+# 1. Installs what the ignored tests need when it is missing: curl, python3, and Chromium with
+#    chromedriver for the dashboard test (as root, with apt-get).
+# 2. Builds the plugin fixture made against another plugin-API version, a workspace of its own
+#    that cargo cannot build as a dependency, into the same target directory.
+# 3. Runs `cargo test --workspace -- --include-ignored`. Arguments before a `--` go to cargo,
+#    after it to the test binaries: scripts/test.sh -p quictun -- --skip legacy
+#
+# QUICTUN_SKIP_BROWSER=1 skips the dashboard test. Not run as root, the link-emulator tests
+# (network namespaces, TUN devices) are skipped, with a note saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+browser_test=a_live_tunnel_shows_on_the_dashboard_with_growing_counts
+
+cargo_args=()
+test_args=()
+while [ $# -gt 0 ] && [ "$1" != -- ]; do cargo_args+=("$1"); shift; done
+[ $# -gt 0 ] && shift
+test_args=("$@")
 
 need=()
 command -v curl >/dev/null || need+=(curl)
@@ -23,4 +39,32 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
-cargo test --workspace "$@"
+skip=()
+if [ "${QUICTUN_SKIP_BROWSER:-}" = 1 ]; then
+    echo "test.sh: QUICTUN_SKIP_BROWSER=1: skipping the dashboard test ($browser_test)" >&2
+    skip+=(--skip "$browser_test")
+fi
+
+# The target directory cargo uses here ($CARGO_TARGET_DIR, a config file, or ./target).
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+profile_args=()
+for arg in "${cargo_args[@]}"; do
+    case "$arg" in
+        --release | -r) profile_args=(--release) ;;
+    esac
+done
+echo "test.sh: building the future-ABI plugin fixture" >&2
+cargo build --quiet "${profile_args[@]}" \
+    --manifest-path host/tests/fixtures/future-abi/Cargo.toml --target-dir "$target_dir"
+
+if [ "$(id -u)" != 0 ]; then
+    # Every test of bench/tests/linkem_e2e.rs needs root: skipped by name.
+    linkem_tests=$(cargo test --quiet "${profile_args[@]}" -p quictun-bench --test linkem_e2e \
+        -- --list --include-ignored --format terse | sed -n 's/: test$//p')
+    echo "test.sh: not root: skipping the link-emulator tests (namespaces, TUN devices):" \
+         $linkem_tests >&2
+    for name in $linkem_tests; do skip+=(--skip "$name"); done
+fi
+
+cargo test --workspace "${cargo_args[@]}" -- --include-ignored "${skip[@]}" "${test_args[@]}"

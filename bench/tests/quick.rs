@@ -1,7 +1,10 @@
 //! Smoke test of quictun-bench: a `--quick` loopback run against freshly built endpoints, the
 //! JSON checked for every path's numbers, so the tool keeps working as the product changes.
 //! Runs the build profile of the test itself (debug under `cargo test`), writes its results to
-//! a temporary file and never touches bench/results/.
+//! a temporary file and never touches bench/results/. It builds the endpoints itself (cargo
+//! builds no other package's binaries for this test, and quictun-bench runs them with the
+//! plugins beside them) and takes minutes: ignored by a plain `cargo test`, run by
+//! `scripts/test.sh`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,6 +19,7 @@ fn profile_dir() -> PathBuf {
 }
 
 #[test]
+#[ignore = "builds the endpoints and runs a quictun-bench round, minutes; scripts/test.sh runs it"]
 fn quick_run_reports_every_path() {
     let bin_dir = profile_dir();
     let release = bin_dir.file_name().is_some_and(|n| n == "release");

@@ -6,8 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -113,18 +112,8 @@ async fn only_tunnel(state: &ApiState) -> Value {
     tunnels[0].clone()
 }
 
-/// Polls `check` until it holds, for at most ten seconds.
-async fn wait_for<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// How long a change takes at most to show in the API (rates are sampled every 100 ms).
+const WAIT: Duration = Duration::from_secs(10);
 
 /// A tunnel through both endpoints to an echo server, with `len` bytes echoed and the
 /// connection held open.
@@ -363,7 +352,7 @@ async fn byte_counts_and_rates_follow_a_transfer() {
     tokio::spawn(counting_reader(reader, received.clone()));
 
     // While bytes flow both ways, both rates are above zero on both endpoints.
-    wait_for("rates above zero during the transfer", || async {
+    wait_until(WAIT, || async {
         let mut all = Vec::new();
         for state in &states {
             let tunnels = get_json(state, "/tunnels").await;
@@ -371,27 +360,28 @@ async fn byte_counts_and_rates_follow_a_transfer() {
         }
         all.len() == 4 && all.iter().all(|&r| r > 0)
     })
-    .await;
+    .await
+    .expect("rates above zero during the transfer");
     let tunnel = only_tunnel(&states[0]).await;
     assert_ne!(tunnel["clientSendRate"], "0.00 kB/s");
     assert_ne!(tunnel["serverSendRate"], "0.00 kB/s");
 
     stop.store(true, Ordering::Relaxed);
     let (_writer, sent) = within(30, writing).await.unwrap();
-    wait_for("all bytes echoed", || async {
-        received.load(Ordering::Relaxed) == sent
-    })
-    .await;
+    wait_until(WAIT, || async { received.load(Ordering::Relaxed) == sent })
+        .await
+        .expect("all bytes echoed");
 
     // The tunnel is idle but open: the rates fall to zero and the totals are what crossed.
-    wait_for("rates back to zero", || async {
+    wait_until(WAIT, || async {
         let mut zero = true;
         for state in &states {
             zero &= rates(&only_tunnel(state).await) == [0, 0];
         }
         zero
     })
-    .await;
+    .await
+    .expect("rates back to zero");
     for state in &states {
         let tunnel = only_tunnel(state).await;
         assert_eq!(tunnel["clientTotalBytes"].as_u64(), Some(sent));
@@ -439,10 +429,11 @@ async fn delete_closes_the_application_connection() {
             call(closer, "DELETE", &path).await.status,
             StatusCode::NOT_FOUND
         );
-        wait_for("the tunnel gone from the other endpoint", || async {
+        wait_until(WAIT, || async {
             get_json(other, "/tunnels").await == json!([])
         })
-        .await;
+        .await
+        .expect("the tunnel gone from the other endpoint");
     }
 }
 
@@ -604,10 +595,9 @@ async fn metrics_count_the_traffic_of_ended_and_open_tunnels() {
     assert!(echoed.unwrap() == data);
     let conn = held_open(&client, 3000).await;
     for registry in [&server.registry, &client.registry] {
-        wait_for("the first tunnel ended", || async {
-            registry.open_count() == 1
-        })
-        .await;
+        wait_until(WAIT, || async { registry.open_count() == 1 })
+            .await
+            .expect("the first tunnel ended");
     }
     let client_udp = server.connections.list()[0].remote.to_string();
 
@@ -714,66 +704,21 @@ async fn spice_properties_appear_in_tunnels() {
 
 // ---- the binaries ----------------------------------------------------------------------------
 
-const SERVER: &str = env!("CARGO_BIN_EXE_quictun-server");
-const CLIENT: &str = env!("CARGO_BIN_EXE_quictun-client");
-
-/// A binary's command line with the test plugins and a QUIC port of its own.
-fn binary(path: &str, httpd: &str) -> Command {
-    let mut command = Command::new(path);
-    command
-        .args(["--plugin-dir", plugin_dir().to_str().unwrap()])
-        .args(["--httpd-listen-on", httpd])
-        .env_remove("QUICTUN_PLUGIN_DIR")
-        // Never the user's own state directory.
-        .env(
-            "XDG_DATA_HOME",
-            std::env::temp_dir().join(format!("quictun-api-{}", std::process::id())),
-        )
-        .stdin(Stdio::null());
-    if path == SERVER {
-        command.args(["--listen-on", "127.0.0.1:0"]);
-    } else {
-        command.args([
-            "--listen-on",
-            "tcp:127.0.0.1:0",
-            "--server-endpoint",
-            "127.0.0.1:9",
-            "--insecure-skip-verify",
-            "--token-source",
-            "tcp:127.0.0.1:9",
-        ]);
-    }
-    command
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Reads the child's log until a line contains `ready`; returns the lines read.
-fn log_until(child: &mut Child, ready: &str) -> Vec<String> {
-    use std::io::BufRead;
-    let stderr = child.0.stderr.take().expect("piped stderr");
-    let mut lines = Vec::new();
-    for line in std::io::BufReader::new(stderr).lines() {
-        let line = line.expect("a log line");
-        let done = line.contains(ready);
-        lines.push(line);
-        if done {
-            return lines;
-        }
-    }
-    panic!("the binary ended before {ready:?}: {lines:?}");
+/// Each binary with the REST API flag at `httpd`; the client with a server that is never
+/// contacted (a client connects when its first application does).
+fn binaries(httpd: &str) -> [Launch; 2] {
+    let client = Launch::client().args([
+        "--server-endpoint",
+        "127.0.0.1:9",
+        "--insecure-skip-verify",
+        "--token-source",
+        "tcp:127.0.0.1:9",
+    ]);
+    [Launch::server(), client].map(|binary| binary.args(["--httpd-listen-on", httpd]))
 }
 
 /// `GET path` over a plain TCP connection, as curl would send it.
-fn http_get(addr: &str, path: &str) -> String {
+fn http_get(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to the REST API");
     stream
@@ -786,48 +731,35 @@ fn http_get(addr: &str, path: &str) -> String {
     answer
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-#[test]
-fn both_binaries_serve_the_api_where_the_flag_says() {
-    for (path, ready) in [(SERVER, "server ready"), (CLIENT, "client ready")] {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut child = Child(binary(path, &addr).stderr(Stdio::piped()).spawn().unwrap());
-        let log = log_until(&mut child, ready);
-        assert!(log.iter().any(|l| l.contains("REST API ready")), "{log:?}");
-        let answer = http_get(&addr, "/healthz");
+#[tokio::test]
+async fn both_binaries_serve_the_api_where_the_flag_says() {
+    for binary in binaries("127.0.0.1:0") {
+        let running = binary.start().await;
+        let addr = running.api.expect("REST API ready, with its address");
+        let answer = http_get(addr, "/healthz");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with(r#"{"status":"ok"}"#), "{answer}");
-        let answer = http_get(&addr, "/tunnels");
+        let answer = http_get(addr, "/tunnels");
         assert!(answer.ends_with("[]"), "{answer}");
     }
 }
 
-#[test]
-fn an_empty_flag_turns_the_api_off() {
-    for (path, ready) in [(SERVER, "server ready"), (CLIENT, "client ready")] {
-        let mut child = Child(binary(path, "").stderr(Stdio::piped()).spawn().unwrap());
-        let log = log_until(&mut child, ready);
+#[tokio::test]
+async fn an_empty_flag_turns_the_api_off() {
+    for binary in binaries("") {
+        let running = binary.start().await;
+        let log = running.lines();
         assert!(!log.iter().any(|l| l.contains("REST API")), "{log:?}");
     }
 }
 
-#[test]
-fn a_busy_api_port_is_a_start_up_error() {
+#[tokio::test]
+async fn a_busy_api_port_is_a_start_up_error() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
-    for path in [SERVER, CLIENT] {
+    for binary in binaries(&addr) {
         // Only errors logged, so the start-up error is the one line.
-        let output = binary(path, &addr)
-            .args(["--log-level", "error"])
-            .output()
-            .unwrap();
+        let output = binary.args(["--log-level", "error"]).output().await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");

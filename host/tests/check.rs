@@ -11,22 +11,9 @@ use common::*;
 use quictun::tls::Fingerprint;
 use rustls::pki_types::CertificateDer;
 
-const CLIENT: &str = env!("CARGO_BIN_EXE_quictun-client");
-
-/// Runs `quictun-client --check` against `server` with a scratch state directory.
+/// Runs `quictun-client --check` against `server`.
 async fn check(server: &str, args: &[&str]) -> Output {
-    let state = TempDir::new("check");
-    let dir = plugin_dir().to_str().unwrap().to_owned();
-    let run = tokio::process::Command::new(CLIENT)
-        .args(["--check", "--server-endpoint", server])
-        .args(args)
-        .args(["--plugin-dir", &dir, "--log-level", "error"])
-        .arg("--state-dir")
-        .arg(&state.0)
-        .env_remove("QUICTUN_PLUGIN_DIR")
-        .kill_on_drop(true)
-        .output();
-    within(30, run).await.expect("run quictun-client --check")
+    Launch::check(server).args(args).output().await
 }
 
 /// The fingerprint of the certificate the server shows, seen by a connection of our own.
@@ -89,12 +76,11 @@ async fn an_accepted_token_is_reported_with_the_servers_fingerprint_alpn_and_rtt
     );
     assert_eq!(lines[5], "token accepted", "{stdout}");
     // Nothing is left open on the server: the test tunnel and the connection are closed.
-    within(10, async {
-        while server.registry.open_count() > 0 || server.connections.open_count() > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    wait_until(Duration::from_secs(10), || async {
+        server.registry.open_count() == 0 && server.connections.open_count() == 0
     })
-    .await;
+    .await
+    .expect("the check's tunnel and connection closed on the server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,13 +137,10 @@ async fn a_wrong_pinned_fingerprint_names_both_fingerprints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_server_fails_in_one_line_within_the_handshake_time_out() {
-    // A UDP port that nothing listens on any more.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = format!("127.0.0.1:{port}");
+    // A UDP port that never answers: bound for the whole test (so no one else takes it) and
+    // never read.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server = silent.local_addr().unwrap().to_string();
     let started = Instant::now();
     let output = check(
         &server,

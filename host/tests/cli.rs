@@ -2,23 +2,17 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn run(binary: &str, args: &[&str]) -> Output {
-    let dir = common::plugin_dir().to_str().unwrap().to_owned();
-    Command::new(binary)
+use common::Launch;
+
+/// Runs `binary` with `args` to its end, logging errors only: start-up progress is at info.
+async fn run(binary: Launch, args: &[&str]) -> Output {
+    binary
         .args(args)
-        .args(["--plugin-dir", &dir])
-        // Only the error itself: start-up progress is logged at info.
         .args(["--log-level", "error"])
-        .env_remove("QUICTUN_PLUGIN_DIR")
-        // Never the user's own state directory.
-        .env(
-            "XDG_DATA_HOME",
-            std::env::temp_dir().join(format!("quictun-cli-{}", std::process::id())),
-        )
         .output()
-        .expect("run binary")
+        .await
 }
 
 /// Asserts an exit code and a single line of standard error containing `expected`.
@@ -34,15 +28,13 @@ fn assert_one_line(output: &Output, code: i32, expected: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-const SERVER: &str = env!("CARGO_BIN_EXE_quictun-server");
-const CLIENT: &str = env!("CARGO_BIN_EXE_quictun-client");
-
-#[test]
-fn a_bad_listen_address_names_the_value_and_the_forms() {
+#[tokio::test]
+async fn a_bad_listen_address_names_the_value_and_the_forms() {
     let output = run(
-        CLIENT,
+        Launch::client(),
         &["--listen-on", "bogus", "--server-endpoint", "127.0.0.1:1"],
-    );
+    )
+    .await;
     assert_one_line(
         &output,
         2,
@@ -50,15 +42,15 @@ fn a_bad_listen_address_names_the_value_and_the_forms() {
     );
 }
 
-#[test]
-fn a_missing_required_flag_is_named() {
-    let output = run(CLIENT, &["--insecure-skip-verify"]);
+#[tokio::test]
+async fn a_missing_required_flag_is_named() {
+    let output = run(Launch::client(), &["--insecure-skip-verify"]).await;
     assert_one_line(&output, 2, "--server-endpoint");
 }
 
-#[test]
-fn a_bad_duration_is_explained() {
-    let output = run(SERVER, &["--connect-timeout", "5"]);
+#[tokio::test]
+async fn a_bad_duration_is_explained() {
+    let output = run(Launch::server(), &["--connect-timeout", "5"]).await;
     assert_one_line(
         &output,
         2,
@@ -66,34 +58,36 @@ fn a_bad_duration_is_explained() {
     );
 }
 
-#[test]
-fn a_thread_count_outside_its_range_is_explained() {
+#[tokio::test]
+async fn a_thread_count_outside_its_range_is_explained() {
     for value in ["0", "many"] {
-        let output = run(SERVER, &["--threads", value]);
+        let output = run(Launch::server(), &["--threads", value]).await;
         assert_one_line(&output, 2, &format!("'{value}' for '--threads <N>'"));
     }
 }
 
-#[test]
-fn booleans_take_an_optional_value_after_an_equals_sign_or_a_space() {
+#[tokio::test]
+async fn booleans_take_an_optional_value_after_an_equals_sign_or_a_space() {
     let output = run(
-        CLIENT,
+        Launch::client(),
         &[
             "--server-endpoint",
             "127.0.0.1:1",
             "--insecure-skip-verify=maybe",
         ],
-    );
+    )
+    .await;
     assert_one_line(&output, 2, "maybe");
     let output = run(
-        CLIENT,
+        Launch::client(),
         &[
             "--insecure-skip-verify",
             "maybe",
             "--server-endpoint",
             "127.0.0.1:1",
         ],
-    );
+    )
+    .await;
     assert_one_line(&output, 2, "maybe");
     // The original's form `--flag true`: the value is taken, not left over as an argument.
     let fingerprint = format!("sha256:{}", "ab".repeat(32));
@@ -105,13 +99,13 @@ fn booleans_take_an_optional_value_after_an_equals_sign_or_a_space() {
         args.extend_from_slice(form);
         args.extend_from_slice(&["--server-cert-fingerprint", &fingerprint]);
         assert_one_line(
-            &run(CLIENT, &args),
+            &run(Launch::client(), &args).await,
             1,
             "choose one of --insecure-skip-verify, --server-cert-fingerprint",
         );
     }
     let output = run(
-        SERVER,
+        Launch::server(),
         &[
             "--verify-remote-endpoint",
             "true",
@@ -120,21 +114,23 @@ fn booleans_take_an_optional_value_after_an_equals_sign_or_a_space() {
             "--httpd-listen-on",
             "",
         ],
-    );
+    )
+    .await;
     assert_one_line(&output, 1, "--verify-remote-endpoint needs --ca-file");
 }
 
-#[test]
-fn a_missing_plugin_file_is_a_start_up_error() {
+#[tokio::test]
+async fn a_missing_plugin_file_is_a_start_up_error() {
     let output = run(
-        SERVER,
+        Launch::server(),
         &[
             "--listen-on",
             "127.0.0.1:0",
             "--token-parser-plugin",
             "./nope.so",
         ],
-    );
+    )
+    .await;
     assert_one_line(
         &output,
         1,
@@ -142,17 +138,18 @@ fn a_missing_plugin_file_is_a_start_up_error() {
     );
 }
 
-#[test]
-fn a_plugin_of_the_wrong_kind_is_a_start_up_error() {
+#[tokio::test]
+async fn a_plugin_of_the_wrong_kind_is_a_start_up_error() {
     let output = run(
-        SERVER,
+        Launch::server(),
         &[
             "--listen-on",
             "127.0.0.1:0",
             "--token-parser-plugin",
             "Fixed",
         ],
-    );
+    )
+    .await;
     assert_one_line(
         &output,
         1,
@@ -160,20 +157,21 @@ fn a_plugin_of_the_wrong_kind_is_a_start_up_error() {
     );
 }
 
-#[test]
-fn a_bad_plugin_configuration_is_a_start_up_error() {
+#[tokio::test]
+async fn a_bad_plugin_configuration_is_a_start_up_error() {
     let output = run(
-        SERVER,
+        Launch::server(),
         &["--listen-on", "127.0.0.1:0", "--token-parser-key", "aes"],
-    );
+    )
+    .await;
     assert_one_line(&output, 1, "unknown --token-parser-key \"aes\"");
 }
 
-#[test]
-fn verification_choices_exclude_each_other() {
+#[tokio::test]
+async fn verification_choices_exclude_each_other() {
     let fingerprint = format!("sha256:{}", "ab".repeat(32));
     let output = run(
-        CLIENT,
+        Launch::client(),
         &[
             "--server-endpoint",
             "127.0.0.1:1",
@@ -181,7 +179,8 @@ fn verification_choices_exclude_each_other() {
             "--server-cert-fingerprint",
             &fingerprint,
         ],
-    );
+    )
+    .await;
     assert_one_line(
         &output,
         1,
@@ -189,19 +188,20 @@ fn verification_choices_exclude_each_other() {
     );
 }
 
-#[test]
-fn verifying_the_remote_endpoint_needs_a_ca() {
+#[tokio::test]
+async fn verifying_the_remote_endpoint_needs_a_ca() {
     let output = run(
-        CLIENT,
+        Launch::client(),
         &[
             "--server-endpoint",
             "127.0.0.1:1",
             "--verify-remote-endpoint",
         ],
-    );
+    )
+    .await;
     assert_one_line(&output, 1, "--verify-remote-endpoint needs --ca-file");
     let output = run(
-        SERVER,
+        Launch::server(),
         &[
             "--listen-on",
             "127.0.0.1:0",
@@ -209,16 +209,17 @@ fn verifying_the_remote_endpoint_needs_a_ca() {
             "",
             "--verify-remote-endpoint",
         ],
-    );
+    )
+    .await;
     assert_one_line(&output, 1, "--verify-remote-endpoint needs --ca-file");
 }
 
-#[test]
-fn a_certificate_needs_its_key() {
-    let output = run(SERVER, &["--cert-file", "/tmp/c.pem"]);
+#[tokio::test]
+async fn a_certificate_needs_its_key() {
+    let output = run(Launch::server(), &["--cert-file", "/tmp/c.pem"]).await;
     assert_one_line(&output, 2, "--key-file");
     let output = run(
-        SERVER,
+        Launch::server(),
         &[
             "--listen-on",
             "127.0.0.1:0",
@@ -229,13 +230,14 @@ fn a_certificate_needs_its_key() {
             "--key-file",
             "/nonexistent/k.pem",
         ],
-    );
+    )
+    .await;
     assert_one_line(&output, 1, "cannot read certificate /nonexistent/c.pem");
 }
 
-#[test]
-fn a_bad_allow_target_rule_is_explained() {
-    let output = run(SERVER, &["--allow-target", "10.0.0.0/33"]);
+#[tokio::test]
+async fn a_bad_allow_target_rule_is_explained() {
+    let output = run(Launch::server(), &["--allow-target", "10.0.0.0/33"]).await;
     assert_one_line(
         &output,
         1,
@@ -243,55 +245,35 @@ fn a_bad_allow_target_rule_is_explained() {
     );
 }
 
-#[test]
-fn a_bad_fingerprint_is_explained() {
+#[tokio::test]
+async fn a_bad_fingerprint_is_explained() {
     let output = run(
-        CLIENT,
+        Launch::client(),
         &[
             "--server-endpoint",
             "127.0.0.1:1",
             "--server-cert-fingerprint",
             "sha256:12",
         ],
-    );
+    )
+    .await;
     assert_one_line(&output, 2, "is not a fingerprint");
 }
 
-#[test]
-fn json_logs_are_one_object_per_line() {
-    let dir = std::env::temp_dir().join(format!("quictun-json-{}", std::process::id()));
-    let mut child = Command::new(SERVER)
-        .args([
-            "--listen-on",
-            "127.0.0.1:0",
-            "--httpd-listen-on",
-            "",
-            "--log-format",
-            "json",
-        ])
-        .args(["--plugin-dir", common::plugin_dir().to_str().unwrap()])
-        .env("XDG_DATA_HOME", &dir)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::BufRead;
-    let stderr = child.stderr.take().unwrap();
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let server = Launch::server()
+        .args(["--log-format", "json"])
+        .start()
+        .await;
     let mut ready = false;
-    for line in std::io::BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok)
-    {
+    for line in server.lines() {
         let object: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
         assert!(
             object["level"].is_string() && object["fields"].is_object(),
             "{line}"
         );
-        if object["fields"]["message"] == "server ready" {
-            ready = true;
-            break;
-        }
+        ready |= object["fields"]["message"] == "server ready";
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(ready);
+    assert!(ready, "{}", server.log());
 }

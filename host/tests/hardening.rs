@@ -149,7 +149,10 @@ async fn streams_beyond_64_wait_unread_and_a_missing_token_gets_status_2() {
     // token). The rest are read only then, so they time out at least one handshake time-out
     // later.
     let (first, rest) = at.split_at(64);
-    assert!(first[63] - first[0] < Duration::from_millis(500), "{first:?}");
+    assert!(
+        first[63] - first[0] < Duration::from_millis(500),
+        "{first:?}"
+    );
     assert!(
         rest[0] - first[63] >= Duration::from_millis(1200),
         "{first:?} {rest:?}"

@@ -86,11 +86,7 @@ async fn a_token_split_across_several_writes_is_read_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_the_original_status_bytes_and_never_zero() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = ClosedPort::new();
     let server = start_server("");
     let connection = legacy_connection(server.addr).await;
     // 0x02: the token does not parse.
@@ -99,7 +95,7 @@ async fn refusals_are_the_original_status_bytes_and_never_zero() {
     // One byte, then the stream is finished.
     assert_eq!(within(10, recv.read_to_end(64)).await.unwrap(), b"");
     // 0x03: the target cannot be reached.
-    let (status, _send, mut recv) = ask(&connection, &format!("tcp:127.0.0.1:{port}"), &[]).await;
+    let (status, _send, mut recv) = ask(&connection, &closed.target(), &[]).await;
     assert_eq!(status, 0x03);
     assert_eq!(within(10, recv.read_to_end(64)).await.unwrap(), b"");
     // The original's tcp4: spelling is understood.
@@ -409,14 +405,10 @@ async fn echo_without_half_close(addr: &quictun::wire::addr::Address, data: &[u8
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_from_an_original_server_close_the_application_connection() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = ClosedPort::new();
     let (server, _task) = original_server(OriginalCert::Default).await;
     // 0x03 (nothing listens there), then 0x02 (a token it cannot parse).
-    for token in [format!("tcp:127.0.0.1:{port}"), "not-an-address".to_owned()] {
+    for token in [closed.target(), "not-an-address".to_owned()] {
         let client = start_client(local_tcp(), server, &token).await;
         let mut app = connect_tcp(&client.addr).await;
         let mut buf = Vec::new();
@@ -449,18 +441,11 @@ async fn a_token_too_long_for_the_original_block_is_refused_not_cut() {
 /// `quictun-client --check` against an original-style server, pinning its default
 /// certificate from the command line.
 async fn check_original(server: SocketAddr, token: &str) -> std::process::Output {
-    let state = TempDir::new("legacy-check");
     let pin = quictun::tls::Fingerprint::of(&original_default_cert()).to_string();
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_quictun-client"))
-        .args(["--check", "--server-endpoint", &server.to_string()])
+    Launch::check(&server.to_string())
         .args(["--server-cert-fingerprint", &pin, "--token-source", token])
-        .args(["--plugin-dir", plugin_dir().to_str().unwrap()])
-        .args(["--log-level", "error", "--state-dir"])
-        .arg(&state.0)
-        .env_remove("QUICTUN_PLUGIN_DIR")
-        .kill_on_drop(true)
-        .output();
-    within(60, run).await.unwrap()
+        .output()
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,13 +134,8 @@ async fn assert_closed_without_data(app: &mut tokio::net::TcpStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_target_is_status_3_and_a_closed_connection() {
-    // A port nothing listens on: bind one, then free it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let target = format!("tcp:127.0.0.1:{port}");
+    let closed = ClosedPort::new();
+    let target = closed.target();
     let server = start_server("");
     let connection = raw_connection(server.addr).await;
     let answer = raw_answer(&connection, &token_frame(&target))

@@ -3,7 +3,12 @@
 
 #![allow(dead_code)]
 
+pub mod process;
 pub mod spice;
+
+// Not every test binary starts the binaries.
+#[allow(unused_imports)]
+pub use process::Launch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,82 +27,58 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-/// The packages whose libraries the tests load: the built-in plugins, the test fixtures and
-/// the third-party example.
+/// The libraries the tests load: the built-in plugins, the misbehaving test parser and the
+/// third-party example. Each is a dev-dependency of this package and a `cdylib` as well as an
+/// `rlib`, so cargo builds its .so before it runs any test.
 const LIBRARIES: &[&str] = &[
-    "quictun-plugin-fixed",
-    "quictun-plugin-cleartext",
-    "quictun-plugin-file",
-    "quictun-plugin-http",
-    "quictun-plugin-spice",
-    "quictun-test-parser",
-    "round-robin-source",
+    "libquictun_plugin_fixed.so",
+    "libquictun_plugin_cleartext.so",
+    "libquictun_plugin_file.so",
+    "libquictun_plugin_http.so",
+    "libquictun_plugin_spice.so",
+    "libquictun_test_parser.so",
+    "libround_robin_source.so",
 ];
 
-/// The directory holding freshly built plugin libraries (`target/debug`).
-///
-/// `cargo test` does not build cdylibs, so the first call builds them; cargo has released its
-/// lock by the time tests run.
+/// The directory holding the plugin libraries the tests load: `target/<profile>/deps/`, where
+/// the test binary itself lives and where cargo writes the .so of each dev-dependency. A copy
+/// in `target/<profile>/` (left by an earlier `cargo build`) may be stale and is never used:
+/// the tests name this directory first, and every library must be here.
 pub fn plugin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        // target/<profile>/deps/<test binary> → target/<profile>
         let exe = std::env::current_exe().expect("test binary path");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
-        let release = dir.ends_with("release");
-        cargo_build(
-            &LIBRARIES.iter().flat_map(|p| ["-p", p]).collect::<Vec<_>>(),
-            release,
-        );
-        // A plugin built against a later plugin API: its own workspace, the same target dir.
-        let fixture = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/future-abi/Cargo.toml"
-        );
-        let target = dir
-            .parent()
-            .expect("target dir")
-            .to_str()
-            .expect("UTF-8 path");
-        cargo_build(
-            &["--manifest-path", fixture, "--target-dir", target],
-            release,
-        );
+        let dir = exe.parent().expect("target/<profile>/deps").to_path_buf();
+        for library in LIBRARIES {
+            assert!(
+                dir.join(library).is_file(),
+                "{library} is not in {}: it is built by cargo as a dev-dependency of quictun",
+                dir.display()
+            );
+        }
         dir
     })
 }
 
-fn cargo_build(args: &[&str], release: bool) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = std::process::Command::new(cargo);
-    build.args(["build", "--quiet"]).args(args);
-    // Cargo sets these for the test process. Build scripts that watch them (ring's does)
-    // would see a changed environment and rebuild, then rebuild again for the next plain
-    // `cargo build`.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let set_for_tests = [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-        ]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
-            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&&*name);
-        if set_for_tests {
-            build.env_remove(&*name);
-        }
-    }
-    if release {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build");
-    assert!(status.success(), "cargo build {args:?} failed");
+/// The plugin built against a later plugin API (`tests/fixtures/future-abi`, a workspace of
+/// its own). Cargo cannot build it for these tests: scripts/test.sh builds it into this
+/// target directory first, and it lands in `target/<profile>/`.
+pub fn future_abi_plugin() -> PathBuf {
+    let profile_dir = plugin_dir().parent().expect("target/<profile>");
+    let path = profile_dir.join("libquictun_test_future_abi.so");
+    let release = if profile_dir.ends_with("release") {
+        " --release"
+    } else {
+        ""
+    };
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/test.sh, or first cargo build{release} --manifest-path \
+         host/tests/fixtures/future-abi/Cargo.toml --target-dir {}",
+        path.display(),
+        profile_dir.parent().expect("target dir").display()
+    );
+    path
 }
 
 /// The built-in Spice discriminator, as both endpoints load it by default.
@@ -267,6 +248,38 @@ pub async fn start_client_custom(
 
 pub fn local_tcp() -> Address {
     "tcp:127.0.0.1:0".parse().unwrap()
+}
+
+/// A loopback TCP port where nothing listens: connecting is refused. The socket stays bound
+/// (without listening) so no one else takes the port while the test uses it, and
+/// [`ClosedPort::listen`] opens a listener on that same port.
+pub struct ClosedPort {
+    socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        ClosedPort { socket, addr }
+    }
+
+    /// The port as a token: `tcp:127.0.0.1:PORT`.
+    pub fn target(&self) -> String {
+        format!("tcp:{}", self.addr)
+    }
+
+    /// Starts listening on the port.
+    pub fn listen(self) -> TcpListener {
+        self.socket.listen(128).unwrap();
+        self.socket.set_nonblocking(true).unwrap();
+        TcpListener::from_std(self.socket.into()).unwrap()
+    }
 }
 
 /// What a test application server does with each connection.

@@ -1,5 +1,5 @@
-//! The recorded SPICE connections of `shared/spice-captures/` and a player that replays one
-//! side of them in the recorded order, checking every byte the other side sends.
+//! The recorded SPICE connections of `plugins/spice/tests/captures/` and a player that replays
+//! one side of them in the recorded order, checking every byte the other side sends.
 
 use std::path::PathBuf;
 
@@ -21,7 +21,7 @@ pub struct Fixture {
 fn captures() -> PathBuf {
     let dir = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/spice-captures"
+        "/../plugins/spice/tests/captures"
     ));
     assert!(
         dir.join("expected.json").is_file(),

@@ -19,8 +19,8 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// Chromium and chromedriver, as Debian's `chromium` and `chromium-driver` install them (or
 /// `$QUICTUN_CHROMIUM` / `$QUICTUN_CHROMEDRIVER`). Without them the test fails saying what to
-/// install, or with `QUICTUN_SKIP_BROWSER=1` is skipped loudly (`None`).
-pub fn find_browser(test: &str) -> Option<(PathBuf, PathBuf)> {
+/// install.
+pub fn find_browser() -> (PathBuf, PathBuf) {
     let path = |var: &str, default: &str| {
         std::env::var_os(var)
             .map(PathBuf::from)
@@ -33,19 +33,14 @@ pub fn find_browser(test: &str) -> Option<(PathBuf, PathBuf)> {
         .filter(|p| !p.is_file())
         .map(|p| p.display().to_string())
         .collect();
-    if missing.is_empty() {
-        return Some((chromium, driver));
-    }
-    let missing = missing.join(" and ");
-    if std::env::var("QUICTUN_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("\n*** SKIPPED: {test} (QUICTUN_SKIP_BROWSER=1; no {missing}) ***\n");
-        return None;
-    }
-    panic!(
-        "{missing} not found: install Chromium and its driver (apt-get install chromium \
-         chromium-driver, or run scripts/test.sh), set QUICTUN_CHROMIUM and \
-         QUICTUN_CHROMEDRIVER to their paths, or set QUICTUN_SKIP_BROWSER=1 to skip this test"
+    assert!(
+        missing.is_empty(),
+        "{} not found: install Chromium and its driver (apt-get install chromium \
+         chromium-driver, or run scripts/test.sh), or set QUICTUN_CHROMIUM and \
+         QUICTUN_CHROMEDRIVER to their paths",
+        missing.join(" and ")
     );
+    (chromium, driver)
 }
 
 /// A chromedriver process with one headless Chromium session.

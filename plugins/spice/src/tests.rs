@@ -17,7 +17,7 @@ const S2C: Direction = Direction::ServerToClient;
 
 // ---- helpers: captures ----
 
-/// One recorded connection from shared/spice-captures.
+/// One recorded connection from tests/captures/.
 struct Fixture {
     name: String,
     c2s: Vec<u8>,
@@ -27,13 +27,10 @@ struct Fixture {
 }
 
 fn captures_dir() -> PathBuf {
-    let dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/spice-captures"
-    ));
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/captures"));
     assert!(
         dir.join("expected.json").is_file(),
-        "SPICE captures missing: expected {} (the shared/ directory beside the repository)",
+        "SPICE captures missing: expected {}",
         dir.display()
     );
     dir
