@@ -20,11 +20,13 @@ use known_hosts::KnownHosts;
 mod identity;
 mod known_hosts;
 mod small_rsa;
+mod state;
 
 pub use identity::{
-    Fingerprint, Identity, IdentityError, create_private_dir, default_state_dir,
-    load_or_create_reset_key, load_roots,
+    Fingerprint, Identity, IdentityError, default_state_dir, load_or_create_reset_key, load_roots,
 };
+pub use known_hosts::KnownHostsError;
+pub use state::prepare_state_dir;
 
 /// The process's crypto provider.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -156,7 +158,7 @@ impl CheckFingerprint {
             Rule::FirstUse {
                 known_hosts,
                 endpoint,
-            } => known_hosts.check(endpoint, seen),
+            } => known_hosts.check(endpoint, seen).map_err(|e| e.to_string()),
         }
     }
 }
