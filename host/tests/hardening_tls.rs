@@ -1,5 +1,5 @@
-//! SPEC §7's state-file defaults, attacked: links planted in the state directory and a state
-//! directory others may write.
+//! SPEC §7's trust and state-file defaults, attacked: an impostor at first use, links planted
+//! in the state directory and a state directory others may write.
 
 mod common;
 
@@ -12,12 +12,44 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use quictun::plugins::TokenParser;
 use quictun::tls::{Identity, Verification};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_quictun-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_quictun-client");
 
-// ---- State files -------------------------------------------------------------------------
+// ---- Trust on first use ------------------------------------------------------------------
+
+/// A server that shows `chain` but signs the handshake with `key`. With another key than the
+/// certificate's, it is an impostor that copied a certificate (which is public) or made one
+/// up, and cannot prove it holds the certificate's key.
+fn signing_server(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let provider = quictun::tls::provider();
+    let signer = provider.key_provider.load_private_key(key).unwrap();
+    let certified = rustls::sign::CertifiedKey::new(chain, signer);
+    let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+    crypto.alpn_protocols = vec![quictun::wire::ALPN_V2.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).unwrap();
+    let config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let endpoint = quictun::quic::endpoint("127.0.0.1:0".parse().unwrap(), Some(config)).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                let _ = incoming.await;
+            });
+        }
+    });
+    (addr, task)
+}
 
 /// A QUIC handshake with `server` under `verification`; the error text when it fails.
 async fn handshake(server: SocketAddr, verification: &Verification) -> Result<(), String> {
@@ -30,6 +62,86 @@ async fn handshake(server: SocketAddr, verification: &Verification) -> Result<()
     connection.close(0u32.into(), b"");
     Ok(())
 }
+
+fn copy(identity: &Identity) -> Identity {
+    Identity {
+        chain: identity.chain.clone(),
+        key: identity.key.clone_key(),
+    }
+}
+
+fn read_or_empty(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_use_records_a_certificate_only_after_its_key_signed_the_handshake() {
+    let dir = TempDir::new("tofu-impostor");
+    let known_hosts = dir.join("state").join("known_hosts");
+    let genuine = Identity::self_signed(&["localhost"]).unwrap();
+    let stranger = Identity::self_signed(&["localhost"]).unwrap();
+    // Known hosts are keyed by the endpoint as given: every server below answers for it.
+    let tofu = Verification::FirstUse {
+        known_hosts: known_hosts.clone(),
+        endpoint: "tunnel.example:7500".into(),
+    };
+
+    // The genuine certificate, signed for with another key.
+    let (copied, _copied_task) = signing_server(genuine.chain.clone(), stranger.key.clone_key());
+    let error = handshake(copied, &tofu).await.unwrap_err();
+    assert!(error.contains("BadSignature"), "{error}");
+    assert_eq!(
+        read_or_empty(&known_hosts),
+        "",
+        "recorded before the signature"
+    );
+
+    // A certificate of its own that it cannot sign for either.
+    let (made_up, _made_up_task) = signing_server(stranger.chain.clone(), genuine.key.clone_key());
+    let error = handshake(made_up, &tofu).await.unwrap_err();
+    assert!(error.contains("BadSignature"), "{error}");
+    assert_eq!(
+        read_or_empty(&known_hosts),
+        "",
+        "recorded before the signature"
+    );
+
+    // The genuine server is then the first use: accepted and recorded.
+    let parser = TokenParser::load("Cleartext", "", Some(plugin_dir())).unwrap();
+    let server = start_server_custom(parser, transport(), |config| {
+        config.identity = copy(&genuine);
+    });
+    handshake(server.addr, &tofu)
+        .await
+        .expect("the genuine server");
+    let recorded = format!("tunnel.example:7500 {}\n", genuine.fingerprint().unwrap());
+    assert_eq!(read_or_empty(&known_hosts), recorded);
+    handshake(server.addr, &tofu)
+        .await
+        .expect("the genuine server again");
+
+    // Once recorded, a made-up certificate is refused as a change, before its signature.
+    let error = handshake(made_up, &tofu).await.unwrap_err();
+    assert!(
+        error.contains("the certificate of tunnel.example:7500 changed"),
+        "{error}"
+    );
+    assert!(
+        error.contains(&genuine.fingerprint().unwrap().to_string())
+            && error.contains(&stranger.fingerprint().unwrap().to_string()),
+        "{error}"
+    );
+    assert!(error.contains("delete line 1"), "{error}");
+    assert!(
+        error.contains(&known_hosts.display().to_string()),
+        "{error}"
+    );
+    let error = handshake(copied, &tofu).await.unwrap_err();
+    assert!(error.contains("BadSignature"), "{error}");
+    assert_eq!(read_or_empty(&known_hosts), recorded);
+}
+
+// ---- State files -------------------------------------------------------------------------
 
 /// A file a planted link points at, readable by everyone, as an attacker would choose.
 fn victim(dir: &TempDir) -> std::path::PathBuf {

@@ -1,8 +1,9 @@
 //! Trust on first use: the client's record of which certificate each server showed first.
 //!
 //! One line per server, `SERVER_ENDPOINT sha256:HEX`, keyed by `--server-endpoint` exactly as
-//! given. The first certificate seen is recorded; a different one later is refused with a
-//! message that shows both fingerprints and the line to delete to accept the new one.
+//! given. A certificate is recorded only once the handshake proved that the server holds its
+//! key; a different one later is refused with a message that shows both fingerprints and the
+//! line to delete to accept the new one.
 //!
 //! The file is a state file: read without following a link, and to add a server rewritten
 //! whole and moved over the old one, under a lock on the directory so that two clients
@@ -46,9 +47,16 @@ impl KnownHosts {
         KnownHosts { path }
     }
 
-    /// Accepts `seen` for `endpoint` if it is the recorded certificate, or records it when
-    /// none is; refuses a different one.
+    /// Refuses `seen` when another certificate is recorded for `endpoint`. An endpoint not
+    /// recorded passes: [`KnownHosts::remember`] records it once the handshake is signed.
     pub fn check(&self, endpoint: &str, seen: Fingerprint) -> Result<(), KnownHostsError> {
+        let text = self.read()?;
+        self.compare(endpoint, seen, &text).map(|_| ())
+    }
+
+    /// Records `seen` for `endpoint` unless it is recorded already; refuses it when another
+    /// certificate is.
+    pub fn remember(&self, endpoint: &str, seen: Fingerprint) -> Result<(), KnownHostsError> {
         let dir = match self.path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
@@ -135,20 +143,35 @@ mod tests {
     }
 
     #[test]
-    fn first_use_records_then_accepts_then_refuses_a_change() {
+    fn remember_records_then_accepts_then_refuses_a_change() {
         let dir = scratch("records");
         let path = dir.join("known_hosts");
         let hosts = KnownHosts::new(path.clone());
         let (a, b) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
-        hosts.check("other:1", b).unwrap();
+        hosts.remember("other:1", b).unwrap();
+        hosts.remember("server:7500", a).unwrap();
+        hosts.remember("server:7500", a).unwrap();
         hosts.check("server:7500", a).unwrap();
-        hosts.check("server:7500", a).unwrap();
-        let error = hosts.check("server:7500", b).unwrap_err().to_string();
-        assert!(error.contains(&format!("known {a}, now {b}")), "{error}");
-        assert!(error.contains("delete line 2"), "{error}");
-        assert!(error.contains(&path.display().to_string()), "{error}");
+        for error in [
+            hosts.check("server:7500", b).unwrap_err().to_string(),
+            hosts.remember("server:7500", b).unwrap_err().to_string(),
+        ] {
+            assert!(error.contains(&format!("known {a}, now {b}")), "{error}");
+            assert!(error.contains("delete line 2"), "{error}");
+            assert!(error.contains(&path.display().to_string()), "{error}");
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, format!("other:1 {b}\nserver:7500 {a}\n"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn check_alone_records_nothing() {
+        let dir = scratch("check");
+        let path = dir.join("known_hosts");
+        let hosts = KnownHosts::new(path.clone());
+        hosts.check("server:7500", Fingerprint([1; 32])).unwrap();
+        assert!(!path.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -160,7 +183,7 @@ mod tests {
         std::fs::write(&path, "# servers\nold:1 sha256:bad").unwrap();
         let hosts = KnownHosts::new(path.clone());
         let a = Fingerprint([1; 32]);
-        hosts.check("server:7500", a).unwrap();
+        hosts.remember("server:7500", a).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
