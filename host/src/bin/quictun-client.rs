@@ -118,8 +118,9 @@ fn verification(args: &Args) -> anyhow::Result<Verification> {
         warn!("--insecure-skip-verify: the server's identity is not checked");
         return Ok(Verification::Insecure);
     }
+    // The state directory is checked now, not at the first handshake.
     Ok(Verification::FirstUse {
-        known_hosts: args.common.state_dir().join("known_hosts"),
+        known_hosts: args.common.state_dir()?.join("known_hosts"),
         endpoint: args.server_endpoint.to_string(),
     })
 }

@@ -77,9 +77,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         true => args.common.roots()?,
         false => None,
     };
+    let state_dir = args.common.state_dir()?;
     let identity = match args.common.own_identity()? {
         Some(identity) => identity,
-        None => Identity::load_or_create(&args.common.state_dir())?,
+        None => Identity::load_or_create(&state_dir)?,
     };
     let parser = TokenParser::load(
         &args.token_parser_plugin,
@@ -98,7 +99,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         discriminators: args.common.discriminators()?,
         policy: policy.clone(),
         client_roots,
-        reset_key: Some(tls::load_or_create_reset_key(&args.common.state_dir())?),
+        reset_key: Some(tls::load_or_create_reset_key(&state_dir)?),
     })?;
     if let ApiListen(Some(listen)) = &args.httpd_listen_on {
         let state = ApiState::new(Side::Server, server.registry(), server.connections());

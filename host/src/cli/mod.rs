@@ -85,10 +85,15 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    pub fn state_dir(&self) -> PathBuf {
-        self.state_dir
+    /// The state directory, created (mode 0700) if missing; one another user owns or that
+    /// group or others may write is refused.
+    pub fn state_dir(&self) -> anyhow::Result<PathBuf> {
+        let dir = self
+            .state_dir
             .clone()
-            .unwrap_or_else(tls::default_state_dir)
+            .unwrap_or_else(tls::default_state_dir);
+        tls::prepare_state_dir(&dir)?;
+        Ok(dir)
     }
 
     /// The certificate this endpoint presents, when --cert-file and --key-file are given.

@@ -1,11 +1,14 @@
 //! Who an endpoint is and whom it trusts: certificates and keys from PEM files or kept in the
-//! state directory, certificate fingerprints, and CA bundles.
+//! state directory (see [`super::state`] for how those files are kept), certificate
+//! fingerprints, and CA bundles.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use super::state::{self, prepare_state_dir};
 
 /// File names of the generated server identity inside the state directory.
 /// The generated certificate and its key, in one PEM file.
@@ -37,6 +40,18 @@ pub enum IdentityError {
     Generate(String),
     #[error("cannot create state directory {}: {source}", path.display())]
     StateDir { path: PathBuf, source: io::Error },
+    #[error("state directory {} is not a directory", path.display())]
+    StateDirNotADir { path: PathBuf },
+    #[error("state directory {} belongs to uid {owner}, not to this user (uid {me}): give --state-dir a directory of your own", path.display())]
+    StateDirOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error("state directory {} may be written by group or others (mode {mode:o}), who could plant links in it: run chmod go-w {}", path.display(), path.display())]
+    StateDirWritable { path: PathBuf, mode: u32 },
+    #[error("{} is a symbolic link, and state files are never read or written through one: remove it", path.display())]
+    Link { path: PathBuf },
+    #[error("{} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock { path: PathBuf, source: io::Error },
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
 }
@@ -52,7 +67,7 @@ impl Identity {
     /// Reads a PEM certificate chain and private key (PKCS#8, PKCS#1 RSA or SEC1 EC; ECDSA,
     /// Ed25519 and RSA keys).
     pub fn from_pem_files(cert_file: &Path, key_file: &Path) -> Result<Identity, IdentityError> {
-        let chain = read_certificates(cert_file, ("certificate", "certificate"))?;
+        let chain = read_certificates(cert_file, CERT)?;
         let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| IdentityError::Pem {
             what: "private key",
             path: key_file.into(),
@@ -64,19 +79,31 @@ impl Identity {
     /// The certificate kept in `state_dir`, generated there on first use so the server keeps
     /// its identity (and clients their trust in it) across restarts.
     pub fn load_or_create(state_dir: &Path) -> Result<Identity, IdentityError> {
+        prepare_state_dir(state_dir)?;
         let path = state_dir.join(STATE_IDENTITY);
-        if !path.exists() {
-            let names = ["localhost"];
-            let certified = rcgen::generate_simple_self_signed(names.map(String::from).to_vec())
-                .map_err(|e| IdentityError::Generate(format!("a certificate: {e}")))?;
-            let pem = certified.cert.pem() + &certified.signing_key.serialize_pem();
-            create_private_dir(state_dir)?;
-            if create_once(&path, pem.as_bytes())? {
-                tracing::info!(path = %path.display(), "generated the server certificate");
+        let pem = match state::read(&path)? {
+            Some(pem) => pem,
+            None => {
+                let names = ["localhost"];
+                let certified =
+                    rcgen::generate_simple_self_signed(names.map(String::from).to_vec())
+                        .map_err(|e| IdentityError::Generate(format!("a certificate: {e}")))?;
+                let pem = certified.cert.pem() + &certified.signing_key.serialize_pem();
+                if state::create_once(&path, pem.as_bytes())? {
+                    tracing::info!(path = %path.display(), "generated the server certificate");
+                }
+                // Another process may have created it first: use what the file holds.
+                state::read(&path)?.unwrap_or_default()
             }
-        }
+        };
         // The certificate and its key share one file, so they always match.
-        Identity::from_pem_files(&path, &path)
+        let chain = certificates(CertificateDer::pem_slice_iter(&pem).collect(), &path, CERT)?;
+        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|source| IdentityError::Pem {
+            what: "private key",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Identity { chain, key })
     }
 
     /// A fresh self-signed certificate (ECDSA P-256) for `names`.
@@ -145,26 +172,23 @@ impl std::str::FromStr for Fingerprint {
 
 /// The server's stateless-reset key, kept in `state_dir` (made on first use).
 pub fn load_or_create_reset_key(state_dir: &Path) -> Result<Vec<u8>, IdentityError> {
+    prepare_state_dir(state_dir)?;
     let path = state_dir.join(STATE_RESET_KEY);
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| IdentityError::Read {
-            path: path.into(),
-            source,
-        })
+    let key = match state::read(&path)? {
+        Some(key) => key,
+        None => {
+            let mut key = vec![0u8; RESET_KEY_LEN];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+                .map_err(|_| IdentityError::Generate("a random reset key".into()))?;
+            state::create_once(&path, &key)?;
+            // Another process may have created it first: use what the file holds.
+            state::read(&path)?.unwrap_or_default()
+        }
     };
-    match read(&path) {
-        Ok(key) if key.len() == RESET_KEY_LEN => return Ok(key),
-        Ok(_) => return Err(IdentityError::BadResetKey { path }),
-        Err(IdentityError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error),
+    match key.len() {
+        RESET_KEY_LEN => Ok(key),
+        _ => Err(IdentityError::BadResetKey { path }),
     }
-    let mut key = vec![0u8; RESET_KEY_LEN];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-        .map_err(|_| IdentityError::Generate("a random reset key".into()))?;
-    create_private_dir(state_dir)?;
-    create_once(&path, &key)?;
-    // Another process may have created it first: use what the file holds.
-    read(&path)
 }
 
 /// Reads a PEM bundle of CA certificates.
@@ -179,19 +203,30 @@ pub fn load_roots(ca_file: &Path) -> Result<rustls::RootCertStore, IdentityError
     Ok(roots)
 }
 
+/// How errors name a certificate file and what it must hold.
+const CERT: (&str, &str) = ("certificate", "certificate");
+
 /// Reads the PEM certificates in `path`; errors name the file as `file` and what it must hold
 /// as `item`. None is an error.
 fn read_certificates(
     path: &Path,
+    names: (&'static str, &'static str),
+) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let certs = CertificateDer::pem_file_iter(path).and_then(|certs| certs.collect());
+    certificates(certs, path, names)
+}
+
+/// The certificates parsed from `path`, or an error naming it.
+fn certificates(
+    certs: Result<Vec<CertificateDer<'static>>, rustls::pki_types::pem::Error>,
+    path: &Path,
     (file, item): (&'static str, &'static str),
 ) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| IdentityError::Pem {
-            what: file,
-            path: path.into(),
-            source,
-        })?;
+    let certs = certs.map_err(|source| IdentityError::Pem {
+        what: file,
+        path: path.into(),
+        source,
+    })?;
     if certs.is_empty() {
         return Err(IdentityError::Empty {
             what: item,
@@ -209,47 +244,6 @@ pub fn default_state_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
     data_home.join("quictun")
-}
-
-/// Creates a directory only its owner can enter.
-pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| IdentityError::StateDir {
-            path: dir.into(),
-            source,
-        })
-}
-
-/// Creates a file only its owner can read, unless it exists. The file appears whole (written
-/// beside it, then linked into place) and only once: of two processes starting together, one
-/// creates it and the other uses it. Returns whether this call created it.
-fn create_once(path: &Path, contents: &[u8]) -> Result<bool, IdentityError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |source: io::Error| IdentityError::Write {
-        path: path.into(),
-        source,
-    };
-    let partial = path.with_extension(format!("partial-{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)
-        .and_then(|mut file| file.write_all(contents).and_then(|()| file.sync_all()))
-        .map_err(fail)?;
-    let linked = std::fs::hard_link(&partial, path);
-    let _ = std::fs::remove_file(&partial);
-    match linked {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(fail(e)),
-    }
 }
 
 #[cfg(test)]

@@ -20,11 +20,13 @@ use known_hosts::KnownHosts;
 mod identity;
 mod known_hosts;
 mod small_rsa;
+mod state;
 
 pub use identity::{
-    Fingerprint, Identity, IdentityError, create_private_dir, default_state_dir,
-    load_or_create_reset_key, load_roots,
+    Fingerprint, Identity, IdentityError, default_state_dir, load_or_create_reset_key, load_roots,
 };
+pub use known_hosts::KnownHostsError;
+pub use state::prepare_state_dir;
 
 /// The process's crypto provider.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -65,7 +67,8 @@ pub enum Verification {
     /// The certificate must have this SHA-256 fingerprint (`--server-cert-fingerprint`).
     Pinned(Fingerprint),
     /// Trust on first use: the first certificate seen for `endpoint` is recorded in the
-    /// known-hosts file; a different one later is refused.
+    /// known-hosts file once the server proved it holds its key; a different one later is
+    /// refused.
     FirstUse {
         known_hosts: PathBuf,
         endpoint: String,
@@ -146,6 +149,8 @@ enum Rule {
 }
 
 impl CheckFingerprint {
+    /// The check of the certificate alone, before the handshake shows whether the peer holds
+    /// its key. Trust on first use only refuses a change here: it records nothing yet.
     fn check(&self, seen: Fingerprint) -> Result<(), String> {
         match &self.rule {
             Rule::Any => Ok(()),
@@ -156,7 +161,37 @@ impl CheckFingerprint {
             Rule::FirstUse {
                 known_hosts,
                 endpoint,
-            } => known_hosts.check(endpoint, seen),
+            } => known_hosts.check(endpoint, seen).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Whether `dss` is `cert`'s key's signature of `message`.
+    fn check_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let checked = rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        );
+        if checked.is_ok() || !small_rsa::handles(dss.scheme) {
+            return checked;
+        }
+        // The original's servers default to 1024-bit RSA keys, which ring refuses: a pinned
+        // or remembered certificate of that kind is still bound to its key.
+        match rustls::crypto::verify_tls13_signature(message, cert, dss, &small_rsa::ALGORITHMS) {
+            Ok(valid) => {
+                tracing::warn!(
+                    "the server's RSA key is shorter than 2048 bits, which is weak: give the \
+                     server a proper certificate (--cert-file/--key-file)"
+                );
+                Ok(valid)
+            }
+            Err(_) => checked,
         }
     }
 }
@@ -196,27 +231,19 @@ impl ServerCertVerifier for CheckFingerprint {
         if matches!(self.rule, Rule::Any) {
             return Ok(HandshakeSignatureValid::assertion());
         }
-        let checked = rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        );
-        if checked.is_ok() || !small_rsa::handles(dss.scheme) {
-            return checked;
+        let valid = self.check_signature(message, cert, dss)?;
+        // Only now is the certificate known to be the peer's own: a first use is recorded
+        // here, never before, so an impostor that cannot sign leaves no trace.
+        if let Rule::FirstUse {
+            known_hosts,
+            endpoint,
+        } = &self.rule
+        {
+            known_hosts
+                .remember(endpoint, Fingerprint::of(cert))
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         }
-        // The original's servers default to 1024-bit RSA keys, which ring refuses: a pinned
-        // or remembered certificate of that kind is still bound to its key.
-        match rustls::crypto::verify_tls13_signature(message, cert, dss, &small_rsa::ALGORITHMS) {
-            Ok(valid) => {
-                tracing::warn!(
-                    "the server's RSA key is shorter than 2048 bits, which is weak: give the \
-                     server a proper certificate (--cert-file/--key-file)"
-                );
-                Ok(valid)
-            }
-            Err(_) => checked,
-        }
+        Ok(valid)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
