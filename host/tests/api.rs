@@ -731,7 +731,12 @@ fn binary(path: &str, httpd: &str) -> Command {
         )
         .stdin(Stdio::null());
     if path == SERVER {
-        command.args(["--listen-on", "127.0.0.1:0"]);
+        command.args([
+            "--listen-on",
+            "127.0.0.1:0",
+            "--allow-target",
+            "127.0.0.1:9",
+        ]);
     } else {
         command.args([
             "--listen-on",
