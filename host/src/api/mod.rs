@@ -5,10 +5,15 @@
 //! Everything is read from the registries when asked. The only state of the API's own is the
 //! send rates, sampled from the tunnels' byte counters by a background task ([`Rates`]), so
 //! the data path pays nothing for the API.
+//!
+//! The API has no authentication: it is meant for loopback. Its connections are bounded in
+//! number and in the time their headers may take (`http.rs`).
 
+mod http;
 mod metrics;
 mod rates;
 
+pub use http::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 pub use rates::{Rate, Rates};
 
 use std::net::SocketAddr;
@@ -25,7 +30,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::info;
 use uuid::Uuid;
 
 use crate::quic::SetupError;
@@ -41,13 +46,34 @@ const BODY_LIMIT: usize = 4 * 1024;
 /// How long DELETE waits for the tunnel to end, so a listing right after it no longer shows it.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// What the handlers read: one endpoint's registries and its send rates.
+/// What the API serves and how: one endpoint's registries and its send rates, and the
+/// options of its listener.
 #[derive(Clone)]
 pub struct ApiState {
     pub side: Side,
     pub tunnels: Arc<TunnelRegistry>,
     pub connections: Arc<ConnectionRegistry>,
     pub rates: Arc<Rates>,
+    pub options: ApiOptions,
+}
+
+/// How the API's connections are bounded.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// How long a client has to send a request's headers before its connection is closed.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; a further one is closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for ApiOptions {
+    /// [`HEADER_READ_TIMEOUT`], [`MAX_CONNECTIONS`]: what the binaries use.
+    fn default() -> Self {
+        ApiOptions {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
 }
 
 impl ApiState {
@@ -74,6 +100,7 @@ impl ApiState {
             tunnels,
             connections,
             rates,
+            options: ApiOptions::default(),
         }
     }
 }
@@ -114,9 +141,8 @@ pub async fn start(listen: &HostPort, state: ApiState) -> Result<SocketAddr, Set
 
 /// Serves the API on a bound listener until the task is dropped.
 pub async fn serve(listener: TcpListener, state: ApiState) {
-    if let Err(error) = axum::serve(listener, router(state)).await {
-        warn!("REST API stopped: {error}");
-    }
+    let options = state.options.clone();
+    match http::serve(listener, router(state), &options).await {}
 }
 
 /// The API's routes, with JSON answers for unknown paths and wrong methods.
