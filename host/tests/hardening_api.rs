@@ -1,4 +1,6 @@
-//! The REST API on an open machine (SPEC §7): clients that stall in their headers are cut off
+//! The REST API on an open machine (SPEC §7): it answers only requests addressed to a loopback
+//! name or to a host the operator allowed, so a web page rebinding its own name to 127.0.0.1
+//! can neither list nor close tunnels; and clients that stall in their headers are cut off
 //! without keeping `/healthz` from answering. Real TCP connections to a real API on
 //! 127.0.0.1:0.
 
@@ -8,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use quictun::api::{self, ApiState};
 use quictun::quic::connections::ConnectionRegistry;
-use quictun::tunnel::{Side, TunnelRegistry};
+use quictun::tunnel::{Registered, Side, Tunnel, TunnelRegistry, TunnelSpec};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,11 +34,28 @@ fn server_state(tunnels: &Arc<TunnelRegistry>) -> ApiState {
     )
 }
 
+/// A tunnel as the server registers one, listed until the guard is dropped.
+fn register_tunnel(tunnels: &Arc<TunnelRegistry>) -> Registered {
+    tunnels.register(Tunnel::new(TunnelSpec {
+        stream_id: 4,
+        side: Side::Server,
+        client_app: None,
+        server_app: Some("tcp:127.0.0.1:22".into()),
+        remote_endpoint: "127.0.0.1:50000".parse().unwrap(),
+    }))
+}
+
 /// An answer read off the wire: the status code and the body.
 #[derive(Debug)]
 struct Answer {
     status: u16,
     body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {self:?}"))
+    }
 }
 
 /// Sends `method path` with the given `Host` line (none for `None`) on a new connection and
@@ -65,6 +85,170 @@ async fn exchange(addr: SocketAddr, text: &str) -> Answer {
         status,
         body: body.to_owned(),
     }
+}
+
+/// The uuids `/tunnels` lists when asked as the operator does.
+async fn listed(addr: SocketAddr) -> Vec<String> {
+    let answer = request(addr, "GET", "/tunnels", Some("localhost")).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let tunnels = answer.json();
+    let tunnels = tunnels.as_array().expect("an array");
+    tunnels
+        .iter()
+        .map(|t| t["uuid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn assert_misdirected(answer: &Answer, what: &str) {
+    assert_eq!(answer.status, 421, "{what}: {answer:?}");
+    let message = answer.json()["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no message: {answer:?}"))
+        .to_owned();
+    assert!(message.contains("not allowed"), "{what}: {message}");
+    assert!(
+        message.contains("--httpd-allowed-host"),
+        "{what}: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_host_gets_421_on_every_route() {
+    let tunnels = Arc::<TunnelRegistry>::default();
+    let _tunnel = register_tunnel(&tunnels);
+    let addr = start_api(server_state(&tunnels)).await;
+    let uuid = &listed(addr).await[0];
+    let routes = [
+        ("GET", "/".to_owned()),
+        ("GET", "/tunnels".to_owned()),
+        ("GET", format!("/tunnels/{uuid}")),
+        ("DELETE", format!("/tunnels/{uuid}")),
+        ("GET", "/connections".to_owned()),
+        ("GET", "/metrics".to_owned()),
+        ("GET", "/healthz".to_owned()),
+        ("GET", "/no-such-route".to_owned()),
+        ("POST", "/tunnels".to_owned()),
+    ];
+    for (method, path) in &routes {
+        let answer = request(addr, method, path, Some("attacker.example")).await;
+        assert_misdirected(&answer, &format!("{method} {path}"));
+        assert!(!answer.body.contains(uuid), "{method} {path}: {answer:?}");
+        let message = answer.json()["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("attacker.example"), "{message}");
+    }
+    // The operator's own requests still work, so the refusals above were the guard's.
+    assert_eq!(listed(addr).await, std::slice::from_ref(uuid));
+}
+
+#[tokio::test]
+async fn a_foreign_host_cannot_close_a_tunnel() {
+    let tunnels = Arc::<TunnelRegistry>::default();
+    let registered = register_tunnel(&tunnels);
+    let tunnel = registered.tunnel().clone();
+    let addr = start_api(server_state(&tunnels)).await;
+    let path = format!("/tunnels/{}", tunnel.uuid);
+
+    let answer = request(addr, "DELETE", &path, Some("attacker.example:8086")).await;
+    assert_misdirected(&answer, "DELETE from a foreign host");
+    // No close was asked for: `closed()` would be ready at once if it had been.
+    let close_requested = tokio::select! {
+        biased;
+        _ = tunnel.closed() => true,
+        _ = std::future::ready(()) => false,
+    };
+    assert!(!close_requested, "the relay was told to close the tunnel");
+    assert_eq!(listed(addr).await, [tunnel.uuid.to_string()]);
+
+    // The same request from the operator closes it: a relay stand-in ends the tunnel when
+    // asked, as the real relay does.
+    tokio::spawn(async move {
+        registered.tunnel().closed().await;
+        drop(registered);
+    });
+    let answer = request(addr, "DELETE", &path, Some("localhost")).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(listed(addr).await.is_empty());
+}
+
+#[tokio::test]
+async fn loopback_hosts_are_answered_in_any_form() {
+    let tunnels = Arc::<TunnelRegistry>::default();
+    let addr = start_api(server_state(&tunnels)).await;
+    let port = addr.port();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        format!("LOCALHOST:{port}"),
+        format!("LocalHost:{port}"),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "127.8.9.10:8086".to_owned(),
+        "[::1]".to_owned(),
+        "[0:0:0:0:0:0:0:1]:8086".to_owned(),
+    ] {
+        let answer = request(addr, "GET", "/tunnels", Some(&host)).await;
+        assert_eq!(answer.status, 200, "Host: {host}: {answer:?}");
+        assert_eq!(answer.body, "[]", "Host: {host}");
+    }
+}
+
+#[tokio::test]
+async fn rebinding_look_alikes_and_a_missing_host_are_refused() {
+    let tunnels = Arc::<TunnelRegistry>::default();
+    let addr = start_api(server_state(&tunnels)).await;
+    for host in [
+        "127.0.0.1.attacker.example",
+        "localhost.attacker.example:8086",
+        "attacker.example",
+        "localhost@attacker.example",
+        "attacker.example@localhost",
+        "[::2]:8086",
+        "[::ffff:127.0.0.1]",
+        "127.1",
+        "0x7f000001",
+        "localhost.",
+    ] {
+        let answer = request(addr, "GET", "/tunnels", Some(host)).await;
+        assert_eq!(answer.status, 421, "Host: {host}: {answer:?}");
+    }
+    for text in [
+        "GET /tunnels HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /tunnels HTTP/1.0\r\n\r\n",
+        "GET /tunnels HTTP/1.1\r\nHost: localhost\r\nHost: attacker.example\r\nConnection: close\r\n\r\n",
+        // Absolute form: the URI's authority is the request's host, and it must pass too.
+        "GET http://attacker.example/tunnels HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = exchange(addr, text).await;
+        assert_eq!(answer.status, 421, "{text:?}: {answer:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_allowed_host_is_answered_only_when_given() {
+    let tunnels = Arc::<TunnelRegistry>::default();
+    let plain = start_api(server_state(&tunnels)).await;
+    let hosts = ["tunnel-box.example", "192.0.2.7", "2001:db8::7"];
+    let allowing =
+        server_state(&tunnels).allowing_hosts(hosts.iter().map(|h| h.parse().unwrap()).collect());
+    let allowing = start_api(allowing).await;
+    for host in [
+        "tunnel-box.example",
+        "TUNNEL-BOX.Example:8086",
+        "192.0.2.7:8086",
+        "[2001:db8::7]:8086",
+    ] {
+        let answer = request(plain, "GET", "/tunnels", Some(host)).await;
+        assert_misdirected(&answer, &format!("Host: {host} not given"));
+        let answer = request(allowing, "GET", "/tunnels", Some(host)).await;
+        assert_eq!(answer.status, 200, "Host: {host} given: {answer:?}");
+    }
+    for host in ["attacker.example", "api.tunnel-box.example", "192.0.2.8"] {
+        let answer = request(allowing, "GET", "/tunnels", Some(host)).await;
+        assert_misdirected(&answer, &format!("Host: {host} beside the allowed ones"));
+    }
+    let answer = request(allowing, "GET", "/healthz", Some("localhost")).await;
+    assert_eq!(answer.status, 200, "loopback stays allowed: {answer:?}");
 }
 
 /// Reads until the server closes the connection; panics if it does not within `limit`.

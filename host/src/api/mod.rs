@@ -6,13 +6,16 @@
 //! send rates, sampled from the tunnels' byte counters by a background task ([`Rates`]), so
 //! the data path pays nothing for the API.
 //!
-//! The API has no authentication: it is meant for loopback. Its connections are bounded in
-//! number and in the time their headers may take (`http.rs`).
+//! The API has no authentication: it is meant for loopback. Every request must name a
+//! loopback host or an allowed one (`guard.rs`, against DNS rebinding), and connections are
+//! bounded in number and in the time their headers may take (`http.rs`).
 
+mod guard;
 mod http;
 mod metrics;
 mod rates;
 
+pub use guard::{AllowedHost, AllowedHostError};
 pub use http::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 pub use rates::{Rate, Rates};
 
@@ -24,6 +27,7 @@ use std::time::{Duration, SystemTime};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -57,9 +61,11 @@ pub struct ApiState {
     pub options: ApiOptions,
 }
 
-/// How the API's connections are bounded.
+/// Who may reach the API and how its connections are bounded.
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
+    /// Hosts besides loopback that requests may name in `Host` (`--httpd-allowed-host`).
+    pub allowed_hosts: Arc<[AllowedHost]>,
     /// How long a client has to send a request's headers before its connection is closed.
     pub header_read_timeout: Duration,
     /// Connections served at once; a further one is closed at once.
@@ -67,9 +73,10 @@ pub struct ApiOptions {
 }
 
 impl Default for ApiOptions {
-    /// [`HEADER_READ_TIMEOUT`], [`MAX_CONNECTIONS`]: what the binaries use.
+    /// Loopback only, [`HEADER_READ_TIMEOUT`], [`MAX_CONNECTIONS`]: what the binaries use.
     fn default() -> Self {
         ApiOptions {
+            allowed_hosts: Arc::new([]),
             header_read_timeout: HEADER_READ_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
         }
@@ -103,6 +110,12 @@ impl ApiState {
             options: ApiOptions::default(),
         }
     }
+
+    /// Answers requests naming `hosts` too, besides loopback.
+    pub fn allowing_hosts(mut self, hosts: Vec<AllowedHost>) -> ApiState {
+        self.options.allowed_hosts = hosts.into();
+        self
+    }
 }
 
 /// The value of `--httpd-listen-on`: `HOST:PORT`, or `""` for no REST API.
@@ -135,6 +148,9 @@ pub async fn start(listen: &HostPort, state: ApiState) -> Result<SocketAddr, Set
         .map_err(cannot)?;
     let local = listener.local_addr().map_err(cannot)?;
     info!(listen = %local, "REST API ready");
+    for host in state.options.allowed_hosts.iter() {
+        info!(%host, "REST API also answers requests for this host (--httpd-allowed-host)");
+    }
     tokio::spawn(serve(listener, state));
     Ok(local)
 }
@@ -145,8 +161,10 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
     match http::serve(listener, router(state), &options).await {}
 }
 
-/// The API's routes, with JSON answers for unknown paths and wrong methods.
+/// The API's routes, with JSON answers for unknown paths and wrong methods, behind the check
+/// of the request's `Host`.
 pub fn router(state: ApiState) -> Router {
+    let allowed_hosts = state.options.allowed_hosts.clone();
     Router::new()
         .route("/", get(dashboard))
         .route("/tunnels", get(list_tunnels))
@@ -158,6 +176,11 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Added last, so it runs first: every route and both fallbacks are behind it.
+        .layer(middleware::from_fn_with_state(
+            allowed_hosts,
+            guard::check_host,
+        ))
         .with_state(state)
 }
 
@@ -412,6 +435,7 @@ mod tests {
             axum::http::Request::builder()
                 .method(method)
                 .uri(uri)
+                .header(header::HOST, "localhost")
                 .body(axum::body::Body::empty())
                 .unwrap()
         };

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
+use crate::api::AllowedHost;
 use crate::plugins::{Discriminator, LoadError};
 use crate::quic::{Congestion, TransportOptions};
 use crate::tls::{self, Identity};
@@ -78,6 +79,14 @@ pub struct CommonArgs {
     /// A connection with no packets for this long is closed.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub idle_timeout: Duration,
+
+    /// A host name or address, besides localhost, 127.0.0.0/8 and [::1], under which the REST
+    /// API may be reached (repeatable). Matched case-insensitively, with or without a port;
+    /// requests naming any other host get 421, so a web page cannot use the API by pointing
+    /// its own name at this machine (DNS rebinding). Give only names whose DNS you control:
+    /// this adds no authentication.
+    #[arg(long, value_name = "HOST")]
+    pub httpd_allowed_host: Vec<AllowedHost>,
 
     /// Worker threads that move the data [default: half the available cores, at least 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -291,6 +300,35 @@ fn program() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn allowed_hosts_repeat_and_refuse_a_port() {
+        let flags = Flags::try_parse_from([
+            "t",
+            "--httpd-allowed-host",
+            "Tunnel-Box.example",
+            "--httpd-allowed-host",
+            "[2001:db8::7]",
+        ])
+        .unwrap();
+        let hosts: Vec<String> = flags
+            .common
+            .httpd_allowed_host
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        assert_eq!(hosts, ["tunnel-box.example", "[2001:db8::7]"]);
+        let error = Flags::try_parse_from(["t", "--httpd-allowed-host", "tunnel-box.example:8086"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("without a port"), "{error}");
+    }
 
     #[test]
     fn durations() {
