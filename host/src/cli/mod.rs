@@ -14,6 +14,7 @@ use crate::tls::{self, Identity};
 
 pub mod config;
 pub mod generate;
+pub mod log_fields;
 
 /// Flags both endpoints take.
 #[derive(Debug, Args)]
@@ -227,7 +228,8 @@ fn parse_or_generate<T: Parser>(args: Vec<std::ffi::OsString>) -> Result<T, clap
 /// Warnings about the `--config` file, logged once logging is set up.
 static CONFIG_WARNINGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
-/// Sets up logging to standard error.
+/// Sets up logging to standard error. Text lines have their fields' control characters
+/// escaped ([`log_fields`]), so what a peer, a token or a plugin sends cannot forge a line.
 pub fn init_logging(common: &CommonArgs) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&common.log_level)
@@ -237,7 +239,7 @@ pub fn init_logging(common: &CommonArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match common.log_format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(log_fields::EscapedFields).init(),
         LogFormat::Json => builder.json().init(),
     }
     for warning in CONFIG_WARNINGS.get().into_iter().flatten() {
