@@ -76,6 +76,7 @@ async fn call(state: &ApiState, method: &str, uri: &str) -> Answer {
     let request = Request::builder()
         .method(method)
         .uri(uri)
+        .header(header::HOST, "localhost")
         .body(Body::empty())
         .unwrap();
     let response = router(state.clone()).oneshot(request).await.unwrap();

@@ -5,10 +5,18 @@
 //! Everything is read from the registries when asked. The only state of the API's own is the
 //! send rates, sampled from the tunnels' byte counters by a background task ([`Rates`]), so
 //! the data path pays nothing for the API.
+//!
+//! The API has no authentication: it is meant for loopback. Every request must name a
+//! loopback host or an allowed one (`guard.rs`, against DNS rebinding), and connections are
+//! bounded in number and in the time their headers may take (`http.rs`).
 
+mod guard;
+mod http;
 mod metrics;
 mod rates;
 
+pub use guard::{AllowedHost, AllowedHostError};
+pub use http::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 pub use rates::{Rate, Rates};
 
 use std::net::SocketAddr;
@@ -19,13 +27,14 @@ use std::time::{Duration, SystemTime};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::info;
 use uuid::Uuid;
 
 use crate::quic::SetupError;
@@ -41,13 +50,37 @@ const BODY_LIMIT: usize = 4 * 1024;
 /// How long DELETE waits for the tunnel to end, so a listing right after it no longer shows it.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// What the handlers read: one endpoint's registries and its send rates.
+/// What the API serves and how: one endpoint's registries and its send rates, and the
+/// options of its listener.
 #[derive(Clone)]
 pub struct ApiState {
     pub side: Side,
     pub tunnels: Arc<TunnelRegistry>,
     pub connections: Arc<ConnectionRegistry>,
     pub rates: Arc<Rates>,
+    pub options: ApiOptions,
+}
+
+/// Who may reach the API and how its connections are bounded.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Hosts besides loopback that requests may name in `Host` (`--httpd-allowed-host`).
+    pub allowed_hosts: Arc<[AllowedHost]>,
+    /// How long a client has to send a request's headers before its connection is closed.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; a further one is closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for ApiOptions {
+    /// Loopback only, [`HEADER_READ_TIMEOUT`], [`MAX_CONNECTIONS`]: what the binaries use.
+    fn default() -> Self {
+        ApiOptions {
+            allowed_hosts: Arc::new([]),
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
 }
 
 impl ApiState {
@@ -74,7 +107,14 @@ impl ApiState {
             tunnels,
             connections,
             rates,
+            options: ApiOptions::default(),
         }
+    }
+
+    /// Answers requests naming `hosts` too, besides loopback.
+    pub fn allowing_hosts(mut self, hosts: Vec<AllowedHost>) -> ApiState {
+        self.options.allowed_hosts = hosts.into();
+        self
     }
 }
 
@@ -108,19 +148,23 @@ pub async fn start(listen: &HostPort, state: ApiState) -> Result<SocketAddr, Set
         .map_err(cannot)?;
     let local = listener.local_addr().map_err(cannot)?;
     info!(listen = %local, "REST API ready");
+    for host in state.options.allowed_hosts.iter() {
+        info!(%host, "REST API also answers requests for this host (--httpd-allowed-host)");
+    }
     tokio::spawn(serve(listener, state));
     Ok(local)
 }
 
 /// Serves the API on a bound listener until the task is dropped.
 pub async fn serve(listener: TcpListener, state: ApiState) {
-    if let Err(error) = axum::serve(listener, router(state)).await {
-        warn!("REST API stopped: {error}");
-    }
+    let options = state.options.clone();
+    match http::serve(listener, router(state), &options).await {}
 }
 
-/// The API's routes, with JSON answers for unknown paths and wrong methods.
+/// The API's routes, with JSON answers for unknown paths and wrong methods, behind the check
+/// of the request's `Host`.
 pub fn router(state: ApiState) -> Router {
+    let allowed_hosts = state.options.allowed_hosts.clone();
     Router::new()
         .route("/", get(dashboard))
         .route("/tunnels", get(list_tunnels))
@@ -132,6 +176,11 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Added last, so it runs first: every route and both fallbacks are behind it.
+        .layer(middleware::from_fn_with_state(
+            allowed_hosts,
+            guard::check_host,
+        ))
         .with_state(state)
 }
 
@@ -386,6 +435,7 @@ mod tests {
             axum::http::Request::builder()
                 .method(method)
                 .uri(uri)
+                .header(header::HOST, "localhost")
                 .body(axum::body::Body::empty())
                 .unwrap()
         };

@@ -175,7 +175,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     })
     .await?;
     if let ApiListen(Some(listen)) = &args.httpd_listen_on {
-        let state = ApiState::new(Side::Client, client.registry(), client.connections());
+        let state = ApiState::new(Side::Client, client.registry(), client.connections())
+            .allowing_hosts(args.common.httpd_allowed_host.clone());
         api::start(listen, state).await?;
     }
     let handle = client.handle();

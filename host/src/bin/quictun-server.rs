@@ -102,7 +102,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         reset_key: Some(tls::load_or_create_reset_key(&state_dir)?),
     })?;
     if let ApiListen(Some(listen)) = &args.httpd_listen_on {
-        let state = ApiState::new(Side::Server, server.registry(), server.connections());
+        let state = ApiState::new(Side::Server, server.registry(), server.connections())
+            .allowing_hosts(args.common.httpd_allowed_host.clone());
         api::start(listen, state).await?;
     }
     if policy.is_open() {

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
+use crate::api::AllowedHost;
 use crate::plugins::{Discriminator, LoadError};
 use crate::quic::{Congestion, TransportOptions};
 use crate::tls::{self, Identity};
 
 pub mod config;
 pub mod generate;
+pub mod log_fields;
 
 /// Flags both endpoints take.
 #[derive(Debug, Args)]
@@ -78,6 +80,14 @@ pub struct CommonArgs {
     /// A connection with no packets for this long is closed.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub idle_timeout: Duration,
+
+    /// A host name or address, besides localhost, 127.0.0.0/8 and [::1], under which the REST
+    /// API may be reached (repeatable). Matched case-insensitively, with or without a port;
+    /// requests naming any other host get 421, so a web page cannot use the API by pointing
+    /// its own name at this machine (DNS rebinding). Give only names whose DNS you control:
+    /// this adds no authentication.
+    #[arg(long, value_name = "HOST")]
+    pub httpd_allowed_host: Vec<AllowedHost>,
 
     /// Worker threads that move the data [default: half the available cores, at least 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -223,7 +233,8 @@ fn parse_or_generate<T: Parser>(args: Vec<std::ffi::OsString>) -> Result<T, clap
 /// Warnings about the `--config` file, logged once logging is set up.
 static CONFIG_WARNINGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
-/// Sets up logging to standard error.
+/// Sets up logging to standard error. Text lines have their fields' control characters
+/// escaped ([`log_fields`]), so what a peer, a token or a plugin sends cannot forge a line.
 pub fn init_logging(common: &CommonArgs) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&common.log_level)
@@ -233,7 +244,7 @@ pub fn init_logging(common: &CommonArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match common.log_format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(log_fields::EscapedFields).init(),
         LogFormat::Json => builder.json().init(),
     }
     for warning in CONFIG_WARNINGS.get().into_iter().flatten() {
@@ -296,6 +307,35 @@ fn program() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn allowed_hosts_repeat_and_refuse_a_port() {
+        let flags = Flags::try_parse_from([
+            "t",
+            "--httpd-allowed-host",
+            "Tunnel-Box.example",
+            "--httpd-allowed-host",
+            "[2001:db8::7]",
+        ])
+        .unwrap();
+        let hosts: Vec<String> = flags
+            .common
+            .httpd_allowed_host
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        assert_eq!(hosts, ["tunnel-box.example", "[2001:db8::7]"]);
+        let error = Flags::try_parse_from(["t", "--httpd-allowed-host", "tunnel-box.example:8086"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("without a port"), "{error}");
+    }
 
     #[test]
     fn durations() {
