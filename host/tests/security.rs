@@ -28,6 +28,7 @@ fn server(
         handshake_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
         max_connections: 100,
+        limits: Default::default(),
         discriminators: Vec::new(),
         policy,
         client_roots,
@@ -246,7 +247,7 @@ async fn the_allow_list_decides_for_tcp_and_unix_targets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_stream_is_closed_at_the_handshake_time_out() {
+async fn a_silent_stream_gets_bad_token_at_the_handshake_time_out() {
     let (addr, _task) = server(
         Identity::self_signed(&["localhost"]).unwrap(),
         None,
@@ -257,10 +258,17 @@ async fn a_silent_stream_is_closed_at_the_handshake_time_out() {
     // The stream exists for the server only once a frame arrives: send one byte of header.
     send.write_all(&[0]).await.unwrap();
     let started = std::time::Instant::now();
-    let result = within(10, recv.read_to_end(64)).await;
+    let answer = within(
+        10,
+        quictun::wire::handshake::read_answer(&mut recv, quictun::wire::handshake::Protocol::V2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, Status::BadToken);
     assert!(
-        result.is_err(),
-        "the server must reset the stream, got {result:?}"
+        answer.reason.starts_with("no token within"),
+        "{}",
+        answer.reason
     );
     let waited = started.elapsed();
     assert!(
@@ -306,6 +314,7 @@ async fn idle_connections_hit_the_limit_and_the_server_stays_responsive() {
         handshake_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
         max_connections: 3,
+        limits: Default::default(),
         discriminators: Vec::new(),
         policy: Policy::any(),
         client_roots: None,

@@ -221,6 +221,9 @@ struct ConnectionView {
     lost_bytes: u64,
     congestion_events: u64,
     open_tunnels: usize,
+    /// The receive window the server gave this connection (its share of `--max-buffered`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receive_window: Option<u64>,
 }
 
 /// An error answer: a status and `{"message": ...}`.
@@ -372,6 +375,7 @@ fn connection_view(c: ConnectionInfo, open_tunnels: usize) -> ConnectionView {
         lost_bytes: c.lost_bytes,
         congestion_events: c.congestion_events,
         open_tunnels,
+        receive_window: c.receive_window,
     }
 }
 

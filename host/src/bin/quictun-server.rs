@@ -10,7 +10,7 @@ use quictun::api::{self, ApiListen, ApiState};
 use quictun::cli::{self, CommonArgs, parse_duration};
 use quictun::plugins::TokenParser;
 use quictun::server::policy::Policy;
-use quictun::server::{Server, ServerConfig};
+use quictun::server::{Limits, Server, ServerConfig};
 use quictun::shutdown::Shutdown;
 use quictun::tls;
 use quictun::tls::Identity;
@@ -51,6 +51,17 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
+
+    /// QUIC handshakes in progress from one source address (an IPv4 address or an IPv6 /64).
+    /// Behind a load balancer that hides client addresses, raise it (docs/SCALING.md).
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_handshakes_per_address: u32,
+
+    /// Data buffered for all clients together (receive windows and send buffers): e.g.
+    /// `64MiB`, `1GiB` or plain bytes. Each connection also gets 64 KiB outside it.
+    #[arg(long, value_name = "SIZE", value_parser = cli::parse_size, default_value = "1GiB")]
+    max_buffered: u64,
 
     /// TCP address of the REST API (tunnels, connections, metrics), or "" for none.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8086")]
@@ -96,6 +107,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         handshake_timeout: args.handshake_timeout,
         connect_timeout: args.connect_timeout,
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        limits: Limits {
+            max_handshakes_per_address: args.max_handshakes_per_address as usize,
+            max_buffered: args.max_buffered,
+        },
         discriminators: args.common.discriminators()?,
         policy: policy.clone(),
         client_roots,

@@ -145,6 +145,7 @@ impl CommonArgs {
             keep_alive: self.keep_alive,
             idle_timeout: self.idle_timeout,
             max_streams,
+            ..TransportOptions::default()
         }
     }
 }
@@ -174,6 +175,25 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         .checked_mul(millis)
         .map(Duration::from_millis)
         .ok_or_else(bad)
+}
+
+/// Parses a size: plain bytes, or a number with `KiB`, `MiB`, `GiB` (also `K`, `M`, `G`, as
+/// powers of 1024).
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let bad = || format!("{value:?} is not a size (expected e.g. 65536, 64MiB or 1GiB)");
+    let digits = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(scale).ok_or_else(bad)
 }
 
 /// `--version`: the package's version and the git revision it was built from.
@@ -335,6 +355,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("without a port"), "{error}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        for bad in [
+            "",
+            "MiB",
+            "1.5GiB",
+            "-1",
+            "1 GiB",
+            "1GB",
+            "99999999999999999999",
+        ] {
+            let error = parse_size(bad).unwrap_err();
+            assert!(error.contains("not a size"), "{bad}: {error}");
+        }
+        assert!(parse_size("17179869184GiB").is_err());
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub struct ConnectionRegistry {
 struct Entry {
     connection: Connection,
     created_at: SystemTime,
+    receive_window: Option<u64>,
 }
 
 /// A snapshot of one connection.
@@ -41,15 +42,24 @@ pub struct ConnectionInfo {
     pub lost_packets: u64,
     pub lost_bytes: u64,
     pub congestion_events: u64,
+    /// The receive window this endpoint gave the connection (a server's share of
+    /// `--max-buffered`), when it set one.
+    pub receive_window: Option<u64>,
 }
 
 impl ConnectionRegistry {
-    /// Lists `connection` until the returned guard is dropped.
-    pub fn register(self: &Arc<Self>, connection: &Connection) -> ListedConnection {
+    /// Lists `connection` until the returned guard is dropped; `receive_window` is what this
+    /// endpoint gave it, if it chose.
+    pub fn register(
+        self: &Arc<Self>,
+        connection: &Connection,
+        receive_window: Option<u64>,
+    ) -> ListedConnection {
         let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Entry {
             connection: connection.clone(),
             created_at: SystemTime::now(),
+            receive_window,
         };
         lock(&self.live).insert(id, entry);
         ListedConnection {
@@ -60,7 +70,7 @@ impl ConnectionRegistry {
 
     /// Lists `connection` until it closes.
     pub fn watch(self: &Arc<Self>, connection: &Connection) {
-        let listed = self.register(connection);
+        let listed = self.register(connection, None);
         let connection = connection.clone();
         tokio::spawn(async move {
             connection.closed().await;
@@ -83,6 +93,7 @@ impl ConnectionRegistry {
                     lost_packets: stats.path.lost_packets,
                     lost_bytes: stats.path.lost_bytes,
                     congestion_events: stats.path.congestion_events,
+                    receive_window: entry.receive_window,
                 }
             })
             .collect();

@@ -37,14 +37,30 @@ const UDP_BUFFER: usize = 8 * 1024 * 1024;
 // fine for our controller up to several percent of random loss, but a sender that loses a
 // large share at the bottleneck (quinn's bbr at 200 ms, ~40 %) reaches the limit.
 
-/// Receive window of one stream: about 6.7 × (100 Mbit/s × 200 ms), enough for a hole that
-/// needs two retransmissions at full rate.
-const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
-/// Receive window of a whole connection: a stream stalled behind a hole leaves room for others.
-const CONNECTION_WINDOW: u32 = 24 * 1024 * 1024;
-/// Unacknowledged data a connection may hold for sending (quinn keeps selectively acknowledged
-/// data behind a hole too): at least the receive window, so the peer's credit is what binds.
-const SEND_WINDOW: u64 = 24 * 1024 * 1024;
+/// A connection's flow-control windows, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    /// Receive window of one stream.
+    pub stream: u64,
+    /// Receive window of the whole connection.
+    pub connection: u64,
+    /// Unacknowledged data the connection may hold for sending.
+    pub send: u64,
+}
+
+impl Windows {
+    /// What a connection gets when memory allows (a server shares its `--max-buffered`):
+    /// - stream: about 6.7 × (100 Mbit/s × 200 ms), enough for a hole that needs two
+    ///   retransmissions at full rate;
+    /// - connection: more, so a stream stalled behind a hole leaves room for others;
+    /// - send: as much as the receive window (quinn keeps selectively acknowledged data behind
+    ///   a hole too), so the peer's credit is what binds.
+    pub const FULL: Windows = Windows {
+        stream: 16 * 1024 * 1024,
+        connection: 24 * 1024 * 1024,
+        send: 24 * 1024 * 1024,
+    };
+}
 
 /// The congestion controller, chosen with `--congestion`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -66,6 +82,7 @@ pub struct TransportOptions {
     pub idle_timeout: Duration,
     /// Bidirectional streams the peer may have open at once (each is one tunnel).
     pub max_streams: u32,
+    pub windows: Windows,
 }
 
 impl Default for TransportOptions {
@@ -75,6 +92,7 @@ impl Default for TransportOptions {
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_streams: 10_000,
+            windows: Windows::FULL,
         }
     }
 }
@@ -98,9 +116,9 @@ impl TransportOptions {
         config
             .max_concurrent_bidi_streams(VarInt::from_u32(self.max_streams))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
-            .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
-            .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
-            .send_window(SEND_WINDOW)
+            .stream_receive_window(varint(self.windows.stream))
+            .receive_window(varint(self.windows.connection))
+            .send_window(self.windows.send)
             .max_idle_timeout(Some(idle))
             .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive));
         let factory: Arc<dyn ControllerFactory + Send + Sync> = match self.congestion {
@@ -112,6 +130,11 @@ impl TransportOptions {
         config.congestion_controller_factory(factory);
         Ok(config)
     }
+}
+
+/// A window as QUIC writes it (at most 2^62 − 1).
+fn varint(bytes: u64) -> VarInt {
+    VarInt::from_u64(bytes).unwrap_or(VarInt::MAX)
 }
 
 /// A UDP socket with large buffers (as large as the OS allows).

@@ -139,13 +139,20 @@ pub async fn read_token(
     None
 }
 
-/// Reads a `quic-tun/2` token. A bad length is refused before any token byte is read.
+/// Reads a `quic-tun/2` token. A bad length is refused before any token byte is read, and the
+/// token's buffer grows with what has arrived, not with the length the header claims: a peer
+/// that announces 4 KiB and sends nothing more costs no 4 KiB.
 async fn read_v2_token(recv: &mut RecvStream) -> Result<Vec<u8>, HandshakeError> {
     let mut header = [0u8; wire::TOKEN_HEADER_LEN];
     read_exact(recv, &mut header).await?;
     let len = wire::decode_token_header(header)?;
-    let mut token = vec![0u8; len];
-    read_exact(recv, &mut token).await?;
+    let mut token = Vec::new();
+    while token.len() < len {
+        match recv.read_chunk(len - token.len(), true).await? {
+            Some(chunk) => token.extend_from_slice(&chunk.bytes),
+            None => return Err(HandshakeError::FinishedEarly),
+        }
+    }
     Ok(token)
 }
 

@@ -165,6 +165,7 @@ pub fn start_server_custom(
         handshake_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(5),
         max_connections: 100,
+        limits: Default::default(),
         discriminators: discriminators(),
         policy: quictun::server::policy::Policy::any(),
         client_roots: None,

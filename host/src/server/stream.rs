@@ -1,0 +1,151 @@
+//! One tunnel on the server: read the token, ask the token parser for the target, check the
+//! policy, dial, answer, relay (SPEC §6).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, warn};
+
+use super::ServerCore;
+use super::policy::Policy;
+use crate::plugins::TokenParser;
+use crate::tunnel::app::{AppStream, within};
+use crate::tunnel::relay::{self, Abort, log_end};
+use crate::tunnel::sniff::Sniffer;
+use crate::tunnel::{Side, Tunnel, TunnelSpec};
+use crate::wire::addr::Address;
+use crate::wire::handshake::{self, HandshakeError, Protocol};
+use crate::wire::{Answer, Status};
+
+/// Serves one tunnel.
+/// `reading` is the connection's permit to read one token: it is given back as soon as the
+/// token is in (or has failed), so a connection reads at most a bounded number at once.
+pub(super) async fn serve_stream(
+    (mut send, mut recv): (SendStream, RecvStream),
+    connection: Connection,
+    core: Arc<ServerCore>,
+    reading: OwnedSemaphorePermit,
+) {
+    let remote_endpoint = connection.remote_address();
+    let protocol = Protocol::of(&connection);
+    let limit = core.handshake_timeout;
+    let token = handshake::read_token(&mut recv, &connection, protocol, limit).await;
+    drop(reading);
+    let token = match token {
+        Some(Ok(token)) => token,
+        Some(Err(HandshakeError::Wire(error))) => {
+            warn!("bad token frame: {error}");
+            let answer = Answer::refuse(Status::BadToken, &error.to_string());
+            return handshake::refuse(send, recv, protocol, answer).await;
+        }
+        Some(Err(error)) => {
+            return debug!("stream ended before its token: {}", Abort::from(error));
+        }
+        None => {
+            let reason = format!("no token within {limit:?}");
+            warn!("tunnel refused: {reason}");
+            let answer = Answer::refuse(Status::BadToken, &reason);
+            return handshake::refuse(send, recv, protocol, answer).await;
+        }
+    };
+    let target = match target_of(&core.parser, token).await {
+        Ok(target) => target,
+        Err(answer) => {
+            warn!(status = %answer.status, "tunnel refused: {}", answer.reason);
+            return handshake::refuse(send, recv, protocol, answer).await;
+        }
+    };
+    tracing::Span::current().record("server_app", tracing::field::display(&target));
+    let app = match dial(&target, &core.policy, core.connect_timeout).await {
+        Ok(app) => app,
+        Err(answer) => {
+            warn!(status = %answer.status, "tunnel refused: {}", answer.reason);
+            return handshake::refuse(send, recv, protocol, answer).await;
+        }
+    };
+    if let Err(error) = handshake::accept(&mut send, protocol).await {
+        return debug!("peer went away before the answer: {error}");
+    }
+    debug!("tunnel open");
+    let registered = core.registry.register(Tunnel::new(TunnelSpec {
+        stream_id: u64::from(send.id()),
+        side: Side::Server,
+        client_app: None,
+        server_app: Some(target.to_string()),
+        remote_endpoint,
+    }));
+    let tunnel = registered.tunnel();
+    let sniffer = Sniffer::start(&core.discriminators, tunnel.clone());
+    log_end(
+        relay::relay(app, send, recv, tunnel, None, sniffer.as_ref()).await,
+        tunnel,
+    );
+}
+
+/// Asks the parser for the target; a refusal becomes the answer to send.
+async fn target_of(parser: &TokenParser, token: Vec<u8>) -> Result<Address, Answer> {
+    use quictun_plugin_api::FailureKind;
+    let text = parser.target(token).await.map_err(|error| {
+        let status = match error.kind {
+            FailureKind::Refused => Status::BadToken,
+            FailureKind::Failed | FailureKind::Panicked => Status::PluginError,
+        };
+        Answer::refuse(status, &error.message)
+    })?;
+    text.parse::<Address>().map_err(|error| {
+        Answer::refuse(
+            Status::BadToken,
+            &format!("token names no valid target: {error}"),
+        )
+    })
+}
+
+/// Dials the target if the policy allows it. CIDR rules are checked against each resolved
+/// address, so only allowed addresses are ever dialed.
+async fn dial(target: &Address, policy: &Policy, timeout: Duration) -> Result<AppStream, Answer> {
+    let unreachable = |error: std::io::Error| {
+        Answer::refuse(
+            Status::Unreachable,
+            &format!("cannot reach {target}: {error}"),
+        )
+    };
+    let not_allowed = || {
+        Answer::refuse(
+            Status::NotAllowed,
+            &format!("target {target} is not allowed by --allow-target"),
+        )
+    };
+    match target {
+        Address::Unix(path) if !policy.allows_unix(path) => Err(not_allowed()),
+        Address::Unix(path) => AppStream::connect_unix(path, timeout)
+            .await
+            .map_err(unreachable),
+        Address::Tcp(host_port) => {
+            let resolved = within(timeout, host_port.resolve())
+                .await
+                .map_err(unreachable)?;
+            let allowed: Vec<SocketAddr> = if policy.allows_name(host_port) {
+                // A name rule trusts the name, but never to this machine's wildcard address.
+                let specified = |addr: &&SocketAddr| !addr.ip().is_unspecified();
+                resolved.iter().filter(specified).copied().collect()
+            } else {
+                resolved
+                    .iter()
+                    .copied()
+                    .filter(|&addr| policy.allows_addr(addr))
+                    .collect()
+            };
+            // The reason names the target as the token gave it, never what it resolved to:
+            // a refusal must not answer DNS questions about the server's network.
+            if allowed.is_empty() && !resolved.is_empty() {
+                return Err(not_allowed());
+            }
+            AppStream::connect_tcp(&allowed, timeout)
+                .await
+                .map_err(unreachable)
+        }
+    }
+}
