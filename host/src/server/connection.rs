@@ -6,7 +6,10 @@
 //!   with [`FIRST_STREAM_LIMIT`] streams and the limit doubles, up to
 //!   `--max-streams-per-connection`, when the client has most of them open;
 //! - at most [`TOKEN_READERS`] streams of a connection are read for their token at once;
-//!   further streams wait unread in quinn until one is done (they are never refused).
+//!   further streams wait unread until one is done (they are never refused). Every stream is
+//!   accepted at once, and a stream takes its place only once its token's header is in: a
+//!   stream QUIC opened implicitly, whose token is still on its way, never holds one (its
+//!   token may be waiting for flow-control credit that only reading other streams frees).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -59,9 +62,6 @@ async fn serve_streams(connection: Connection, core: Arc<ServerCore>) {
     let readers = Arc::new(Semaphore::new(TOKEN_READERS));
     let streams = StreamLimit::new(core.max_streams);
     loop {
-        let Ok(reading) = readers.clone().acquire_owned().await else {
-            return;
-        };
         let (mut send, mut recv) = match connection.accept_bi().await {
             Ok(pair) => pair,
             Err(error) => return info!("connection closed: {error}"),
@@ -74,7 +74,12 @@ async fn serve_streams(connection: Connection, core: Arc<ServerCore>) {
         }
         let open = streams.opened(&connection);
         let span = info_span!("tunnel", stream_id = %send.id(), server_app = tracing::field::Empty);
-        let stream = serve_stream((send, recv), connection.clone(), core.clone(), reading);
+        let stream = serve_stream(
+            (send, recv),
+            connection.clone(),
+            core.clone(),
+            readers.clone(),
+        );
         tokio::spawn(
             async move {
                 stream.await;

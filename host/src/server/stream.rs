@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::ServerCore;
@@ -21,19 +21,26 @@ use crate::wire::handshake::{self, HandshakeError, Protocol};
 use crate::wire::{Answer, Status};
 
 /// Serves one tunnel.
-/// `reading` is the connection's permit to read one token: it is given back as soon as the
-/// token is in (or has failed), so a connection reads at most a bounded number at once.
+/// `readers` are the connection's places to read a token: one is taken once the token's
+/// header is in and given back as soon as the token is (or has failed), so a connection reads
+/// at most a bounded number at once.
 pub(super) async fn serve_stream(
     (mut send, mut recv): (SendStream, RecvStream),
     connection: Connection,
     core: Arc<ServerCore>,
-    reading: OwnedSemaphorePermit,
+    readers: Arc<Semaphore>,
 ) {
     let remote_endpoint = connection.remote_address();
     let protocol = Protocol::of(&connection);
     let limit = core.handshake_timeout;
-    let token = handshake::read_token(&mut recv, &connection, protocol, limit).await;
-    drop(reading);
+    let token = handshake::read_token(
+        &mut recv,
+        &connection,
+        protocol,
+        limit,
+        readers.acquire_owned(),
+    )
+    .await;
     let token = match token {
         Some(Ok(token)) => token,
         Some(Err(HandshakeError::Wire(error))) => {

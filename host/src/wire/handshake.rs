@@ -108,22 +108,38 @@ impl From<ReadError> for HandshakeError {
 /// How many handshake time-outs a token may wait while its connection is busy.
 const MAX_TOKEN_WAITS: u32 = 6;
 
-/// Reads the token within `limit`. On a connection busy with other tunnels a token can queue
-/// behind their data (send buffers, flow control), so a time-out during which other stream
-/// data arrived extends the wait, up to [`MAX_TOKEN_WAITS`] time-outs; a silent stream on an
-/// otherwise quiet connection is closed at the first. `None` when time ran out.
-pub async fn read_token(
+/// Reads the token in two steps, each within `limit`: its first bytes (the `quic-tun/2`
+/// header, the legacy block's first byte), read into fixed-size buffers, then the rest. In
+/// between `admission` is awaited, untimed, and what it yields is held until the token is in:
+/// a server bounds with it how many tokens are read into growing buffers at once, without
+/// letting streams that exist but have sent nothing yet (QUIC opens every lower-numbered
+/// stream implicitly) hold the places, since their tokens may be waiting for flow-control
+/// credit that only reading the streams queued behind them would free. `None` when time ran
+/// out.
+pub async fn read_token<A: Future>(
     recv: &mut RecvStream,
     connection: &Connection,
     protocol: Protocol,
     limit: Duration,
+    admission: A,
 ) -> Option<Result<Vec<u8>, HandshakeError>> {
-    let read = async {
-        match protocol {
-            Protocol::V2 => read_v2_token(recv).await,
-            Protocol::Legacy => read_legacy_token(recv).await,
-        }
+    let start = match within_limit(connection, limit, read_start(recv, protocol)).await? {
+        Ok(start) => start,
+        Err(error) => return Some(Err(error)),
     };
+    let _admitted = admission.await;
+    within_limit(connection, limit, read_rest(recv, start)).await
+}
+
+/// Runs `read` within `limit`. On a connection busy with other tunnels a token can queue
+/// behind their data (send buffers, flow control), so a time-out during which other stream
+/// data arrived extends the wait, up to [`MAX_TOKEN_WAITS`] time-outs; a silent stream on an
+/// otherwise quiet connection is closed at the first. `None` when time ran out.
+async fn within_limit<T>(
+    connection: &Connection,
+    limit: Duration,
+    read: impl Future<Output = T>,
+) -> Option<T> {
     tokio::pin!(read);
     let mut seen = connection.stats().frame_rx.stream;
     for _ in 0..MAX_TOKEN_WAITS {
@@ -139,28 +155,52 @@ pub async fn read_token(
     None
 }
 
-/// Reads a `quic-tun/2` token. A bad length is refused before any token byte is read, and the
-/// token's buffer grows with what has arrived, not with the length the header claims: a peer
-/// that announces 4 KiB and sends nothing more costs no 4 KiB.
-async fn read_v2_token(recv: &mut RecvStream) -> Result<Vec<u8>, HandshakeError> {
-    let mut header = [0u8; wire::TOKEN_HEADER_LEN];
-    read_exact(recv, &mut header).await?;
-    let len = wire::decode_token_header(header)?;
-    let mut token = Vec::new();
-    while token.len() < len {
-        match recv.read_chunk(len - token.len(), true).await? {
-            Some(chunk) => token.extend_from_slice(&chunk.bytes),
-            None => return Err(HandshakeError::FinishedEarly),
-        }
-    }
-    Ok(token)
+/// What the first bytes of a token said.
+enum Start {
+    /// A `quic-tun/2` token of this many bytes; a bad length is refused before any token
+    /// byte is read.
+    V2(usize),
+    /// The first byte of a legacy token block.
+    Legacy(u8),
 }
 
-/// Reads a legacy token block (it may arrive in several pieces) and strips its padding.
-async fn read_legacy_token(recv: &mut RecvStream) -> Result<Vec<u8>, HandshakeError> {
-    let mut block = [0u8; wire::LEGACY_TOKEN_LEN];
-    read_exact(recv, &mut block).await?;
-    Ok(wire::decode_legacy_token(&block).to_vec())
+async fn read_start(recv: &mut RecvStream, protocol: Protocol) -> Result<Start, HandshakeError> {
+    match protocol {
+        Protocol::V2 => {
+            let mut header = [0u8; wire::TOKEN_HEADER_LEN];
+            read_exact(recv, &mut header).await?;
+            Ok(Start::V2(wire::decode_token_header(header)?))
+        }
+        Protocol::Legacy => {
+            let mut first = [0u8; 1];
+            read_exact(recv, &mut first).await?;
+            Ok(Start::Legacy(first[0]))
+        }
+    }
+}
+
+/// Reads the rest of the token. A `quic-tun/2` token's buffer grows with what has arrived, not
+/// with the length the header claims: a peer that announces 4 KiB and sends nothing more costs
+/// no 4 KiB. A legacy block (it may arrive in several pieces) has its padding stripped.
+async fn read_rest(recv: &mut RecvStream, start: Start) -> Result<Vec<u8>, HandshakeError> {
+    match start {
+        Start::V2(len) => {
+            let mut token = Vec::new();
+            while token.len() < len {
+                match recv.read_chunk(len - token.len(), true).await? {
+                    Some(chunk) => token.extend_from_slice(&chunk.bytes),
+                    None => return Err(HandshakeError::FinishedEarly),
+                }
+            }
+            Ok(token)
+        }
+        Start::Legacy(first) => {
+            let mut block = [0u8; wire::LEGACY_TOKEN_LEN];
+            block[0] = first;
+            read_exact(recv, &mut block[1..]).await?;
+            Ok(wire::decode_legacy_token(&block).to_vec())
+        }
+    }
 }
 
 /// Writes the answer that opens the tunnel.
