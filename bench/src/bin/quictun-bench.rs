@@ -22,6 +22,7 @@ use clap::{Parser, ValueEnum};
 use quictun_bench::cc::{self, Scenario, Sender};
 use quictun_bench::linkem::{Link, LinkConfig};
 use quictun_bench::mode;
+use quictun_bench::process::{TempDir, free_port, status_kib, stop};
 
 const BUF: usize = 256 * 1024;
 
@@ -419,12 +420,6 @@ fn idle_helper(addr: SocketAddr, count: usize) -> Result<(), String> {
     io::stdout().flush().map_err(|e| e.to_string())?;
     let _ = io::stdin().read_to_end(&mut Vec::new());
     Ok(())
-}
-
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// utime + stime of the processes and their descendants (sshd works in a child), in seconds.
@@ -926,45 +921,6 @@ fn wait_echo(addr: SocketAddr) -> Result<(), String> {
 impl Drop for Tunnel {
     fn drop(&mut self) {
         stop([&mut self.client, &mut self.server]);
-    }
-}
-
-/// Ends processes this tool started and reaps them.
-fn stop<const N: usize>(children: [&mut Child; N]) {
-    for child in children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-fn free_port(udp: bool) -> Result<SocketAddr, String> {
-    let addr = if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
-    } else {
-        TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr())
-    };
-    addr.map_err(|e| format!("no free port: {e}"))
-}
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir, String> {
-        TempDir::named("tunnel")
-    }
-
-    fn named(name: &str) -> Result<TempDir, String> {
-        let path =
-            std::env::temp_dir().join(format!("quictun-bench-{}-{name}", std::process::id()));
-        fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
