@@ -1,10 +1,9 @@
-//! Smoke test of quictun-bench: a `--quick` loopback run against freshly built endpoints, the
-//! JSON checked for every path's numbers, so the tool keeps working as the product changes.
-//! Runs the build profile of the test itself (debug under `cargo test`), writes its results to
-//! a temporary file and never touches bench/results/. It builds the endpoints itself (cargo
-//! builds no other package's binaries for this test, and quictun-bench runs them with the
-//! plugins beside them) and takes minutes: ignored by a plain `cargo test`, run by
-//! `scripts/test.sh`.
+//! Smoke tests of quictun-bench: a `--quick` loopback run and a `--quick` hostile run against
+//! freshly built endpoints, the JSON checked for every path's and every phase's numbers, so
+//! the tool keeps working as the product changes. They run the build profile of the test
+//! itself (debug under `cargo test`), write their results to temporary files and never touch
+//! bench/results/. They build the endpoints and take minutes: ignored by a plain
+//! `cargo test`, run by `scripts/test.sh`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,13 +17,12 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-#[test]
-#[ignore = "builds the endpoints and runs a quictun-bench round, minutes; scripts/test.sh runs it"]
-fn quick_run_reports_every_path() {
+/// Builds the endpoints and their default plugins in this test's profile (cargo test does not
+/// build another package's binaries or cdylibs), then runs `quictun-bench --quick` with
+/// `args`: its JSON and its standard output.
+fn quick_run(args: &[&str]) -> (serde_json::Value, String) {
     let bin_dir = profile_dir();
     let release = bin_dir.file_name().is_some_and(|n| n == "release");
-    // The endpoints and their default plugins, in this test's profile (cargo test does not
-    // build another package's binaries or cdylibs).
     let mut build = Command::new(env!("CARGO"));
     build.args(["build", "-p", "quictun", "-p", "quictun-plugin-fixed"]);
     build.args([
@@ -39,16 +37,22 @@ fn quick_run_reports_every_path() {
     let status = build.status().expect("cannot run cargo");
     assert!(status.success(), "building the endpoints failed: {status}");
 
-    let out = std::env::temp_dir().join(format!("quictun-bench-smoke-{}.json", std::process::id()));
+    let name = format!(
+        "quictun-bench-smoke-{}-{}.json",
+        std::process::id(),
+        args.join("-")
+    );
+    let out = std::env::temp_dir().join(name);
     let output = Command::new(env!("CARGO_BIN_EXE_quictun-bench"))
         .arg("--quick")
+        .args(args)
         .arg("--bin-dir")
         .arg(&bin_dir)
         .arg("--out")
         .arg(&out)
         .output()
         .expect("cannot run quictun-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "quictun-bench failed: {}\n{stdout}\n{}",
@@ -57,7 +61,13 @@ fn quick_run_reports_every_path() {
     );
     let text = std::fs::read_to_string(&out).expect("results written to --out");
     let _ = std::fs::remove_file(&out);
-    let json: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    (serde_json::from_str(&text).expect("valid JSON"), stdout)
+}
+
+#[test]
+#[ignore = "builds the endpoints and runs a quictun-bench round, minutes; scripts/test.sh runs it"]
+fn quick_run_reports_every_path() {
+    let (json, stdout) = quick_run(&[]);
 
     let paths = json["paths"].as_array().expect("paths");
     let mut names: Vec<&str> = paths.iter().filter_map(|p| p["name"].as_str()).collect();
@@ -129,6 +139,63 @@ fn quick_run_reports_every_path() {
         for key in ["client_rss_kib", "server_rss_kib"] {
             assert!(level[key].as_u64().unwrap_or(0) > 0, "{level}: {key}");
         }
+    }
+    assert!(json["loadavg_before"].is_string());
+}
+
+#[test]
+#[ignore = "builds the endpoints and runs the hostile suite quickly, about a minute; scripts/test.sh runs it"]
+fn quick_hostile_run_reports_every_phase() {
+    let (json, stdout) = quick_run(&["--suite", "hostile"]);
+    let count = |value: &serde_json::Value| value.as_u64().unwrap_or(0);
+    for phase in ["handshake_flood", "handshake_flood_many"] {
+        let p = &json[phase];
+        for key in ["initials_sent", "datagrams_back", "answered", "taken_on"] {
+            assert!(count(&p[key]) > 0, "{phase}: {key} in {p}\n{stdout}");
+        }
+        assert!(count(&p["good_client"]["ok"]) > 0, "{phase}: {p}");
+        assert!(count(&p["rss"]["peak_kib"]) >= count(&p["rss"]["before_kib"]));
+        assert!(count(&p["rss"]["before_kib"]) > 0, "{phase}: {p}");
+    }
+    let one = &json["handshake_flood"];
+    assert!(
+        count(&one["handshake_failures"]["too_many_handshakes_from_address"]) > 0,
+        "one socket fills its address's budget: {one}"
+    );
+    let many = &json["handshake_flood_many"];
+    assert!(
+        count(&many["retries"]) > 0,
+        "many addresses get Retries: {many}"
+    );
+    assert!(
+        count(&many["retries_answered"]) > 0,
+        "and the flood answers them: {many}"
+    );
+
+    let tokens = &json["token_flood"];
+    assert_eq!(count(&tokens["connections"]), 3, "{tokens}");
+    assert!(count(&tokens["opened"]) >= 64, "{tokens}");
+    assert!(count(&tokens["good_tunnel"]["ok"]) > 0, "{tokens}");
+
+    let stall = &json["stalled_targets"];
+    assert_eq!(count(&stall["tunnels"]), 32, "{stall}");
+    assert!(count(&stall["target_accepted"]) > 0, "{stall}");
+    assert!(count(&stall["app_written_bytes"]) > 0, "{stall}");
+    assert!(count(&stall["new_client_tunnels"]["ok"]) > 0, "{stall}");
+
+    let rest = &json["stalled_rest"];
+    assert_eq!(
+        count(&rest["stalled"]) + count(&rest["connect_failures"]),
+        300,
+        "{rest}"
+    );
+    assert!(count(&rest["healthz"]["tries"]) > 0, "{rest}");
+
+    let targets = json["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 10, "{targets:?}");
+    for target in targets {
+        assert!(target["met"].is_boolean(), "{target}");
+        assert!(target["measured"].as_str().is_some_and(|m| !m.is_empty()));
     }
     assert!(json["loadavg_before"].is_string());
 }

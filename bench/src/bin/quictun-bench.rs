@@ -9,7 +9,9 @@
 //! (the application side of those in a helper process, so each process stays within the
 //! descriptor limit). Link suite (`--suite link`, needs root): goodput against loss on the
 //! emulated 20 ms, 100 Mbit/s link (cc-bench's flows) and time to first byte over it.
-//! Prints a table and writes JSON.
+//! Hostile suite (`--suite hostile`): the release server under floods of handshakes and
+//! pending tokens, tunnels into stalled targets and stalled REST clients
+//! (`quictun_bench::hostile`). Prints a table and writes JSON.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -20,8 +22,10 @@ use std::{fs, thread};
 
 use clap::{Parser, ValueEnum};
 use quictun_bench::cc::{self, Scenario, Sender};
+use quictun_bench::hostile;
 use quictun_bench::linkem::{Link, LinkConfig};
 use quictun_bench::mode;
+use quictun_bench::process::{TempDir, free_port, status_kib, stop};
 
 const BUF: usize = 256 * 1024;
 
@@ -34,8 +38,8 @@ struct Args {
     /// Directory holding quictun-server and quictun-client.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
-    /// Where the JSON results go [default: bench/results/loopback.json, link.json or
-    /// ceiling.json after the suite].
+    /// Where the JSON results go [default: bench/results/loopback.json, link.json,
+    /// ceiling.json or hostile.json after the suite].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Which measurements: loopback, or the emulated link (needs root, `ip`, /dev/net/tun).
@@ -59,6 +63,8 @@ enum Suite {
     /// Only the interleaved rounds of the loopback suite: one connection through the tunnel,
     /// a bare quinn stream and the plain TCP relay.
     Ceiling,
+    /// The server under hostile traffic on loopback (about three minutes).
+    Hostile,
 }
 
 fn main() {
@@ -69,6 +75,7 @@ fn main() {
         (None, None, Suite::Loopback) => run(args),
         (None, None, Suite::Link) => link_suite(args),
         (None, None, Suite::Ceiling) => ceiling_suite(args),
+        (None, None, Suite::Hostile) => hostile_suite(args),
     };
     if let Err(error) = result {
         eprintln!("quictun-bench: {error}");
@@ -188,6 +195,30 @@ fn ceiling_suite(args: Args) -> Result<(), String> {
         .out
         .unwrap_or_else(|| "bench/results/ceiling.json".into());
     write_results(&out, &json)
+}
+
+/// The server under hostile traffic (SPEC §7; figures for docs/SECURITY.md).
+fn hostile_suite(args: Args) -> Result<(), String> {
+    raise_nofile();
+    let load_before = loadavg();
+    let echo_target = start_target().map_err(|e| format!("cannot start the target: {e}"))?;
+    let options = hostile::Options {
+        bin_dir: args.bin_dir.clone(),
+        echo_target,
+        quick: args.quick,
+    };
+    let report = hostile::run(&options)?;
+    print!("{}", report.table());
+    let load_after = loadavg();
+    println!("load average before / after: {load_before} / {load_after}");
+    let context = format!(
+        "\"unix_time\":{},\"loadavg_before\":\"{load_before}\",\"loadavg_after\":\"{load_after}\"",
+        unix_time()
+    );
+    let out = args
+        .out
+        .unwrap_or_else(|| "bench/results/hostile.json".into());
+    write_results(&out, &report.json(&context))
 }
 
 fn write_results(out: &Path, json: &str) -> Result<(), String> {
@@ -419,12 +450,6 @@ fn idle_helper(addr: SocketAddr, count: usize) -> Result<(), String> {
     io::stdout().flush().map_err(|e| e.to_string())?;
     let _ = io::stdin().read_to_end(&mut Vec::new());
     Ok(())
-}
-
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// utime + stime of the processes and their descendants (sshd works in a child), in seconds.
@@ -926,45 +951,6 @@ fn wait_echo(addr: SocketAddr) -> Result<(), String> {
 impl Drop for Tunnel {
     fn drop(&mut self) {
         stop([&mut self.client, &mut self.server]);
-    }
-}
-
-/// Ends processes this tool started and reaps them.
-fn stop<const N: usize>(children: [&mut Child; N]) {
-    for child in children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-fn free_port(udp: bool) -> Result<SocketAddr, String> {
-    let addr = if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
-    } else {
-        TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr())
-    };
-    addr.map_err(|e| format!("no free port: {e}"))
-}
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir, String> {
-        TempDir::named("tunnel")
-    }
-
-    fn named(name: &str) -> Result<TempDir, String> {
-        let path =
-            std::env::temp_dir().join(format!("quictun-bench-{}-{name}", std::process::id()));
-        fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

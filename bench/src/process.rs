@@ -1,0 +1,59 @@
+//! What the measuring tools need from the processes they start: ending them, reading their
+//! memory, a scratch directory, a free loopback port.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::Child;
+
+/// Ends processes this tool started (by their own pid) and reaps them.
+pub fn stop<const N: usize>(children: [&mut Child; N]) {
+    for child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A field of /proc/PID/status in KiB, e.g. `status_kib(pid, "VmRSS:")`.
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The resident memory of a process in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A free port on 127.0.0.1 (UDP or TCP), as the OS hands it out.
+pub fn free_port(udp: bool) -> Result<SocketAddr, String> {
+    let addr = if udp {
+        UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+    } else {
+        TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+    };
+    addr.map_err(|e| format!("no free port: {e}"))
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Result<TempDir, String> {
+        TempDir::named("tunnel")
+    }
+
+    pub fn named(name: &str) -> Result<TempDir, String> {
+        let path =
+            std::env::temp_dir().join(format!("quictun-bench-{}-{name}", std::process::id()));
+        fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
