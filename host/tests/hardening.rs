@@ -5,43 +5,15 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use common::*;
 use quictun::plugins::TokenParser;
 use quictun::server::Limits;
 use quictun::server::policy::Policy;
-use quictun::tls::Verification;
 use quictun::wire::Status;
 use quictun::wire::handshake::{Protocol, read_answer};
-
-/// The datagrams of `count` fresh QUIC Initials to `server`, each a new connection attempt, as
-/// a client would send them first; nothing after them will ever be answered.
-fn initials(server: SocketAddr, count: usize) -> Vec<Vec<u8>> {
-    let crypto = quictun::tls::client_crypto(&Verification::Insecure, None).unwrap();
-    let mut endpoint = quinn_proto::Endpoint::new(
-        Arc::new(quinn_proto::EndpointConfig::default()),
-        None,
-        false,
-        None,
-    );
-    (0..count)
-        .map(|_| {
-            let config = quinn_proto::ClientConfig::new(crypto.clone());
-            let (_, mut connection) = endpoint
-                .connect(Instant::now(), config, server, "localhost")
-                .unwrap();
-            let mut datagram = Vec::new();
-            let transmit = connection
-                .poll_transmit(Instant::now(), 1, &mut datagram)
-                .unwrap();
-            datagram.truncate(transmit.size);
-            datagram
-        })
-        .collect()
-}
 
 fn failures(server: &TestServer, reason: &str) -> u64 {
     server

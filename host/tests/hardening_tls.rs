@@ -3,21 +3,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use common::*;
 use quictun::plugins::TokenParser;
 use quictun::tls::{Identity, Verification};
+use quictun::wire::Status;
+use quictun::wire::handshake::{Protocol, read_answer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-const SERVER: &str = env!("CARGO_BIN_EXE_quictun-server");
-const CLIENT: &str = env!("CARGO_BIN_EXE_quictun-client");
 
 // ---- Trust on first use ------------------------------------------------------------------
 
@@ -250,78 +246,11 @@ async fn a_link_at_known_hosts_is_not_followed() {
 
 // ---- The binaries ------------------------------------------------------------------------
 
-/// A binary started by a test, its standard error collected line by line, killed on drop.
-struct Running {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn start(binary: &str, args: &[&str]) -> Running {
-        let mut child = Command::new(binary)
-            .args(args)
-            .args(["--plugin-dir", plugin_dir().to_str().unwrap()])
-            .args(["--httpd-listen-on", "", "--log-format", "json"])
-            .env_remove("QUICTUN_PLUGIN_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the binary");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (stderr, sink) = (child.stderr.take().unwrap(), lines.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Running { child, lines }
-    }
-
-    /// Waits for the process to exit; its exit code and standard error.
-    fn exit(&mut self) -> (Option<i32>, String) {
-        let child = &mut self.child;
-        let code = Self::poll(|| child.try_wait().unwrap().map(|status| status.code()));
-        // The reader thread has the last lines once the pipe is closed.
-        std::thread::sleep(Duration::from_millis(100));
-        (code, self.log())
-    }
-
-    fn poll<T>(mut done: impl FnMut() -> Option<T>) -> T {
-        let started = Instant::now();
-        loop {
-            if let Some(value) = done() {
-                return value;
-            }
-            assert!(started.elapsed() < Duration::from_secs(30), "timed out");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The server's flags for a start on loopback with `state` as its state directory.
-fn server_args<'a>(state: &'a Path, more: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["--allow-target", "any", "--listen-on", "127.0.0.1:0"];
-    args.extend(["--state-dir", state.to_str().unwrap()]);
-    args.extend(more);
-    args
-}
-
 /// Asserts a refused start: a non-zero exit and one line on standard error with `expected`.
-fn assert_refused(binary: &str, args: &[&str], expected: &[&str]) {
-    let (code, stderr) = Running::start(binary, args).exit();
-    assert!(matches!(code, Some(c) if c != 0), "{code:?}: {stderr}");
+async fn assert_refused(binary: Launch, expected: &[&str]) {
+    let output = binary.output().await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{:?}: {stderr}", output.status);
     assert_eq!(
         stderr.trim_end().lines().count(),
         1,
@@ -332,8 +261,8 @@ fn assert_refused(binary: &str, args: &[&str], expected: &[&str]) {
     }
 }
 
-#[test]
-fn a_state_directory_others_may_write_is_refused_at_start() {
+#[tokio::test]
+async fn a_state_directory_others_may_write_is_refused_at_start() {
     let dir = TempDir::new("state-modes");
     for mode in [0o770, 0o777, 0o702] {
         let state = dir.join(&format!("state-{mode:o}"));
@@ -341,44 +270,104 @@ fn a_state_directory_others_may_write_is_refused_at_start() {
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(mode)).unwrap();
         let shown = state.display().to_string();
         let fix = format!("chmod go-w {shown}");
-        assert_refused(SERVER, &server_args(&state, &[]), &[&shown, &fix]);
-        let client = ["--server-endpoint", "127.0.0.1:9", "--state-dir", &shown];
-        let listen = ["--listen-on", "tcp:127.0.0.1:0"];
-        assert_refused(CLIENT, &[&client[..], &listen].concat(), &[&shown, &fix]);
+        let server = Launch::server().arg("--state-dir").arg(&state);
+        assert_refused(server, &[&shown, &fix]).await;
+        let client = Launch::client()
+            .args(["--server-endpoint", "127.0.0.1:9"])
+            .arg("--state-dir")
+            .arg(&state);
+        assert_refused(client, &[&shown, &fix]).await;
         assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "{shown}");
     }
 }
 
-#[test]
-fn a_state_directory_another_user_owns_is_refused_at_start() {
+#[tokio::test]
+async fn a_state_directory_another_user_owns_is_refused_at_start() {
     // Only root can give a directory away; elsewhere there is nothing to test.
     if running_as_root() {
         let dir = TempDir::new("state-owner");
         let state = private_dir(&dir, "theirs");
         std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
         let shown = state.display().to_string();
-        assert_refused(SERVER, &server_args(&state, &[]), &[&shown, "uid 65534"]);
+        let server = Launch::server().arg("--state-dir").arg(&state);
+        assert_refused(server, &[&shown, "uid 65534"]).await;
     }
 }
 
 /// Whether the tests run as root (asked of `id -u`, to keep the tests free of FFI).
 fn running_as_root() -> bool {
-    let output = Command::new("id").arg("-u").output().unwrap();
+    let output = std::process::Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&output.stdout).trim() == "0"
 }
 
-#[test]
-fn the_server_refuses_to_start_on_a_planted_link_and_leaves_its_target_alone() {
+#[tokio::test]
+async fn the_server_refuses_to_start_on_a_planted_link_and_leaves_its_target_alone() {
     let dir = TempDir::new("state-link-binary");
     let victim = victim(&dir);
     let state = private_dir(&dir, "state");
     let identity_file = state.join("server-identity.pem");
     std::os::unix::fs::symlink(&victim, &identity_file).unwrap();
     let shown = identity_file.display().to_string();
-    assert_refused(
-        SERVER,
-        &server_args(&state, &[]),
-        &[&shown, "symbolic link"],
-    );
+    let server = Launch::server().arg("--state-dir").arg(&state);
+    assert_refused(server, &[&shown, "symbolic link"]).await;
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+}
+
+// ---- Client authentication -----------------------------------------------------------------
+
+/// Opens a tunnel to `target` as a client without a certificate: the answer's status, or why
+/// there was none.
+async fn tunnel_without_a_certificate(server: SocketAddr, target: &str) -> Result<Status, String> {
+    let endpoint = quictun::quic::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let crypto = quictun::tls::client_crypto(&Verification::Insecure, None).unwrap();
+    let connecting = endpoint
+        .connect_with(quinn::ClientConfig::new(crypto), server, "localhost")
+        .map_err(|e| e.to_string())?;
+    let connection = within(10, connecting).await.map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&token_frame(target))
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = within(10, read_answer(&mut recv, Protocol::V2))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(answer.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_given_a_ca_file_requires_client_certificates_unless_told_otherwise() {
+    let dir = TempDir::new("ca-file");
+    let ca = Ca::new(&dir, "clients");
+    let ca_file = ca.ca_file(&dir);
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let target = app.addr.to_string();
+
+    // --ca-file alone: as if --verify-remote-endpoint were given.
+    let required = Launch::server()
+        .arg("--ca-file")
+        .arg(&ca_file)
+        .start()
+        .await;
+    let refused = tunnel_without_a_certificate(required.quic_addr(), &target).await;
+    let error = refused.expect_err("a client without a certificate got a tunnel");
+    assert!(error.contains("certificate"), "{error}");
+
+    // An explicit --verify-remote-endpoint=false keeps them optional, and says so.
+    let optional = Launch::server()
+        .arg("--ca-file")
+        .arg(&ca_file)
+        .arg("--verify-remote-endpoint=false")
+        .start()
+        .await;
+    assert_eq!(
+        tunnel_without_a_certificate(optional.quic_addr(), &target).await,
+        Ok(Status::Ok)
+    );
+    assert!(
+        optional
+            .log()
+            .contains("clients without a certificate signed by --ca-file are accepted too"),
+        "{}",
+        optional.log()
+    );
 }

@@ -10,13 +10,13 @@ use common::*;
 use quictun::plugins::TokenParser;
 use quictun::server::policy::Policy;
 use quictun::server::{Server, ServerConfig};
-use quictun::tls::Verification;
+use quictun::tls::{ClientAuth, Verification};
 use quictun::tls::{Fingerprint, Identity, load_roots};
 use quictun::wire::Status;
 
 fn server(
     identity: Identity,
-    client_roots: Option<rustls::RootCertStore>,
+    client_auth: ClientAuth,
     policy: Policy,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let parser = TokenParser::load("Cleartext", "", Some(plugin_dir())).unwrap();
@@ -31,7 +31,7 @@ fn server(
         limits: Default::default(),
         discriminators: Vec::new(),
         policy,
-        client_roots,
+        client_auth,
         reset_key: None,
     })
     .unwrap();
@@ -81,7 +81,7 @@ async fn client_verification_matrix() {
     let wrong = Ca::new(&dir, "wrong");
     let identity = ca.leaf(&dir, "server", &["localhost", "127.0.0.1"]);
     let fingerprint = identity.fingerprint().unwrap();
-    let (addr, _task) = server(identity, None, Policy::any());
+    let (addr, _task) = server(identity, ClientAuth::Off, Policy::any());
 
     let right_ca = Verification::Pki(load_roots(&ca.ca_file(&dir)).unwrap());
     tunnel_works(addr, &right_ca, None).await.expect("right CA");
@@ -114,7 +114,7 @@ async fn trust_on_first_use_records_then_refuses_a_changed_certificate() {
     let first = Identity::load_or_create(&state).unwrap();
     let again = Identity::load_or_create(&state).unwrap();
     assert_eq!(first.fingerprint(), again.fingerprint());
-    let (addr, task) = server(first, None, Policy::any());
+    let (addr, task) = server(first, ClientAuth::Off, Policy::any());
     let tofu = Verification::FirstUse {
         known_hosts: known_hosts.clone(),
         endpoint: addr.to_string(),
@@ -131,7 +131,7 @@ async fn trust_on_first_use_records_then_refuses_a_changed_certificate() {
     // Another certificate behind the same endpoint name.
     let (other_addr, _task) = server(
         Identity::self_signed(&["localhost"]).unwrap(),
-        None,
+        ClientAuth::Off,
         Policy::any(),
     );
     let moved = Verification::FirstUse {
@@ -157,7 +157,11 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     let other = Ca::new(&dir, "other");
     let server_identity = Identity::self_signed(&["localhost"]).unwrap();
     let roots = load_roots(&ca.ca_file(&dir)).unwrap();
-    let (addr, _task) = server(server_identity, Some(roots), Policy::any());
+    let (addr, _task) = server(
+        server_identity,
+        ClientAuth::Required(roots.clone()),
+        Policy::any(),
+    );
 
     assert!(
         tunnel_works(addr, &Verification::Insecure, None)
@@ -176,6 +180,25 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     tunnel_works(addr, &Verification::Insecure, Some(member))
         .await
         .expect("right CA");
+
+    // Optional client certificates (server --ca-file with --verify-remote-endpoint=false): a
+    // client without one gets in, one showing a certificate of another CA does not.
+    let server_identity = Identity::self_signed(&["localhost"]).unwrap();
+    let (addr, _task) = server(server_identity, ClientAuth::Optional(roots), Policy::any());
+    tunnel_works(addr, &Verification::Insecure, None)
+        .await
+        .expect("no client certificate, optional");
+    let stranger = other.leaf(&dir, "stranger2", &["client"]);
+    assert!(
+        tunnel_works(addr, &Verification::Insecure, Some(stranger))
+            .await
+            .is_err(),
+        "wrong CA, optional"
+    );
+    let member = ca.leaf(&dir, "member2", &["client"]);
+    tunnel_works(addr, &Verification::Insecure, Some(member))
+        .await
+        .expect("right CA, optional");
 }
 
 /// Asks the server for `target` and returns the answer.
@@ -202,7 +225,7 @@ async fn the_allow_list_decides_for_tcp_and_unix_targets() {
     ];
     let (addr, _task) = server(
         Identity::self_signed(&["localhost"]).unwrap(),
-        None,
+        ClientAuth::Off,
         Policy::new(&rules).unwrap(),
     );
 
@@ -250,7 +273,7 @@ async fn the_allow_list_decides_for_tcp_and_unix_targets() {
 async fn a_silent_stream_gets_bad_token_at_the_handshake_time_out() {
     let (addr, _task) = server(
         Identity::self_signed(&["localhost"]).unwrap(),
-        None,
+        ClientAuth::Off,
         Policy::any(),
     );
     let connection = raw_connection(addr).await;
@@ -281,7 +304,7 @@ async fn a_silent_stream_gets_bad_token_at_the_handshake_time_out() {
 async fn a_one_mib_token_is_refused_from_its_header() {
     let (addr, _task) = server(
         Identity::self_signed(&["localhost"]).unwrap(),
-        None,
+        ClientAuth::Off,
         Policy::any(),
     );
     let connection = raw_connection(addr).await;
@@ -317,7 +340,7 @@ async fn idle_connections_hit_the_limit_and_the_server_stays_responsive() {
         limits: Default::default(),
         discriminators: Vec::new(),
         policy: Policy::any(),
-        client_roots: None,
+        client_auth: ClientAuth::Off,
         reset_key: None,
     })
     .unwrap();
@@ -357,7 +380,7 @@ async fn certificates_with_rsa_ed25519_and_ecdsa_keys_in_every_pem_form() {
     ] {
         let identity = Identity::from_pem_files(&keys.join(cert), &keys.join(key)).unwrap();
         let fingerprint = identity.fingerprint().unwrap();
-        let (addr, _task) = server(identity, None, Policy::any());
+        let (addr, _task) = server(identity, ClientAuth::Off, Policy::any());
         let pinned = Verification::Pinned(fingerprint);
         tunnel_works(addr, &pinned, None)
             .await

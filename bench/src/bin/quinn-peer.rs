@@ -72,7 +72,8 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 
 async fn serve(listen: SocketAddr) -> Result<()> {
     let identity = Identity::self_signed(&["localhost"])?;
-    let mut config = quinn::ServerConfig::with_crypto(tls::server_crypto(identity, None)?);
+    let mut config =
+        quinn::ServerConfig::with_crypto(tls::server_crypto(identity, tls::ClientAuth::Off)?);
     let options = TransportOptions {
         max_streams: 20_000,
         ..TransportOptions::default()

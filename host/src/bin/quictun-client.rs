@@ -97,7 +97,7 @@ fn parse_host_port(value: &str) -> Result<HostPort, String> {
 /// How to check the server: one of --insecure-skip-verify, --server-cert-fingerprint and a CA
 /// (--ca-file / --verify-remote-endpoint), or by default trust on first use.
 fn verification(args: &Args) -> anyhow::Result<Verification> {
-    let pki = args.common.ca_file.is_some() || args.common.verify_remote_endpoint;
+    let pki = args.common.ca_file.is_some() || args.common.verify_remote();
     let chosen = [
         args.insecure_skip_verify,
         args.server_cert_fingerprint.is_some(),

@@ -13,7 +13,7 @@ use quictun::server::policy::Policy;
 use quictun::server::{Limits, Server, ServerConfig};
 use quictun::shutdown::Shutdown;
 use quictun::tls;
-use quictun::tls::Identity;
+use quictun::tls::{ClientAuth, Identity};
 use quictun::tunnel::Side;
 use tracing::{info, warn};
 
@@ -84,10 +84,7 @@ fn main() -> ExitCode {
 async fn serve(args: Args) -> anyhow::Result<()> {
     cli::init_logging(&args.common)?;
     let policy = target_policy(&args.allow_target)?;
-    let client_roots = match args.common.verify_remote_endpoint {
-        true => args.common.roots()?,
-        false => None,
-    };
+    let client_auth = client_auth(&args.common)?;
     let state_dir = args.common.state_dir()?;
     let identity = match args.common.own_identity()? {
         Some(identity) => identity,
@@ -113,7 +110,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         },
         discriminators: args.common.discriminators()?,
         policy: policy.clone(),
-        client_roots,
+        client_auth,
         reset_key: Some(tls::load_or_create_reset_key(&state_dir)?),
     })?;
     if let ApiListen(Some(listen)) = &args.httpd_listen_on {
@@ -131,6 +128,23 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .run(server.run(), handle)
         .await;
     Ok(())
+}
+
+/// Which client certificates to ask for: `--ca-file` requires them (as
+/// `--verify-remote-endpoint` does), unless `--verify-remote-endpoint=false` says otherwise,
+/// which is warned about (SPEC §7: never silently without the authentication given).
+fn client_auth(args: &CommonArgs) -> anyhow::Result<ClientAuth> {
+    let Some(roots) = args.roots()? else {
+        return Ok(ClientAuth::Off);
+    };
+    if args.verify_remote_endpoint == Some(false) {
+        warn!(
+            "--verify-remote-endpoint=false: clients without a certificate signed by --ca-file \
+             are accepted too; drop it to require client certificates"
+        );
+        return Ok(ClientAuth::Optional(roots));
+    }
+    Ok(ClientAuth::Required(roots))
 }
 
 /// The target policy from `--allow-target`. Without a rule the server refuses to start: it

@@ -44,12 +44,13 @@ pub struct CommonArgs {
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
 
-    /// Verify the other endpoint's certificate against --ca-file (on the server: require
-    /// client certificates). Given as `--verify-remote-endpoint`, `=true|false` or, as the
-    /// original takes it, `--verify-remote-endpoint true`.
+    /// Verify the other endpoint's certificate against --ca-file. On the server, --ca-file
+    /// alone already requires client certificates; `=false` there keeps them optional (a
+    /// certificate shown is still checked), with a warning. Given as `--verify-remote-endpoint`,
+    /// `=true|false` or, as the original takes it, `--verify-remote-endpoint true`.
     #[arg(long, value_name = "BOOL", num_args = 0..=1,
-          default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
-    pub verify_remote_endpoint: bool,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub verify_remote_endpoint: Option<bool>,
 
     /// Where the server keeps its generated certificate and the client its known hosts
     /// [default: $XDG_DATA_HOME/quictun or ~/.local/share/quictun].
@@ -114,11 +115,16 @@ impl CommonArgs {
         }
     }
 
+    /// Whether --verify-remote-endpoint was given true.
+    pub fn verify_remote(&self) -> bool {
+        self.verify_remote_endpoint == Some(true)
+    }
+
     /// The CA roots of --ca-file, required when --verify-remote-endpoint is given.
     pub fn roots(&self) -> anyhow::Result<Option<rustls::RootCertStore>> {
         match &self.ca_file {
             Some(file) => Ok(Some(tls::load_roots(file)?)),
-            None if self.verify_remote_endpoint => anyhow::bail!(
+            None if self.verify_remote() => anyhow::bail!(
                 "--verify-remote-endpoint needs --ca-file, the CA that signs the other endpoint's certificate"
             ),
             None => Ok(None),

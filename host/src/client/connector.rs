@@ -388,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn a_dead_first_address_costs_one_attempt() {
         let identity = Identity::self_signed(&["localhost"]).unwrap();
-        let crypto = tls::server_crypto(identity, None).unwrap();
+        let crypto = tls::server_crypto(identity, tls::ClientAuth::Off).unwrap();
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let server =
             quic::endpoint(listen, Some(quinn::ServerConfig::with_crypto(crypto))).unwrap();

@@ -23,7 +23,11 @@ use super::admission::HandshakeSlot;
 use super::stream::serve_stream;
 use crate::wire::ErrorCode;
 
-/// Streams a new connection may open before it has shown it needs more.
+/// Streams a client may open while its handshake is in progress (the transport parameter);
+/// quinn keeps a map entry for each from the first packet on, so a half-open handshake costs
+/// less with few.
+pub const HANDSHAKE_STREAM_LIMIT: u32 = 8;
+/// Streams a new connection may open once established, before it has shown it needs more.
 pub const FIRST_STREAM_LIMIT: u32 = 64;
 /// Streams of one connection read for their token at once.
 pub const TOKEN_READERS: usize = 64;
@@ -50,17 +54,17 @@ pub(super) async fn serve_connection(
     connection.set_receive_window(VarInt::from_u64(windows.connection).unwrap_or(VarInt::MAX));
     connection.set_send_window(windows.send);
     let _listed = registry.register(&connection, Some(windows.connection));
+    let streams = StreamLimit::new(core.max_streams, &connection);
     info!(
         receive_window = windows.connection,
         "connection established"
     );
-    serve_streams(connection, core).await;
+    serve_streams(connection, core, streams).await;
 }
 
 /// Accepts the connection's streams until it closes.
-async fn serve_streams(connection: Connection, core: Arc<ServerCore>) {
+async fn serve_streams(connection: Connection, core: Arc<ServerCore>, streams: StreamLimit) {
     let readers = Arc::new(Semaphore::new(TOKEN_READERS));
-    let streams = StreamLimit::new(core.max_streams);
     loop {
         let (mut send, mut recv) = match connection.accept_bi().await {
             Ok(pair) => pair,
@@ -98,10 +102,13 @@ struct StreamLimit {
 }
 
 impl StreamLimit {
-    fn new(max: u32) -> StreamLimit {
+    /// Grants an established connection its first [`FIRST_STREAM_LIMIT`] streams.
+    fn new(max: u32, connection: &Connection) -> StreamLimit {
+        let first = FIRST_STREAM_LIMIT.min(max);
+        connection.set_max_concurrent_bi_streams(VarInt::from_u32(first));
         StreamLimit {
             open: Arc::default(),
-            granted: AtomicU32::new(FIRST_STREAM_LIMIT.min(max)),
+            granted: AtomicU32::new(first),
             max,
         }
     }

@@ -22,6 +22,7 @@ use crate::plugins::{Discriminator, TokenParser};
 use crate::quic::connections::ConnectionRegistry;
 use crate::quic::{self, SetupError, TransportOptions, Windows};
 use crate::shutdown::Drain;
+use crate::tls::ClientAuth;
 use crate::tls::{self, Identity};
 use crate::tunnel::TunnelRegistry;
 use crate::wire::ErrorCode;
@@ -47,8 +48,8 @@ pub struct ServerConfig {
     pub discriminators: Vec<Discriminator>,
     /// Which targets tokens may name.
     pub policy: Policy,
-    /// With roots, clients must present a certificate signed by one of them.
-    pub client_roots: Option<rustls::RootCertStore>,
+    /// Which client certificates are asked for (mutual TLS).
+    pub client_auth: ClientAuth,
     /// The stateless-reset key, kept across restarts; a random one when `None`.
     pub reset_key: Option<Vec<u8>>,
 }
@@ -122,7 +123,7 @@ impl Server {
         if let Some(fingerprint) = config.identity.fingerprint() {
             info!(%fingerprint, "server certificate");
         }
-        let crypto = tls::server_crypto(config.identity, config.client_roots)?;
+        let crypto = tls::server_crypto(config.identity, config.client_auth)?;
         let mut server_config = quinn::ServerConfig::with_crypto(crypto);
         server_config.transport_config(Arc::new(handshake_transport(&config.transport).build()?));
         let endpoint = match &config.reset_key {
@@ -217,7 +218,7 @@ impl Server {
 /// final here (QUIC announces it in the handshake); the connection window bounds it.
 fn handshake_transport(transport: &TransportOptions) -> TransportOptions {
     TransportOptions {
-        max_streams: connection::FIRST_STREAM_LIMIT.min(transport.max_streams),
+        max_streams: connection::HANDSHAKE_STREAM_LIMIT.min(transport.max_streams),
         windows: Windows {
             stream: Windows::FULL.stream,
             connection: budget::FLOOR,

@@ -33,19 +33,42 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The server's QUIC crypto: TLS 1.3 with `identity`, offering our ALPN; with `client_roots`,
-/// clients must present a certificate signed by one of them (mutual TLS).
+/// Which client certificates the server asks for (mutual TLS).
+#[derive(Debug, Clone, Default)]
+pub enum ClientAuth {
+    /// None: any client may connect.
+    #[default]
+    Off,
+    /// Every client must show a certificate signed by one of these roots.
+    Required(rustls::RootCertStore),
+    /// A client may connect without a certificate; one it shows must be signed by one of these
+    /// roots.
+    Optional(rustls::RootCertStore),
+}
+
+/// The server's QUIC crypto: TLS 1.3 with `identity`, offering our ALPN, asking clients for
+/// certificates as `client_auth` says.
 pub fn server_crypto(
     identity: Identity,
-    client_roots: Option<rustls::RootCertStore>,
+    client_auth: ClientAuth,
 ) -> Result<Arc<QuicServerConfig>, rustls::Error> {
     let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = match client_roots {
+    let (roots, optional) = match client_auth {
+        ClientAuth::Off => (None, false),
+        ClientAuth::Required(roots) => (Some(roots), false),
+        ClientAuth::Optional(roots) => (Some(roots), true),
+    };
+    let builder = match roots {
         None => builder.with_no_client_auth(),
         Some(roots) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = match optional {
+                true => verifier.allow_unauthenticated(),
+                false => verifier,
+            };
+            let verifier = verifier
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)

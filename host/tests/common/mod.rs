@@ -168,7 +168,7 @@ pub fn start_server_custom(
         limits: Default::default(),
         discriminators: discriminators(),
         policy: quictun::server::policy::Policy::any(),
-        client_roots: None,
+        client_auth: quictun::tls::ClientAuth::Off,
         reset_key: None,
     };
     adjust(&mut config);
@@ -542,4 +542,30 @@ impl Ca {
         std::fs::write(&key_file, key.serialize_pem()).unwrap();
         Identity::from_pem_files(&cert_file, &key_file).unwrap()
     }
+}
+
+/// The datagrams of `count` fresh QUIC Initials to `server`, each a new connection attempt, as
+/// a client would send them first; nothing after them will ever be answered.
+pub fn initials(server: SocketAddr, count: usize) -> Vec<Vec<u8>> {
+    let crypto = quictun::tls::client_crypto(&Verification::Insecure, None).unwrap();
+    let mut endpoint = quinn_proto::Endpoint::new(
+        std::sync::Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        false,
+        None,
+    );
+    (0..count)
+        .map(|_| {
+            let config = quinn_proto::ClientConfig::new(crypto.clone());
+            let (_, mut connection) = endpoint
+                .connect(std::time::Instant::now(), config, server, "localhost")
+                .unwrap();
+            let mut datagram = Vec::new();
+            let transmit = connection
+                .poll_transmit(std::time::Instant::now(), 1, &mut datagram)
+                .unwrap();
+            datagram.truncate(transmit.size);
+            datagram
+        })
+        .collect()
 }
