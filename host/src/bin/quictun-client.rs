@@ -8,7 +8,7 @@ use clap::{ArgAction, Parser};
 use quictun::api::{self, ApiListen, ApiState};
 use quictun::cli::{self, CommonArgs, parse_duration};
 use quictun::client::check::{self, CheckConfig};
-use quictun::client::{Client, ClientConfig};
+use quictun::client::{Client, ClientConfig, ClientHandle};
 use quictun::plugins::TokenSource;
 use quictun::shutdown::Shutdown;
 use quictun::tls::{Fingerprint, Verification};
@@ -180,9 +180,24 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         api::start(listen, state).await?;
     }
     let handle = client.handle();
+    tokio::spawn(retry_on_hangup(handle.clone()));
     // Dropping `run` closes the listener (and removes a UNIX socket file).
     Shutdown::new(args.common.drain_timeout)
         .run(client.run(), handle)
         .await;
     Ok(())
+}
+
+/// SIGHUP retries the connection to the server at once: after a failure retrying alone
+/// cannot fix (a certificate refused), once the server or the flags were fixed.
+async fn retry_on_hangup(client: ClientHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => return warn!("SIGHUP will not retry the connection: {error}"),
+    };
+    while hangups.recv().await.is_some() {
+        info!("SIGHUP: retrying the connection to the server");
+        client.retry_now();
+    }
 }

@@ -1,10 +1,13 @@
-//! The client's one QUIC connection to the server: made on first demand, watched, and made
-//! again with capped exponential back-off (with jitter) whenever it is lost, while the client's
-//! listener stays up.
+//! The client's one QUIC connection to the server: made at start, watched, and made again with
+//! capped exponential back-off (with jitter) whenever it is lost, while the client's listener
+//! stays up (SPEC §9).
 //!
 //! A supervisor task owns the connection and publishes its state; application connections
 //! wait on that state (bounded by `--outage-wait` at the caller) instead of each trying to
-//! connect on their own.
+//! connect on their own. A failure that retrying cannot fix (the server's certificate refused,
+//! no common protocol) is logged once at ERROR with what to do; while it lasts, application
+//! connections are refused at once, and it is retried every [`PERMANENT_RETRY`] or at once
+//! when asked ([`Connector::retry_now`], SIGHUP in the binary).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -13,24 +16,29 @@ use std::time::Duration;
 use quinn::{Connection, ConnectionError, Endpoint};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::quic;
 use crate::quic::connections::{ConnectionRegistry, HandshakeFailure};
+use crate::tls::Fingerprint;
 use crate::wire::addr::{Host, HostPort};
+use crate::wire::handshake::Protocol;
 
 /// First pause after a failed attempt; it doubles up to the configured maximum.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
+/// The pause after a failure that retrying cannot fix, unless a retry is asked for sooner.
+pub const PERMANENT_RETRY: Duration = Duration::from_secs(60);
+
 /// Where the connection stands.
 #[derive(Debug, Clone)]
 enum State {
-    /// Nobody has asked for a connection yet.
-    Idle,
     Connecting,
     Up(Connection),
     /// The last attempt failed, or the connection was lost; why.
     Down(String),
+    /// The last attempt failed in a way retrying cannot fix; why, and what to do.
+    Refused(String),
 }
 
 /// Why an attempt to connect to the server failed: one line naming the server.
@@ -69,6 +77,64 @@ pub enum ConnectError {
         server: HostPort,
         failures: Vec<(SocketAddr, ConnectError)>,
     },
+}
+
+impl ConnectError {
+    /// Whether retrying cannot fix it: the handshake ended with a TLS alert, sent by us (the
+    /// server's certificate refused: pin, known host, CA) or by the server (our certificate
+    /// refused, no common protocol). Both sides' configuration must change first.
+    pub fn is_permanent(&self) -> bool {
+        self.tls_alert().is_some()
+    }
+
+    /// The TLS alert that ended the handshake, if one did.
+    fn tls_alert(&self) -> Option<u8> {
+        let code = match self {
+            ConnectError::Handshake { source, .. } => match source {
+                ConnectionError::TransportError(error) => u64::from(error.code),
+                ConnectionError::ConnectionClosed(close) => u64::from(close.error_code),
+                _ => return None,
+            },
+            ConnectError::Address { source, .. } => return source.tls_alert(),
+            _ => return None,
+        };
+        // QUIC carries a TLS alert as the transport error 0x100 + alert (RFC 9001 §4.8).
+        match code {
+            0x100..=0x1ff => Some((code - 0x100) as u8),
+            _ => None,
+        }
+    }
+
+    /// What to do about a failure retrying cannot fix.
+    pub fn fix(&self) -> &'static str {
+        match self.tls_alert() {
+            // no_application_protocol
+            Some(120) => {
+                "the server speaks neither quic-tun/2 nor quic-tun: check that --server-endpoint \
+                 names a quic-tun server"
+            }
+            // certificate_required, and a refused client certificate
+            Some(116) | Some(42) if matches!(self.closed_by_peer(), Some(true)) => {
+                "the server requires a client certificate signed by its --ca-file: give one with \
+                 --cert-file/--key-file"
+            }
+            _ => {
+                "check the server's certificate fingerprint, logged by the server at start, \
+                 against --server-cert-fingerprint, the known_hosts line or --ca-file named above"
+            }
+        }
+    }
+
+    /// Whether the server ended the handshake (rather than us).
+    fn closed_by_peer(&self) -> Option<bool> {
+        match self {
+            ConnectError::Handshake { source, .. } => {
+                Some(matches!(source, ConnectionError::ConnectionClosed(_)))
+            }
+            ConnectError::Address { source, .. } => source.closed_by_peer(),
+            _ => None,
+        }
+    }
 }
 
 /// Which of the server's addresses an attempt tried, and which the next one tries.
@@ -114,40 +180,42 @@ pub struct ConnectorConfig {
 /// Hands out the live connection; owns the supervisor task.
 pub struct Connector {
     state: watch::Receiver<State>,
-    wanted: Arc<Notify>,
+    retry: Arc<Notify>,
     registry: Arc<ConnectionRegistry>,
     supervisor: JoinHandle<()>,
 }
 
 impl Connector {
-    /// Starts the supervisor; no connection is made until one is asked for.
+    /// Starts the supervisor, which connects at once.
     pub fn start(config: ConnectorConfig) -> Connector {
-        let (state_tx, state) = watch::channel(State::Idle);
-        let wanted = Arc::new(Notify::new());
+        let (state_tx, state) = watch::channel(State::Connecting);
+        let retry = Arc::new(Notify::new());
         let registry = Arc::new(ConnectionRegistry::default());
         let supervisor = Supervisor {
             dialer: Dialer::new(config, registry.clone()),
             state: state_tx,
         };
-        let supervisor = tokio::spawn(supervisor.run(wanted.clone()));
+        let supervisor = tokio::spawn(supervisor.run(retry.clone()));
         Connector {
             state,
-            wanted,
+            retry,
             registry,
             supervisor,
         }
     }
 
-    /// The live connection, waiting for one if there is none (the caller bounds the wait).
-    pub async fn connection(&self) -> Connection {
+    /// The live connection, waiting for one if there is none (the caller bounds the wait);
+    /// at once the reason when the last attempt failed in a way retrying cannot fix.
+    pub async fn connection(&self) -> Result<Connection, String> {
         let mut state = self.state.clone();
         loop {
-            if let State::Up(connection) = &*state.borrow_and_update()
-                && connection.close_reason().is_none()
-            {
-                return connection.clone();
+            match &*state.borrow_and_update() {
+                State::Up(connection) if connection.close_reason().is_none() => {
+                    return Ok(connection.clone());
+                }
+                State::Refused(reason) => return Err(reason.clone()),
+                _ => {}
             }
-            self.wanted.notify_one();
             if state.changed().await.is_err() {
                 // The supervisor is gone: only at shutdown. Wait for the caller's bound.
                 std::future::pending::<()>().await;
@@ -158,9 +226,14 @@ impl Connector {
     /// Why there is no connection, for the message when an application gives up waiting.
     pub fn last_error(&self) -> Option<String> {
         match &*self.state.borrow() {
-            State::Down(reason) => Some(reason.clone()),
+            State::Down(reason) | State::Refused(reason) => Some(reason.clone()),
             _ => None,
         }
+    }
+
+    /// Ends the pause after a failure that retrying cannot fix: the next attempt starts now.
+    pub fn retry_now(&self) {
+        self.retry.notify_one();
     }
 
     pub fn registry(&self) -> Arc<ConnectionRegistry> {
@@ -188,15 +261,19 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    async fn run(mut self, wanted: Arc<Notify>) {
-        wanted.notified().await;
+    async fn run(mut self, retry: Arc<Notify>) {
         let mut backoff = FIRST_BACKOFF;
         let max_backoff = self.dialer.config.max_backoff.max(FIRST_BACKOFF);
+        // The failure retrying cannot fix that was last logged, so it is logged once.
+        let mut refused: Option<String> = None;
         loop {
-            self.state.send_replace(State::Connecting);
+            if refused.is_none() {
+                self.state.send_replace(State::Connecting);
+            }
             match self.dialer.connect().await {
                 Ok(connection) => {
                     backoff = FIRST_BACKOFF;
+                    refused = None;
                     self.dialer.registry.watch(&connection);
                     self.state.send_replace(State::Up(connection.clone()));
                     let reason = connection.closed().await;
@@ -204,10 +281,29 @@ impl Supervisor {
                     self.state
                         .send_replace(State::Down(format!("connection lost: {reason}")));
                 }
-                Err(error) => {
+                Err(failure) if failure.is_permanent() => {
+                    let reason = format!("{failure}; {}", failure.fix());
+                    if refused.as_ref() != Some(&reason) {
+                        error!(
+                            "{reason} (application connections are refused meanwhile; next \
+                             attempt in {PERMANENT_RETRY:?}, or at once on SIGHUP)"
+                        );
+                    } else {
+                        debug!("still refused: {reason}");
+                    }
+                    self.state.send_replace(State::Refused(reason.clone()));
+                    refused = Some(reason);
+                    backoff = FIRST_BACKOFF;
+                    tokio::select! {
+                        () = tokio::time::sleep(PERMANENT_RETRY) => {}
+                        () = retry.notified() => info!("retrying the connection to the server now"),
+                    }
+                }
+                Err(failure) => {
+                    refused = None;
                     let pause = jitter(backoff);
-                    warn!("{error}; next attempt in {pause:?}");
-                    self.state.send_replace(State::Down(error.to_string()));
+                    warn!("{failure}; next attempt in {pause:?}");
+                    self.state.send_replace(State::Down(failure.to_string()));
                     tokio::time::sleep(pause).await;
                     backoff = (backoff * 2).min(max_backoff);
                 }
@@ -336,8 +432,14 @@ impl Dialer {
                 return Err(ConnectError::Timeout { server, limit });
             }
         };
-        info!(server = %server, remote_endpoint = %addr, "connected to server");
-        debug!(rtt = ?connection.rtt(), "first round trip");
+        info!(
+            server = %server,
+            remote_endpoint = %addr,
+            fingerprint = %peer_fingerprint(&connection),
+            protocol = %Protocol::of(&connection).describe(),
+            rtt = ?connection.rtt(),
+            "connected to server"
+        );
         Ok(connection)
     }
 
@@ -365,6 +467,19 @@ impl Dialer {
         self.endpoints[slot] = Some(endpoint.clone());
         Ok(endpoint)
     }
+}
+
+/// The fingerprint of the certificate the server showed, or `-` when there was none.
+fn peer_fingerprint(connection: &Connection) -> String {
+    connection
+        .peer_identity()
+        .and_then(|identity| {
+            identity
+                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| chain.first().map(|cert| Fingerprint::of(cert).to_string()))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// `pause` ± 20 %, so many clients cut off together do not come back in lockstep.

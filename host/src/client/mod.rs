@@ -62,6 +62,14 @@ pub struct ClientHandle {
     core: Arc<ClientCore>,
 }
 
+impl ClientHandle {
+    /// Retries the connection to the server now, after a failure retrying alone cannot fix
+    /// (the binary does it on SIGHUP).
+    pub fn retry_now(&self) {
+        self.core.connector.retry_now();
+    }
+}
+
 impl Drain for ClientHandle {
     /// Nothing to do: the listener closes when the `run` future is dropped.
     fn stop_accepting(&self) {}
@@ -86,7 +94,7 @@ struct ClientCore {
 }
 
 impl Client {
-    /// Binds the application listener. No QUIC connection is made yet.
+    /// Binds the application listener and starts connecting to the server.
     pub async fn bind(config: ClientConfig) -> Result<Client, SetupError> {
         let listener =
             AppListener::bind(&config.listen)
@@ -186,7 +194,11 @@ async fn serve_app(app: AppStream, client_app: String, core: Arc<ClientCore>) {
     )
     .await
     {
-        Ok(opened) => opened,
+        Ok(Ok(opened)) => opened,
+        Ok(Err(refused)) => {
+            debug!("connection refused: {refused}");
+            return app.reset();
+        }
         Err(_) => {
             let why = core
                 .connector
@@ -229,12 +241,15 @@ async fn serve_app(app: AppStream, client_app: String, core: Arc<ClientCore>) {
 }
 
 /// Opens a stream on the live connection, waiting out outages and the stream limit (the
-/// caller bounds the wait); a connection lost under our feet is replaced.
-async fn open_stream(connector: &Connector) -> ((SendStream, RecvStream), Connection) {
+/// caller bounds the wait); a connection lost under our feet is replaced. At once the reason
+/// when the server cannot be connected to until something changes.
+async fn open_stream(
+    connector: &Connector,
+) -> Result<((SendStream, RecvStream), Connection), String> {
     loop {
-        let connection = connector.connection().await;
+        let connection = connector.connection().await?;
         match connection.open_bi().await {
-            Ok(streams) => return (streams, connection),
+            Ok(streams) => return Ok((streams, connection)),
             Err(error) => debug!("stream not opened, retrying: {error}"),
         }
     }
