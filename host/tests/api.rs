@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -24,6 +24,7 @@ use quictun::tunnel::Side;
 use quictun::tunnel::TunnelRegistry;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 /// Rates sampled this often in tests, so a test waits tenths of a second, not seconds.
@@ -436,6 +437,58 @@ async fn delete_closes_the_application_connection() {
         .await
         .expect("the tunnel gone from the other endpoint");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_closes_a_busy_slow_reading_tunnel_at_once_on_both_sides() {
+    // A target that sends without end, and an application that reads one kibibyte and then
+    // nothing: every buffer on the way fills, and the client's relay waits on the application.
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let _target = tokio::spawn(async move {
+        let (mut conn, _) = target.accept().await.unwrap();
+        let chunk = pattern(64 * 1024, 9);
+        while conn.write_all(&chunk).await.is_ok() {}
+    });
+    let server = start_server("");
+    let client = start_client(local_tcp(), server.addr, &format!("tcp:{target_addr}")).await;
+    let (server_api, client_api) = (server_api(&server), client_api(&client));
+    let mut app = connect_tcp(&client.addr).await;
+    let mut first = [0u8; 1024];
+    within(30, app.read_exact(&mut first)).await.unwrap();
+    // Full: the server has read a few MiB ahead and the count no longer grows.
+    let last = AtomicU64::new(0);
+    wait_until(Duration::from_secs(30), || async {
+        let now = only_tunnel(&server_api).await["serverTotalBytes"]
+            .as_u64()
+            .unwrap();
+        now > 1024 * 1024 && last.swap(now, Ordering::Relaxed) == now
+    })
+    .await
+    .expect("the tunnel's buffers filled");
+
+    let uuid = only_tunnel(&server_api).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = Instant::now();
+    let answer = call(&server_api, "DELETE", &format!("/tunnels/{uuid}")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    wait_until(Duration::from_secs(10), || async {
+        get_json(&client_api, "/tunnels").await == json!([])
+    })
+    .await
+    .expect("the tunnel gone from the client");
+    let listed = started.elapsed();
+    within(10, closed(app)).await;
+    let reset = started.elapsed();
+    eprintln!("DELETE: client list {listed:?}, application closed {reset:?}");
+    // Before, the client's relay noticed only once the application had read what it held.
+    assert!(listed < Duration::from_secs(1), "listed for {listed:?}");
+    assert!(
+        reset < Duration::from_secs(1),
+        "application open for {reset:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

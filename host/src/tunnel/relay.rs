@@ -168,11 +168,13 @@ pub async fn relay(
             },
         ),
     };
+    let peer_stopped = peer_stopped(send.stopped());
     let outcome = tokio::select! {
         outcome = async {
             tokio::try_join!(upstream(&app, &mut send, up), downstream(&app, &mut recv, down, answer))
         } => outcome,
         () = tunnel.closed() => Err(Stop::Abort(Abort::Operator)),
+        abort = peer_stopped => Err(Stop::Abort(abort)),
     };
     match outcome {
         Ok(_) => End::Done,
@@ -191,6 +193,20 @@ pub async fn relay(
             app.reset();
             End::Aborted(abort)
         }
+    }
+}
+
+/// Resolves when the peer aborted the tunnel (it stops our stream with another code than
+/// "done", and resets its own): at once, even while the other direction waits on a slow
+/// application with data in hand, which would otherwise hold the tunnel open, and listed,
+/// until the application had read it all. "Done" (a refusal, read from the answer) and a
+/// completed stream leave the directions to end on their own.
+async fn peer_stopped(
+    stopped: impl Future<Output = Result<Option<VarInt>, quinn::StoppedError>>,
+) -> Abort {
+    match stopped.await {
+        Ok(Some(code)) if code != ErrorCode::Done.varint() => Abort::PeerStopped(code),
+        _ => std::future::pending().await,
     }
 }
 
