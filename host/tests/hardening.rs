@@ -143,17 +143,47 @@ async fn streams_that_exist_but_sent_nothing_hold_no_reader_place() {
     });
     let connection = raw_connection(server.addr).await;
     let token = token_frame(&app.addr.to_string());
-    // A connection starts with 64 streams; 60 silent ones and a tunnel make the server grant
-    // more, and 10 more silent ones make 70 streams without a token ahead of the next tunnel.
-    let mut silent = Vec::new();
-    for silent_ahead in [60, 10] {
-        for _ in 0..silent_ahead {
-            silent.push(within(10, connection.open_bi()).await.unwrap());
-        }
-        let answer = within(10, raw_answer(&connection, &token)).await.unwrap();
+    // A connection starts with 64 streams; 48 tunnels make the server grant 128, and 70
+    // streams without a token then stand ahead of the next tunnel.
+    let mut held = Vec::new();
+    for _ in 0..48 {
+        let (mut send, mut recv) = within(10, connection.open_bi()).await.unwrap();
+        send.write_all(&token).await.unwrap();
+        let answer = within(10, read_answer(&mut recv, Protocol::V2))
+            .await
+            .unwrap();
         assert_eq!(answer.status, Status::Ok, "{}", answer.reason);
+        held.push((send, recv));
     }
-    drop(silent);
+    let mut silent = Vec::new();
+    for _ in 0..70 {
+        silent.push(within(10, connection.open_bi()).await.unwrap());
+    }
+    let answer = within(10, raw_answer(&connection, &token)).await.unwrap();
+    assert_eq!(answer.status, Status::Ok, "{}", answer.reason);
+    drop((held, silent));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_without_a_token_do_not_raise_the_stream_limit() {
+    // 3 connections × 10,000 streams that only announce a token cost the server 216 MiB when
+    // every accepted stream made the limit grow; now the limit stops growing while 64 streams
+    // wait for their token: a connection that sends none gets at most 128 streams.
+    let parser = TokenParser::load("Cleartext", "", Some(plugin_dir())).unwrap();
+    let server = start_server_custom(parser, transport(), |config| {
+        config.handshake_timeout = Duration::from_secs(30);
+    });
+    let connection = raw_connection(server.addr).await;
+    let mut pending = Vec::new();
+    for _ in 0..128 {
+        let (mut send, recv) = within(10, connection.open_bi()).await.unwrap();
+        send.write_all(&[0x10, 0x00]).await.unwrap();
+        pending.push((send, recv));
+    }
+    // The 129th waits for one of them to end.
+    let more = tokio::time::timeout(Duration::from_secs(2), connection.open_bi()).await;
+    assert!(more.is_err(), "a 129th stream was granted");
+    drop(pending);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

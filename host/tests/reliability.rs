@@ -161,6 +161,10 @@ static PROCESS_WIDE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[ignore = "long soak: 1,000 concurrent tunnels of 1 MiB each way, about 2 min; scripts/test.sh runs it"]
 async fn a_thousand_concurrent_tunnels_each_move_a_mebibyte_both_ways() {
     let _alone = PROCESS_WIDE.lock().await;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let app = app_server_tcp(Behaviour::Echo).await;
     // With a thousand tunnels filling the connection's send window on two busy cores, a new
     // tunnel's token can wait its turn behind their data for longer than the 10 s handshake

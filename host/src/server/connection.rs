@@ -2,9 +2,11 @@
 //! streams, each served by a task of its own (SPEC §6, §7).
 //!
 //! Two bounds keep a connection's cost to what it uses:
-//! - quinn keeps a little state for every stream a peer may open, so a connection starts
-//!   with [`FIRST_STREAM_LIMIT`] streams and the limit doubles, up to
-//!   `--max-streams-per-connection`, when the client has most of them open;
+//! - quinn keeps a little state for every stream a peer may open, and each stream accepted
+//!   costs a task, so a connection starts with [`FIRST_STREAM_LIMIT`] streams and the limit
+//!   doubles, up to `--max-streams-per-connection`, when the client has most of them open,
+//!   but not while [`TOKEN_READERS`] of them still wait for their token: streams that never
+//!   send one do not make the limit grow;
 //! - at most [`TOKEN_READERS`] streams of a connection are read for their token at once;
 //!   further streams wait unread until one is done (they are never refused). Every stream is
 //!   accepted at once, and a stream takes its place only once its token's header is in: a
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use quinn::{Connection, Incoming, VarInt};
-use tokio::sync::Semaphore;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::ServerCore;
@@ -54,17 +56,16 @@ pub(super) async fn serve_connection(
     connection.set_receive_window(VarInt::from_u64(windows.connection).unwrap_or(VarInt::MAX));
     connection.set_send_window(windows.send);
     let _listed = registry.register(&connection, Some(windows.connection));
-    let streams = StreamLimit::new(core.max_streams, &connection);
+    let bounds = Arc::new(StreamBounds::new(core.max_streams, &connection));
     info!(
         receive_window = windows.connection,
         "connection established"
     );
-    serve_streams(connection, core, streams).await;
+    serve_streams(connection, core, bounds).await;
 }
 
 /// Accepts the connection's streams until it closes.
-async fn serve_streams(connection: Connection, core: Arc<ServerCore>, streams: StreamLimit) {
-    let readers = Arc::new(Semaphore::new(TOKEN_READERS));
+async fn serve_streams(connection: Connection, core: Arc<ServerCore>, bounds: Arc<StreamBounds>) {
     loop {
         let (mut send, mut recv) = match connection.accept_bi().await {
             Ok(pair) => pair,
@@ -76,62 +77,87 @@ async fn serve_streams(connection: Connection, core: Arc<ServerCore>, streams: S
             let _ = send.reset(ErrorCode::Shutdown.varint());
             continue;
         }
-        let open = streams.opened(&connection);
+        let open = bounds.accepted(&connection);
         let span = info_span!("tunnel", stream_id = %send.id(), server_app = tracing::field::Empty);
-        let stream = serve_stream(
-            (send, recv),
-            connection.clone(),
-            core.clone(),
-            readers.clone(),
-        );
-        tokio::spawn(
-            async move {
-                stream.await;
-                drop(open);
-            }
-            .instrument(span),
-        );
+        let stream = serve_stream((send, recv), connection.clone(), core.clone(), open);
+        tokio::spawn(stream.instrument(span));
     }
 }
 
-/// The number of streams a connection may have open, grown as it uses them.
-struct StreamLimit {
-    open: Arc<AtomicU32>,
+/// What one connection's streams share: places to read a token, and the stream limit.
+pub(super) struct StreamBounds {
+    /// Places to read a token, [`TOKEN_READERS`] of them.
+    readers: Arc<Semaphore>,
+    /// Streams accepted and not yet done.
+    open: AtomicU32,
+    /// Of those, streams whose token is not read yet.
+    waiting: AtomicU32,
+    /// The stream limit the client was given.
     granted: AtomicU32,
     max: u32,
 }
 
-impl StreamLimit {
+impl StreamBounds {
     /// Grants an established connection its first [`FIRST_STREAM_LIMIT`] streams.
-    fn new(max: u32, connection: &Connection) -> StreamLimit {
+    fn new(max: u32, connection: &Connection) -> StreamBounds {
         let first = FIRST_STREAM_LIMIT.min(max);
         connection.set_max_concurrent_bi_streams(VarInt::from_u32(first));
-        StreamLimit {
-            open: Arc::default(),
+        StreamBounds {
+            readers: Arc::new(Semaphore::new(TOKEN_READERS)),
+            open: AtomicU32::new(0),
+            waiting: AtomicU32::new(0),
             granted: AtomicU32::new(first),
             max,
         }
     }
 
     /// Counts a newly accepted stream until the guard is dropped, and doubles the limit once
-    /// three quarters of it are open.
-    fn opened(&self, connection: &Connection) -> OpenStream {
+    /// three quarters of it are open, unless as many streams as there are token readers are
+    /// still to send their token: a client that opens streams and sends no token gets no
+    /// more of them.
+    fn accepted(self: &Arc<Self>, connection: &Connection) -> OpenStream {
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        let waiting = self.waiting.fetch_add(1, Ordering::Relaxed) + 1;
         let granted = self.granted.load(Ordering::Relaxed);
-        if granted < self.max && u64::from(open) * 4 >= u64::from(granted) * 3 {
+        if granted < self.max
+            && u64::from(open) * 4 >= u64::from(granted) * 3
+            && (waiting as usize) < TOKEN_READERS
+        {
             let more = granted.saturating_mul(2).min(self.max);
             self.granted.store(more, Ordering::Relaxed);
             connection.set_max_concurrent_bi_streams(VarInt::from_u32(more));
         }
-        OpenStream(self.open.clone())
+        OpenStream {
+            bounds: self.clone(),
+            waiting: true,
+        }
     }
 }
 
-/// One open stream, counted until dropped.
-struct OpenStream(Arc<AtomicU32>);
+/// One accepted stream, counted until dropped.
+pub(super) struct OpenStream {
+    bounds: Arc<StreamBounds>,
+    /// Whether its token is still to be read.
+    waiting: bool,
+}
+
+impl OpenStream {
+    /// A place to read the token: see [`TOKEN_READERS`].
+    pub(super) async fn reader(&self) -> Result<OwnedSemaphorePermit, AcquireError> {
+        self.bounds.readers.clone().acquire_owned().await
+    }
+
+    /// The token has been read (or has failed): the stream no longer counts as waiting.
+    pub(super) fn token_read(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.bounds.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.token_read();
+        self.bounds.open.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
-use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::ServerCore;
+use super::connection::OpenStream;
 use super::policy::Policy;
 use crate::plugins::TokenParser;
 use crate::tunnel::app::{AppStream, within};
@@ -21,26 +21,20 @@ use crate::wire::handshake::{self, HandshakeError, Protocol};
 use crate::wire::{Answer, Status};
 
 /// Serves one tunnel.
-/// `readers` are the connection's places to read a token: one is taken once the token's
-/// header is in and given back as soon as the token is (or has failed), so a connection reads
-/// at most a bounded number at once.
+/// `open` counts the stream in its connection until the tunnel ends. One of the connection's
+/// places to read a token is taken once the token's header is in and given back as soon as
+/// the token is (or has failed), so a connection reads at most a bounded number at once.
 pub(super) async fn serve_stream(
     (mut send, mut recv): (SendStream, RecvStream),
     connection: Connection,
     core: Arc<ServerCore>,
-    readers: Arc<Semaphore>,
+    mut open: OpenStream,
 ) {
     let remote_endpoint = connection.remote_address();
     let protocol = Protocol::of(&connection);
     let limit = core.handshake_timeout;
-    let token = handshake::read_token(
-        &mut recv,
-        &connection,
-        protocol,
-        limit,
-        readers.acquire_owned(),
-    )
-    .await;
+    let token = handshake::read_token(&mut recv, &connection, protocol, limit, open.reader()).await;
+    open.token_read();
     let token = match token {
         Some(Ok(token)) => token,
         Some(Err(HandshakeError::Wire(error))) => {
