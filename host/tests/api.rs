@@ -522,6 +522,7 @@ async fn connections_list_the_quic_connection() {
 const FAMILIES: &[(&str, &str)] = &[
     ("quictun_tunnels_open", "gauge"),
     ("quictun_tunnels_total", "counter"),
+    ("quictun_tunnels_refused_total", "counter"),
     ("quictun_bytes_total", "counter"),
     ("quictun_handshake_failures_total", "counter"),
     ("quictun_connections_open", "gauge"),
@@ -721,6 +722,49 @@ async fn handshake_failures_are_counted_by_reason() {
     assert_eq!(metrics.value("quictun_connections_open", &[]), 0.0);
     assert_eq!(metrics.value("quictun_tunnels_total", &[]), 0.0);
     task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tunnels_are_counted_by_status() {
+    let port = ClosedPort::new();
+    let server = start_server("");
+    // Refused by the target (3), seen by both endpoints.
+    let client = start_client(local_tcp(), server.addr, &port.target()).await;
+    within(20, closed(connect_tcp(&client.addr).await)).await;
+    // Refused by the policy (4): an unspecified address, from a raw client.
+    let connection = raw_connection(server.addr).await;
+    let answer = raw_answer(&connection, &token_frame("tcp:0.0.0.0:9"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, quictun::wire::Status::NotAllowed);
+
+    let refused = |status| [("status", status)];
+    let server_metrics = metrics(&server_api(&server)).await;
+    for (status, count) in [
+        ("bad_token", 0.0),
+        ("unreachable", 1.0),
+        ("not_allowed", 1.0),
+        ("plugin_error", 0.0),
+    ] {
+        let value = server_metrics.value("quictun_tunnels_refused_total", &refused(status));
+        assert_eq!(value, count, "server, {status}");
+    }
+    // The client counts once its relay has read the answer, just after the application's
+    // connection was reset.
+    let client_api = client_api(&client);
+    wait_until(WAIT, || async {
+        metrics(&client_api)
+            .await
+            .value("quictun_tunnels_refused_total", &refused("unreachable"))
+            == 1.0
+    })
+    .await
+    .expect("the client counted the refusal");
+    let client_metrics = metrics(&client_api).await;
+    assert_eq!(
+        client_metrics.value("quictun_tunnels_refused_total", &refused("not_allowed")),
+        0.0
+    );
 }
 
 // ---- SPICE, replayed from real captures (as tests/spice.rs does) ----------------------------

@@ -27,6 +27,18 @@ fn tunnels(out: &mut Exposition, state: &ApiState) {
         "Tunnels opened since start.",
     );
     out.sample("quictun_tunnels_total", &[], tunnels.opened_total());
+    out.family(
+        "quictun_tunnels_refused_total",
+        "counter",
+        "Tunnels the server refused since start, by the status of its answer.",
+    );
+    for (status, count) in tunnels.refused_total() {
+        out.sample(
+            "quictun_tunnels_refused_total",
+            &[("status", status.label())],
+            count,
+        );
+    }
     let (up, down) = tunnels.bytes_total();
     out.family(
         "quictun_bytes_total",

@@ -21,7 +21,7 @@ use crate::quic::{SetupError, TransportOptions};
 use crate::shutdown::Drain;
 use crate::tls::{self, Identity, Verification};
 use crate::tunnel::app::{AppListener, AppStream};
-use crate::tunnel::relay::{self, log_end};
+use crate::tunnel::relay::{self, End, log_end};
 use crate::tunnel::sniff::Sniffer;
 use crate::tunnel::{Side, Tunnel, TunnelRegistry, TunnelSpec};
 use crate::wire::ErrorCode;
@@ -234,10 +234,11 @@ async fn serve_app(app: AppStream, client_app: String, core: Arc<ClientCore>) {
     }));
     let tunnel = registered.tunnel();
     let sniffer = Sniffer::start(&core.discriminators, tunnel.clone());
-    log_end(
-        relay::relay(app, send, recv, tunnel, Some(protocol), sniffer.as_ref()).await,
-        tunnel,
-    );
+    let end = relay::relay(app, send, recv, tunnel, Some(protocol), sniffer.as_ref()).await;
+    if let End::Refused(answer) = &end {
+        core.registry.count_refused(answer.status);
+    }
+    log_end(end, tunnel);
 }
 
 /// Opens a stream on the live connection, waiting out outages and the stream limit (the

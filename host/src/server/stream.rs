@@ -40,7 +40,7 @@ pub(super) async fn serve_stream(
         Some(Err(HandshakeError::Wire(error))) => {
             warn!("bad token frame: {error}");
             let answer = Answer::refuse(Status::BadToken, &error.to_string());
-            return handshake::refuse(send, recv, protocol, answer).await;
+            return refuse(&core, (send, recv), protocol, answer).await;
         }
         Some(Err(error)) => {
             return debug!("stream ended before its token: {}", Abort::from(error));
@@ -49,14 +49,14 @@ pub(super) async fn serve_stream(
             let reason = format!("no token within {limit:?}");
             warn!("tunnel refused: {reason}");
             let answer = Answer::refuse(Status::BadToken, &reason);
-            return handshake::refuse(send, recv, protocol, answer).await;
+            return refuse(&core, (send, recv), protocol, answer).await;
         }
     };
     let target = match target_of(&core.parser, token).await {
         Ok(target) => target,
         Err(answer) => {
             warn!(status = %answer.status, "tunnel refused: {}", answer.reason);
-            return handshake::refuse(send, recv, protocol, answer).await;
+            return refuse(&core, (send, recv), protocol, answer).await;
         }
     };
     tracing::Span::current().record("server_app", tracing::field::display(&target));
@@ -64,7 +64,7 @@ pub(super) async fn serve_stream(
         Ok(app) => app,
         Err(answer) => {
             warn!(status = %answer.status, "tunnel refused: {}", answer.reason);
-            return handshake::refuse(send, recv, protocol, answer).await;
+            return refuse(&core, (send, recv), protocol, answer).await;
         }
     };
     if let Err(error) = handshake::accept(&mut send, protocol).await {
@@ -149,4 +149,15 @@ async fn dial(target: &Address, policy: &Policy, timeout: Duration) -> Result<Ap
                 .map_err(unreachable)
         }
     }
+}
+
+/// Refuses the tunnel with `answer`, counted by status for `/metrics`.
+async fn refuse(
+    core: &ServerCore,
+    (send, recv): (SendStream, RecvStream),
+    protocol: Protocol,
+    answer: Answer,
+) {
+    core.registry.count_refused(answer.status);
+    handshake::refuse(send, recv, protocol, answer).await;
 }

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::lock::lock;
+use crate::wire::Status;
 
 pub mod app;
 pub mod relay;
@@ -134,7 +135,17 @@ pub struct TunnelRegistry {
     opened: AtomicU64,
     /// Bytes of the tunnels that have ended, so the totals do not drop when one does.
     ended: ByteCounters,
+    /// Tunnels the server refused, by status: 2 to 5 at 0 to 3.
+    refused: [AtomicU64; 4],
 }
+
+/// The statuses a refusal has, in the order of [`TunnelRegistry::refused_total`].
+const REFUSALS: [Status; 4] = [
+    Status::BadToken,
+    Status::Unreachable,
+    Status::NotAllowed,
+    Status::PluginError,
+];
 
 impl TunnelRegistry {
     /// Adds a tunnel; it stays listed until the returned guard is dropped.
@@ -174,6 +185,23 @@ impl TunnelRegistry {
             // Only at shutdown: polling keeps the data path free of any notification.
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    /// Counts a tunnel the server refused (the server when it answers, the client when it
+    /// reads the answer).
+    pub fn count_refused(&self, status: Status) {
+        if let Some(at) = REFUSALS.iter().position(|s| *s == status) {
+            self.refused[at].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Tunnels refused since start, by status.
+    pub fn refused_total(&self) -> Vec<(Status, u64)> {
+        REFUSALS
+            .iter()
+            .zip(&self.refused)
+            .map(|(status, count)| (*status, count.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Tunnels opened since start.

@@ -62,6 +62,17 @@ impl Status {
         }
     }
 
+    /// The status as a metric label names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::BadToken => "bad_token",
+            Status::Unreachable => "unreachable",
+            Status::NotAllowed => "not_allowed",
+            Status::PluginError => "plugin_error",
+        }
+    }
+
     /// The one-byte answer of the legacy protocol, which knows only 1, 2 and 3.
     pub fn legacy_byte(self) -> u8 {
         match self {
