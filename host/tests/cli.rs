@@ -360,3 +360,64 @@ async fn a_log_file_that_cannot_be_opened_is_a_start_up_error() {
         &format!("cannot open log-output-paths {}", missing.display()),
     );
 }
+
+/// Runs a binary with nothing but `args` (no defaults: `--generate` must be given alone).
+fn plain(binary: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(binary)
+        .args(args)
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{args:?}: {stderr}");
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+#[test]
+fn the_man_pages_have_every_section_and_examples_of_their_own_binary() {
+    for (binary, name) in [
+        (common::process::CLIENT, "quictun\\-client"),
+        (common::process::SERVER, "quictun\\-server"),
+    ] {
+        let page = plain(binary, &["--generate", "man"]);
+        for section in [
+            "NAME",
+            "SYNOPSIS",
+            "DESCRIPTION",
+            "OPTIONS",
+            "EXAMPLES",
+            "FILES",
+            "ENVIRONMENT",
+        ] {
+            assert!(
+                page.contains(&format!("\n.SH {section}\n")),
+                "{section}:\n{page}"
+            );
+        }
+        let title = page.split("\n.SH NAME\n").nth(1).unwrap().lines().next();
+        let title = title.unwrap();
+        assert!(title.starts_with(&format!("{name} \\- ")), "{title}");
+        let plain_title = title.replace("\\-", "-");
+        assert!(
+            !title.ends_with('.') && plain_title.len() < 90,
+            "not a short name: {title}"
+        );
+        assert!(page.contains(&format!(".nf\n{name} \\-\\-")), "{page}");
+        assert!(page.contains("QUICTUN_PLUGIN_DIR"), "{page}");
+        assert!(!page.contains("\\-\\-generate"), "{page}");
+    }
+}
+
+#[test]
+fn help_lists_generate_and_the_built_in_plugins() {
+    let client = plain(common::process::CLIENT, &["--help"]);
+    let server = plain(common::process::SERVER, &["--help"]);
+    for help in [&client, &server] {
+        assert!(help.contains("--generate <SHELL|man>"), "{help}");
+        assert!(help.contains("the built-in Spice"), "{help}");
+    }
+    assert!(
+        client.contains("a built-in name (Fixed, File or Http)"),
+        "{client}"
+    );
+    assert!(server.contains("the built-in Cleartext"), "{server}");
+}

@@ -62,7 +62,8 @@ pub struct CommonArgs {
     #[arg(long, value_name = "DIR")]
     pub plugin_dir: Option<PathBuf>,
 
-    /// Protocol discriminator plugin, NAME_OR_PATH[=CONFIG]; repeat for several.
+    /// Protocol discriminator plugin, NAME_OR_PATH[=CONFIG]: the built-in Spice, or the path
+    /// of a .so file; repeat for several.
     #[arg(long, value_name = "NAME|PATH[=CONFIG]", default_values_t = [String::from("Spice")])]
     pub discriminator_plugin: Vec<String>,
 
@@ -213,7 +214,7 @@ pub const VERSION: &str = concat!(
 
 /// Parses the command line; a bad flag is printed as one line and exits with 2.
 /// `--config FILE` is expanded first; its warnings are logged by [`init_logging`].
-/// The hidden `--generate` prints completions or a man page and exits ([`generate`]).
+/// `--generate` prints completions or a man page and exits ([`generate`]).
 pub fn parse<T: Parser>() -> T {
     let expanded = match config::expand(std::env::args_os().collect(), &T::command()) {
         Ok(expanded) => expanded,
