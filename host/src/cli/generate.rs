@@ -137,7 +137,6 @@ mod tests {
             "SYNOPSIS",
             "DESCRIPTION",
             "OPTIONS",
-            "EXAMPLES",
             "FILES",
             "ENVIRONMENT",
         ] {
@@ -146,6 +145,8 @@ mod tests {
                 "{section}: {page}"
             );
         }
+        // Examples are written for the two binaries only (man.rs).
+        assert!(!page.contains(".SH EXAMPLES"), "{page}");
         assert!(!page.contains("generate"), "{page}");
     }
 }

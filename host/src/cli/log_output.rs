@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Standard error plus the log files; hands out a [`Lines`] writer per log line.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LogOutput {
     files: Arc<[File]>,
 }
@@ -132,7 +132,9 @@ mod tests {
         assert!(error.to_string().contains("symbolic link"), "{error}");
         assert!(!dir.join("elsewhere").exists());
         let missing = dir.join("no/such/dir.log").display().to_string();
-        let error = LogOutput::open(&[missing.clone()]).unwrap_err().to_string();
+        let error = LogOutput::open(std::slice::from_ref(&missing))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains(&missing), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
