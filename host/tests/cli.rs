@@ -277,3 +277,147 @@ async fn json_logs_are_one_object_per_line() {
     }
     assert!(ready, "{}", server.log());
 }
+
+/// The original's client configuration, as its users have it.
+const ORIGINAL_CLIENT_CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/original-config/quictun-client.yaml"
+);
+
+#[tokio::test]
+async fn the_original_config_logs_into_its_file_with_one_warning_for_the_other_log_keys() {
+    let launch = Launch::client()
+        .args(["--config", ORIGINAL_CLIENT_CONFIG])
+        .in_scratch();
+    let file = launch.scratch().join("quictun-client.log");
+    let mut client = launch.start().await;
+    client
+        .line("client ready", std::time::Duration::from_secs(5))
+        .await;
+    let stderr = client.lines();
+    let warnings: Vec<&String> = stderr.iter().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{}", client.log());
+    for key in [
+        "log-name",
+        "log-development",
+        "log-disable-caller",
+        "log-disable-stacktrace",
+        "log-error-output-paths",
+    ] {
+        assert!(
+            warnings[0].contains(&format!("\"{key}\"")),
+            "{key}: {}",
+            warnings[0]
+        );
+    }
+    let logged = std::fs::read_to_string(&file).expect("the log-output-paths file");
+    let logged: Vec<&str> = logged.lines().collect();
+    assert_eq!(
+        logged,
+        stderr[..logged.len()],
+        "the file has standard error's lines"
+    );
+    assert!(
+        logged.iter().any(|l| l.contains("client ready")),
+        "{logged:?}"
+    );
+    assert!(logged[0].contains("WARN"), "{logged:?}");
+    let scratch = entries(&file);
+    assert!(!scratch.contains(&"stdout".to_owned()), "{scratch:?}");
+}
+
+/// The names in the directory of `file`.
+fn entries(file: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_log_file_that_cannot_be_opened_is_a_start_up_error() {
+    let scratch = common::TempDir::new("logpath");
+    let config = scratch.join("c.yaml");
+    let missing = scratch.join("no-such-dir/quictun-client.log");
+    std::fs::write(
+        &config,
+        format!("log-output-paths: {}\n", missing.display()),
+    )
+    .unwrap();
+    let output = run(
+        Launch::client(),
+        &[
+            "-c",
+            config.to_str().unwrap(),
+            "--server-endpoint",
+            "127.0.0.1:1",
+        ],
+    )
+    .await;
+    assert_one_line(
+        &output,
+        1,
+        &format!("cannot open log-output-paths {}", missing.display()),
+    );
+}
+
+/// Runs a binary with nothing but `args` (no defaults: `--generate` must be given alone).
+fn plain(binary: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(binary)
+        .args(args)
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{args:?}: {stderr}");
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+#[test]
+fn the_man_pages_have_every_section_and_examples_of_their_own_binary() {
+    for (binary, name) in [
+        (common::process::CLIENT, "quictun\\-client"),
+        (common::process::SERVER, "quictun\\-server"),
+    ] {
+        let page = plain(binary, &["--generate", "man"]);
+        for section in [
+            "NAME",
+            "SYNOPSIS",
+            "DESCRIPTION",
+            "OPTIONS",
+            "EXAMPLES",
+            "FILES",
+            "ENVIRONMENT",
+        ] {
+            assert!(
+                page.contains(&format!("\n.SH {section}\n")),
+                "{section}:\n{page}"
+            );
+        }
+        let title = page.split("\n.SH NAME\n").nth(1).unwrap().lines().next();
+        let title = title.unwrap();
+        assert!(title.starts_with(&format!("{name} \\- ")), "{title}");
+        let plain_title = title.replace("\\-", "-");
+        assert!(
+            !title.ends_with('.') && plain_title.len() < 90,
+            "not a short name: {title}"
+        );
+        assert!(page.contains(&format!(".nf\n{name} \\-\\-")), "{page}");
+        assert!(page.contains("QUICTUN_PLUGIN_DIR"), "{page}");
+        assert!(!page.contains("\\-\\-generate"), "{page}");
+    }
+}
+
+#[test]
+fn help_lists_generate_and_the_built_in_plugins() {
+    let client = plain(common::process::CLIENT, &["--help"]);
+    let server = plain(common::process::SERVER, &["--help"]);
+    for help in [&client, &server] {
+        assert!(help.contains("--generate <SHELL|man>"), "{help}");
+        assert!(help.contains("the built-in Spice"), "{help}");
+    }
+    assert!(
+        client.contains("a built-in name (Fixed, File or Http)"),
+        "{client}"
+    );
+    assert!(server.contains("the built-in Cleartext"), "{server}");
+}

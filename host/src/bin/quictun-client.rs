@@ -23,7 +23,11 @@ use tracing::{info, warn};
 /// once, prints the server's certificate fingerprint, the protocol, the round-trip time and
 /// whether the server accepts a test token, and exits 0 only when all of that worked.
 #[derive(Debug, Parser)]
-#[command(name = "quictun-client", version = cli::VERSION)]
+#[command(
+    name = "quictun-client",
+    version = cli::VERSION,
+    about = "carry local TCP and UNIX-socket connections over QUIC to quictun-server"
+)]
 struct Args {
     /// Where applications connect: tcp:HOST:PORT or unix:/path/to/socket.
     #[arg(long, value_name = "ADDRESS", default_value = "tcp:127.0.0.1:6500")]
@@ -33,11 +37,12 @@ struct Args {
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
     server_endpoint: HostPort,
 
-    /// Token source plugin: a built-in name (Fixed) or the path of a .so file.
+    /// Token source plugin: a built-in name (Fixed, File or Http) or the path of a .so file.
     #[arg(long, value_name = "NAME|PATH", default_value = "Fixed")]
     token_source_plugin: String,
 
-    /// Configuration of the token source (Fixed: the token, e.g. tcp:127.0.0.1:22).
+    /// Configuration of the token source (Fixed: the token, e.g. tcp:127.0.0.1:22; File: a
+    /// file of CLIENT_IP TOKEN lines; Http: the URL asked for each connection's token).
     #[arg(long, value_name = "CONFIG", default_value = "")]
     token_source: String,
 

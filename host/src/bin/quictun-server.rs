@@ -19,14 +19,23 @@ use tracing::{info, warn};
 
 /// Server endpoint of quic-tun: carries TCP and UNIX-socket connections over one QUIC
 /// connection per client and relays each to the application its token names.
+///
+/// Each client connection carries one stream per application connection; the first bytes of
+/// a stream are a token, which the token parser turns into the target address. Targets are
+/// dialed only when --allow-target permits them. Run quictun-client --check on a client to
+/// see whether it reaches this server and whether a token is accepted.
 #[derive(Debug, Parser)]
-#[command(name = "quictun-server", version = cli::VERSION)]
+#[command(
+    name = "quictun-server",
+    version = cli::VERSION,
+    about = "relay TCP and UNIX-socket connections from quictun-client over QUIC"
+)]
 struct Args {
     /// UDP address to accept QUIC connections on.
     #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:7500")]
     listen_on: SocketAddr,
 
-    /// Token parser plugin: a built-in name (Cleartext) or the path of a .so file.
+    /// Token parser plugin: the built-in Cleartext, or the path of a .so file.
     #[arg(long, value_name = "NAME|PATH", default_value = "Cleartext")]
     token_parser_plugin: String,
 

@@ -3,9 +3,10 @@
 //!
 //! The file becomes flags placed before the command line's own, and a flag given on the
 //! command line replaces the file's value. `""` means unset; lists are repeated flags;
-//! `log-format: console` means `text`; the original's other log keys (`log-name`,
-//! `log-output-paths`, …) are accepted with a warning that they are ignored; any other
-//! unknown key is an error naming it.
+//! `log-format: console` means `text`; `log-output-paths` (a list, or one text of paths
+//! separated by commas, as the original wrote it) names files that get a copy of the log;
+//! the original's other log keys (`log-name`, `log-development`, …) are named together in
+//! one warning that they are ignored; any other unknown key is an error naming it.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -39,19 +40,31 @@ pub enum ConfigError {
     NotRepeatable { path: PathBuf, key: String },
 }
 
-/// The command line with the file's flags in front, and warnings to log once logging is up.
+/// The command line with the file's flags in front, and what the file says about logging.
 #[derive(Debug, Default)]
 pub struct Expanded {
     pub args: Vec<OsString>,
-    pub warnings: Vec<String>,
+    pub logging: Logging,
 }
+
+/// What a `--config` file says about logging, used once logging is set up.
+#[derive(Debug, Default, Clone)]
+pub struct Logging {
+    /// Warnings to log at start.
+    pub warnings: Vec<String>,
+    /// `log-output-paths`: files (or `stdout`, `stderr`) the log goes to.
+    pub output_paths: Vec<String>,
+}
+
+/// The original's YAML key for where logs go; not a flag, only a `--config` key.
+const LOG_OUTPUT_PATHS: &str = "log-output-paths";
 
 /// Expands `--config FILE` (or `-c FILE`) in `args` for `command`.
 pub fn expand(args: Vec<OsString>, command: &Command) -> Result<Expanded, ConfigError> {
     let Some(path) = config_path(&args) else {
         return Ok(Expanded {
             args,
-            warnings: Vec::new(),
+            logging: Logging::default(),
         });
     };
     let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
@@ -60,7 +73,7 @@ pub fn expand(args: Vec<OsString>, command: &Command) -> Result<Expanded, Config
     })?;
     let given = flags_given(&args);
     let mut expanded = Expanded::default();
-    let mut from_file = file_flags(&text, &path, command, &given, &mut expanded.warnings)?;
+    let mut from_file = file_flags(&text, &path, command, &given, &mut expanded.logging)?;
     let mut all = args.into_iter();
     expanded.args.extend(all.next());
     expanded.args.append(&mut from_file);
@@ -97,7 +110,7 @@ fn file_flags(
     path: &Path,
     command: &Command,
     given: &HashSet<String>,
-    warnings: &mut Vec<String>,
+    logging: &mut Logging,
 ) -> Result<Vec<OsString>, ConfigError> {
     let file = path.display();
     let path = || path.to_path_buf();
@@ -111,6 +124,7 @@ fn file_flags(
         _ => return Err(ConfigError::NotAMapping { path: path() }),
     };
     let mut flags = Vec::new();
+    let mut ignored = Vec::new();
     for (key, value) in mapping {
         let Value::String(key) = key else {
             return Err(ConfigError::KeyNotText { path: path() });
@@ -119,8 +133,12 @@ fn file_flags(
             .get_arguments()
             .find(|a| a.get_long() == Some(key.as_str()) && key != "config");
         let Some(arg) = arg else {
+            if key == LOG_OUTPUT_PATHS {
+                logging.output_paths = output_paths(&key, value, &path())?;
+                continue;
+            }
             if key.starts_with("log-") {
-                warnings.push(format!("--config {file}: key {key:?} has no meaning here and is ignored (logs go to standard error)"));
+                ignored.push(format!("{key:?}"));
                 continue;
             }
             return Err(ConfigError::UnknownKey { path: path(), key });
@@ -138,7 +156,25 @@ fn file_flags(
             flags.push(OsString::from(format!("--{key}={value}")));
         }
     }
+    if !ignored.is_empty() {
+        logging.warnings.push(format!(
+            "--config {file}: the original's log keys {} have no meaning here and are ignored",
+            ignored.join(", ")
+        ));
+    }
     Ok(flags)
+}
+
+/// `log-output-paths` as a list of paths: a YAML list, or one text separated by commas.
+fn output_paths(key: &str, value: Value, path: &Path) -> Result<Vec<String>, ConfigError> {
+    let paths = scalars(key, value, true, path)?
+        .iter()
+        .flat_map(|text| text.split(','))
+        .map(str::trim)
+        .filter(|path| !path.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Ok(paths)
 }
 
 /// The values of one key as flag values; `""` and null mean unset.
@@ -224,8 +260,24 @@ mod tests {
         assert!(args.contains(&"--allow-target=unix:/run/".to_owned()));
         assert!(args.contains(&"--log-format=text".to_owned()));
         assert!(!args.iter().any(|a| a.starts_with("--token-source=")));
-        assert_eq!(expanded.warnings.len(), 1);
-        assert!(expanded.warnings[0].contains("\"log-name\""));
+        assert_eq!(expanded.logging.warnings.len(), 1);
+        assert!(expanded.logging.warnings[0].contains("\"log-name\""));
+    }
+
+    #[test]
+    fn log_output_paths_are_kept_and_the_other_log_keys_named_in_one_warning() {
+        let yaml = "log-name: q\nlog-development: false\nlog-output-paths: ./q.log, stdout\nlog-error-output-paths: ./q.error.log\n";
+        let logging = run(yaml, &[]).unwrap().logging;
+        assert_eq!(logging.output_paths, ["./q.log", "stdout"]);
+        assert_eq!(logging.warnings.len(), 1, "{:?}", logging.warnings);
+        for key in ["log-name", "log-development", "log-error-output-paths"] {
+            assert!(logging.warnings[0].contains(&format!("{key:?}")), "{key}");
+        }
+        assert!(!logging.warnings[0].contains("log-output-paths"));
+        let listed = run("log-output-paths: [/tmp/a.log, \"\", stderr]\n", &[]).unwrap();
+        assert_eq!(listed.logging.output_paths, ["/tmp/a.log", "stderr"]);
+        assert!(listed.logging.warnings.is_empty());
+        assert!(run("log-output-paths: {a: 1}\n", &[]).is_err());
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! Shell completions and man pages, generated from a binary's own clap definition.
 //!
-//! Each binary takes a hidden `--generate bash|zsh|fish|elvish|powershell|man` that prints one
-//! of them and exits, so what is installed always matches the flags of the binary installed
-//! beside it (`scripts/install.sh` uses it). The flag is absent from `--help`, from the man
-//! page and from the completions themselves, and it must be given alone.
+//! Each binary takes `--generate bash|zsh|fish|elvish|powershell|man` that prints one of them
+//! and exits, so what is installed always matches the flags of the binary installed beside it
+//! (`scripts/install.sh` uses it). The flag is listed in `--help`, left out of the man page
+//! and the completions themselves, and must be given alone.
+//!
+//! The man page is clap's NAME, SYNOPSIS, DESCRIPTION and OPTIONS followed by sections of our
+//! own ([`man`]): EXAMPLES, FILES and ENVIRONMENT.
 
 use std::io::{self, Write};
 
 use clap::{Arg, ArgMatches, Command, ValueEnum};
 use clap_complete::Shell;
 
-/// The hidden flag's name.
+mod man;
+
+/// The flag's name.
 const FLAG: &str = "generate";
 
 /// What `--generate` prints.
@@ -25,7 +30,7 @@ pub enum Output {
     Man,
 }
 
-/// `command` with the hidden `--generate` flag added.
+/// `command` with the `--generate` flag added.
 pub fn with_flag(command: Command) -> Command {
     command.arg(
         Arg::new(FLAG)
@@ -33,7 +38,7 @@ pub fn with_flag(command: Command) -> Command {
             .value_name("SHELL|man")
             .value_parser(clap::builder::EnumValueParser::<Output>::new())
             .exclusive(true)
-            .hide(true),
+            .help("Print shell completions (bash, zsh, fish, elvish, powershell) or the man page (man), then exit"),
     )
 }
 
@@ -42,11 +47,11 @@ pub fn requested(matches: &ArgMatches) -> Option<Output> {
     matches.get_one::<Output>(FLAG).copied()
 }
 
-/// Writes the completions or the man page of `command` (without the hidden flag) to `out`.
+/// Writes the completions or the man page of `command` (without `--generate`) to `out`.
 pub fn write(output: Output, mut command: Command, out: &mut dyn Write) -> io::Result<()> {
     let name = command.get_name().to_owned();
     let shell = match output {
-        Output::Man => return clap_mangen::Man::new(command).render(out),
+        Output::Man => return man_page(command, out),
         Output::Bash => Shell::Bash,
         Output::Zsh => Shell::Zsh,
         Output::Fish => Shell::Fish,
@@ -55,6 +60,19 @@ pub fn write(output: Output, mut command: Command, out: &mut dyn Write) -> io::R
     };
     clap_complete::generate(shell, &mut command, name, out);
     Ok(())
+}
+
+/// The man page: clap's sections, then EXAMPLES, FILES, ENVIRONMENT, and the version.
+fn man_page(command: Command, out: &mut dyn Write) -> io::Result<()> {
+    let extra = man::Extra::of(command.get_name());
+    let page = clap_mangen::Man::new(command);
+    page.render_title(out)?;
+    page.render_name_section(out)?;
+    page.render_synopsis_section(out)?;
+    page.render_description_section(out)?;
+    page.render_options_section(out)?;
+    man::render(&extra, out)?;
+    page.render_version_section(out)
 }
 
 #[cfg(test)]
@@ -80,13 +98,13 @@ mod tests {
     }
 
     #[test]
-    fn the_flag_is_hidden_and_alone_it_needs_no_required_flag() {
+    fn the_flag_is_listed_and_alone_it_needs_no_required_flag() {
         let matches = with_flag(command())
             .try_get_matches_from(["quictun-demo", "--generate", "zsh"])
             .unwrap();
         assert_eq!(requested(&matches), Some(Output::Zsh));
         let help = with_flag(command()).render_long_help().to_string();
-        assert!(!help.contains("generate"), "{help}");
+        assert!(help.contains("--generate <SHELL|man>"), "{help}");
         let error = with_flag(command())
             .try_get_matches_from(["quictun-demo", "--generate", "man", "--server", "x"])
             .unwrap_err();
@@ -114,5 +132,21 @@ mod tests {
         assert!(page.contains("listen\\-on"), "{page}");
         assert!(page.contains("Where to listen"), "{page}");
         assert!(page.contains("1.2.3"), "{page}");
+        for section in [
+            "NAME",
+            "SYNOPSIS",
+            "DESCRIPTION",
+            "OPTIONS",
+            "FILES",
+            "ENVIRONMENT",
+        ] {
+            assert!(
+                page.contains(&format!(".SH {section}\n")),
+                "{section}: {page}"
+            );
+        }
+        // Examples are written for the two binaries only (man.rs).
+        assert!(!page.contains(".SH EXAMPLES"), "{page}");
+        assert!(!page.contains("generate"), "{page}");
     }
 }

@@ -15,6 +15,7 @@ use crate::tls::{self, Identity};
 pub mod config;
 pub mod generate;
 pub mod log_fields;
+pub mod log_output;
 
 /// Flags both endpoints take.
 #[derive(Debug, Args)]
@@ -61,7 +62,8 @@ pub struct CommonArgs {
     #[arg(long, value_name = "DIR")]
     pub plugin_dir: Option<PathBuf>,
 
-    /// Protocol discriminator plugin, NAME_OR_PATH[=CONFIG]; repeat for several.
+    /// Protocol discriminator plugin, NAME_OR_PATH[=CONFIG]: the built-in Spice, or the path
+    /// of a .so file; repeat for several.
     #[arg(long, value_name = "NAME|PATH[=CONFIG]", default_values_t = [String::from("Spice")])]
     pub discriminator_plugin: Vec<String>,
 
@@ -212,7 +214,7 @@ pub const VERSION: &str = concat!(
 
 /// Parses the command line; a bad flag is printed as one line and exits with 2.
 /// `--config FILE` is expanded first; its warnings are logged by [`init_logging`].
-/// The hidden `--generate` prints completions or a man page and exits ([`generate`]).
+/// `--generate` prints completions or a man page and exits ([`generate`]).
 pub fn parse<T: Parser>() -> T {
     let expanded = match config::expand(std::env::args_os().collect(), &T::command()) {
         Ok(expanded) => expanded,
@@ -221,7 +223,7 @@ pub fn parse<T: Parser>() -> T {
             std::process::exit(2);
         }
     };
-    let _ = CONFIG_WARNINGS.set(expanded.warnings);
+    let _ = CONFIG_LOGGING.set(expanded.logging);
     parse_or_generate::<T>(expanded.args).unwrap_or_else(|error| {
         use clap::error::ErrorKind;
         if matches!(
@@ -256,24 +258,29 @@ fn parse_or_generate<T: Parser>(args: Vec<std::ffi::OsString>) -> Result<T, clap
     T::from_arg_matches(&matches).map_err(|error| error.format(&mut T::command()))
 }
 
-/// Warnings about the `--config` file, logged once logging is set up.
-static CONFIG_WARNINGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+/// What the `--config` file says about logging, used once logging is set up.
+static CONFIG_LOGGING: std::sync::OnceLock<config::Logging> = std::sync::OnceLock::new();
 
-/// Sets up logging to standard error. Text lines have their fields' control characters
+/// Sets up logging to standard error, and to the files of the `--config` key
+/// `log-output-paths` ([`log_output`]). Text lines have their fields' control characters
 /// escaped ([`log_fields`]), so what a peer, a token or a plugin sends cannot forge a line.
 pub fn init_logging(common: &CommonArgs) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&common.log_level)
         .map_err(|error| anyhow::anyhow!("invalid --log-level {:?}: {error}", common.log_level))?;
+    let logging = CONFIG_LOGGING.get().cloned().unwrap_or_default();
+    let output = log_output::LogOutput::open(&logging.output_paths)?;
+    // Colours only on a terminal, and never into a file.
+    let ansi = output.is_stderr_only() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_writer(output)
+        .with_ansi(ansi);
     match common.log_format {
         LogFormat::Text => builder.fmt_fields(log_fields::EscapedFields).init(),
         LogFormat::Json => builder.json().init(),
     }
-    for warning in CONFIG_WARNINGS.get().into_iter().flatten() {
+    for warning in &logging.warnings {
         tracing::warn!("{warning}");
     }
     Ok(())

@@ -33,6 +33,8 @@ pub struct Launch {
     defaults: BTreeMap<&'static str, OsString>,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    /// Runs in the scratch directory, not the test's (for relative paths in a config).
+    in_scratch: bool,
     scratch: TempDir,
 }
 
@@ -70,6 +72,7 @@ impl Launch {
                 ("HOME".into(), scratch.0.clone().into()),
                 ("XDG_DATA_HOME".into(), scratch.join("data").into()),
             ],
+            in_scratch: false,
             scratch,
         }
         .default("--plugin-dir", plugin_dir())
@@ -102,6 +105,12 @@ impl Launch {
         self
     }
 
+    /// Runs the binary with the scratch directory as its working directory.
+    pub fn in_scratch(mut self) -> Launch {
+        self.in_scratch = true;
+        self
+    }
+
     /// The scratch directory, removed when the process ends.
     pub fn scratch(&self) -> &TempDir {
         &self.scratch
@@ -123,6 +132,9 @@ impl Launch {
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
+        if self.in_scratch {
+            command.current_dir(&self.scratch.0);
+        }
         command
     }
 
