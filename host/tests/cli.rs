@@ -42,6 +42,37 @@ async fn a_bad_listen_address_names_the_value_and_the_forms() {
     );
 }
 
+/// The whole of standard error, which must be one line, and the exit code.
+fn only_line(output: &Output) -> (Option<i32>, String) {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    (output.status.code(), stderr.trim_end().to_owned())
+}
+
+#[tokio::test]
+async fn a_mistyped_flag_keeps_clap_s_suggestion_on_the_one_line() {
+    let output = run(Launch::client(), &["--server-endpiont", "127.0.0.1:7500"]).await;
+    assert_eq!(
+        only_line(&output),
+        (
+            Some(2),
+            "quictun-client: error: unexpected argument '--server-endpiont' found; \
+             tip: a similar argument exists: '--server-endpoint' (see --help)"
+                .into()
+        )
+    );
+    let output = run(Launch::server(), &["--alow-target", "any"]).await;
+    assert_eq!(
+        only_line(&output),
+        (
+            Some(2),
+            "quictun-server: error: unexpected argument '--alow-target' found; \
+             tip: a similar argument exists: '--allow-target' (see --help)"
+                .into()
+        )
+    );
+}
+
 #[tokio::test]
 async fn a_missing_required_flag_is_named() {
     let output = run(Launch::client(), &["--insecure-skip-verify"]).await;

@@ -230,16 +230,36 @@ pub fn parse<T: Parser>() -> T {
         ) {
             error.exit();
         }
-        // clap spreads some messages over several lines before its usage text: join them.
-        let rendered = error.render().to_string();
-        let message: Vec<&str> = rendered
-            .lines()
-            .take_while(|line| !line.trim().is_empty() && !line.starts_with("Usage:"))
-            .map(str::trim)
-            .collect();
-        eprintln!("{}: {} (see --help)", program(), message.join(" "));
+        let message = one_line(&error.render().to_string());
+        eprintln!("{}: {message} (see --help)", program());
         std::process::exit(2);
     })
+}
+
+/// A clap error as one line: its message, which clap may spread over several lines, then each
+/// of its tips ("a similar argument exists: ..."), which follow a blank line, after a `;`.
+/// The usage text and the pointer to `--help` that end it are left out.
+fn one_line(rendered: &str) -> String {
+    let mut line = String::new();
+    let mut after_blank = false;
+    for text in rendered.lines().map(str::trim) {
+        if text.starts_with("Usage:") || text.starts_with("For more information") {
+            break;
+        }
+        if text.is_empty() {
+            after_blank = !line.is_empty();
+            continue;
+        }
+        let separator = match (line.is_empty(), after_blank) {
+            (true, _) => "",
+            (false, true) => "; ",
+            (false, false) => " ",
+        };
+        line.push_str(separator);
+        line.push_str(text);
+        after_blank = false;
+    }
+    line
 }
 
 /// As `T::try_parse_from`, but `--generate` alone prints what it asks for and exits.
@@ -361,6 +381,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("without a port"), "{error}");
+    }
+
+    #[test]
+    fn a_clap_error_keeps_its_tip_on_one_line() {
+        let error = Flags::try_parse_from(["t", "--log-levle", "debug"]).unwrap_err();
+        assert_eq!(
+            one_line(&error.render().to_string()),
+            "error: unexpected argument '--log-levle' found; \
+             tip: a similar argument exists: '--log-level'"
+        );
+        let error = Flags::try_parse_from(["t", "--keep-alive", "5"]).unwrap_err();
+        assert_eq!(
+            one_line(&error.render().to_string()),
+            "error: invalid value '5' for '--keep-alive <DURATION>': \
+             \"5\" is not a duration (write 500ms, 10s, 2m or 1h)"
+        );
     }
 
     #[test]
