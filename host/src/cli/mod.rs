@@ -11,6 +11,7 @@ use crate::api::AllowedHost;
 use crate::plugins::{Discriminator, LoadError};
 use crate::quic::{Congestion, TransportOptions};
 use crate::tls::{self, Identity};
+use crate::wire::addr::HostPort;
 
 pub mod config;
 pub mod generate;
@@ -200,6 +201,44 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     number.checked_mul(scale).ok_or_else(bad)
+}
+
+/// A QUIC endpoint's address as given: the client's `--server-endpoint`, the server's
+/// `--listen-on`. The text is kept because known hosts are keyed by it (SPEC §7).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The text as the user wrote it.
+    pub given: String,
+    pub address: HostPort,
+}
+
+/// Parses an [`Endpoint`]; the error names the value and the forms accepted.
+pub fn parse_endpoint(value: &str) -> Result<Endpoint, String> {
+    let address = HostPort::parse_endpoint(value).map_err(|reason| {
+        format!(
+            "{value:?}: {reason} (expected HOST:PORT or [IPv6]:PORT, HOST an IP address or a DNS \
+             name; a tcp: or udp: prefix is ignored)"
+        )
+    })?;
+    Ok(Endpoint {
+        given: value.to_owned(),
+        address,
+    })
+}
+
+impl Endpoint {
+    /// The first socket address the endpoint stands for (a DNS name resolved); `flag` names
+    /// it in the error.
+    pub async fn resolve_first(&self, flag: &str) -> anyhow::Result<std::net::SocketAddr> {
+        let addrs =
+            self.address.resolve().await.map_err(|error| {
+                anyhow::anyhow!("cannot resolve {flag} {}: {error}", self.given)
+            })?;
+        addrs
+            .first()
+            .copied()
+            .ok_or_else(|| anyhow::anyhow!("{flag} {} resolves to no address", self.given))
+    }
 }
 
 /// `--version`: the package's version and the git revision it was built from.

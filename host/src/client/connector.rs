@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::quic;
 use crate::quic::connections::{ConnectionRegistry, HandshakeFailure};
+use crate::tls;
 use crate::wire::addr::{Host, HostPort};
 
 /// First pause after a failed attempt; it doubles up to the configured maximum.
@@ -50,10 +51,12 @@ pub enum ConnectError {
         server: HostPort,
         source: quinn::ConnectError,
     },
-    #[error("cannot connect to server {server}: {source}")]
+    /// Not a `source`: the message already says what failed, and a refusal of the server's
+    /// certificate would be said twice.
+    #[error("cannot connect to server {server}: {}", handshake_failure(.failure))]
     Handshake {
         server: HostPort,
-        source: ConnectionError,
+        failure: ConnectionError,
     },
     #[error("no handshake with server {server} within {limit:?}")]
     Timeout { server: HostPort, limit: Duration },
@@ -94,6 +97,17 @@ impl std::fmt::Display for Attempt {
             f,
             "{server} at {addr} ({position} of {count} addresses; the next attempt tries {next})"
         )
+    }
+}
+
+/// A failed handshake as the user reads it: when this client refused the server's
+/// certificate, only the refusal, which says what to do, not the TLS error around it.
+fn handshake_failure(error: &ConnectionError) -> String {
+    match error {
+        ConnectionError::TransportError(transport) => {
+            tls::refusal_in(&transport.reason).map_or_else(|| error.to_string(), str::to_owned)
+        }
+        _ => error.to_string(),
     }
 }
 
@@ -330,7 +344,10 @@ impl Dialer {
         let connection = match self.registry.handshake(connecting, limit).await {
             Ok(connection) => connection,
             Err(HandshakeFailure::Failed(source)) => {
-                return Err(ConnectError::Handshake { server, source });
+                return Err(ConnectError::Handshake {
+                    server,
+                    failure: source,
+                });
             }
             Err(HandshakeFailure::TimedOut(limit)) => {
                 return Err(ConnectError::Timeout { server, limit });
