@@ -466,6 +466,13 @@ async fn the_check_mode_reports_an_original_server_and_its_answers() {
 
     let output = check_original(server, "not-an-address").await;
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
-    assert!(stdout.contains("token refused"), "{stdout}");
+    // The refusal is said once, as the error.
+    assert_eq!(
+        stderr,
+        "quictun-client: error: token refused: 2 (bad token): refused by a server of the \
+         original protocol\n"
+    );
+    assert!(!stdout.contains("refused"), "{stdout}");
 }
