@@ -1,6 +1,7 @@
 //! `quictun-client --check` against a real server: the report of an accepted token, a refused
-//! token with the server's reason, a pinned fingerprint that does not match, and a server that
-//! is not there — each with the exit code and the one-line error a person relies on.
+//! token with the server's reason, a pinned fingerprint in each of its forms or one that does
+//! not match (also as the running client logs it), `--server-endpoint` with a prefix, and a
+//! server that is not there — each with the exit code and the one-line error a person relies on.
 
 mod common;
 
@@ -84,16 +85,91 @@ async fn an_accepted_token_is_reported_with_the_servers_fingerprint_alpn_and_rtt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_token_fails_with_the_servers_status_and_reason() {
+async fn a_refused_token_fails_with_the_servers_status_and_reason_said_once() {
     let server = start_server("");
     let output = check(&server.addr.to_string(), &["--token-source", "bogus"]).await;
-    assert_fails_with(
-        &output,
-        &["token refused: 2 (bad token)", "invalid address \"bogus\""],
+    // The refusal is the error, on standard error only; the report says what was found.
+    assert_eq!(
+        text(&output.stderr),
+        "quictun-client: error: token refused: 2 (bad token): token names no valid target: \
+         invalid address \"bogus\": no \
+         scheme (expected tcp:HOST:PORT or unix:/path/to/socket)\n"
     );
+    assert_fails_with(&output, &[]);
     let stdout = text(&output.stdout);
     assert!(stdout.contains("alpn quic-tun/2"), "{stdout}");
-    assert!(stdout.contains("token refused: 2 (bad token)"), "{stdout}");
+    assert!(
+        stdout.ends_with("token from Fixed for 127.0.0.1:6500 (5 bytes)\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("refused"), "{stdout}");
+}
+
+/// `fingerprint` as `openssl x509 -fingerprint -sha256` prints it after its `=`.
+fn openssl_form(fingerprint: &Fingerprint) -> String {
+    let pairs: Vec<String> = fingerprint.0.iter().map(|b| format!("{b:02X}")).collect();
+    pairs.join(":")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_fingerprint_is_taken_in_each_of_its_forms() {
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let server = start_server("");
+    let fingerprint = fingerprint_of(&server).await;
+    let prefixed = fingerprint.to_string();
+    let bare = prefixed.strip_prefix("sha256:").unwrap().to_owned();
+    let forms = [
+        prefixed.clone(),
+        prefixed.to_uppercase(),
+        bare.clone(),
+        bare.to_uppercase(),
+        openssl_form(&fingerprint),
+        openssl_form(&fingerprint).to_lowercase(),
+        format!("sha256:{}", openssl_form(&fingerprint)),
+    ];
+    let token = app.addr.to_string();
+    for form in forms {
+        let args = ["--server-cert-fingerprint", &form, "--token-source", &token];
+        let output = check(&server.addr.to_string(), &args).await;
+        let stdout = text(&output.stdout);
+        assert!(output.status.success(), "{form}: {}", text(&output.stderr));
+        assert!(
+            stdout.contains(&format!("fingerprint {prefixed}\n")),
+            "{stdout}"
+        );
+        assert!(stdout.ends_with("token accepted\n"), "{form}: {stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_or_udp_prefix_on_the_server_endpoint_is_ignored_but_keys_known_hosts() {
+    let app = app_server_tcp(Behaviour::Echo).await;
+    let server = start_server("");
+    let fingerprint = fingerprint_of(&server).await;
+    let state = TempDir::new("prefix");
+    let addr = server.addr.to_string();
+    let state_dir = state.join("state");
+    for given in [format!("tcp:{addr}"), format!("UDP:{addr}")] {
+        let output = Launch::check(&given)
+            .args(["--token-source", &app.addr.to_string()])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .output()
+            .await;
+        let stdout = text(&output.stdout);
+        assert!(output.status.success(), "{given}: {}", text(&output.stderr));
+        assert!(
+            stdout.starts_with(&format!("server {addr} ({addr})\n")),
+            "{stdout}"
+        );
+        assert!(stdout.ends_with("token accepted\n"), "{stdout}");
+    }
+    // Known hosts are keyed by --server-endpoint as given (SPEC §7).
+    let known = std::fs::read_to_string(state_dir.join("known_hosts")).unwrap();
+    assert_eq!(
+        known,
+        format!("tcp:{addr} {fingerprint}\nUDP:{addr} {fingerprint}\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +190,7 @@ async fn a_given_test_token_is_sent_instead_of_the_sources() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_pinned_fingerprint_names_both_fingerprints() {
+async fn a_wrong_pinned_fingerprint_names_both_fingerprints_and_what_to_do() {
     let server = start_server("");
     let real = fingerprint_of(&server).await;
     let pinned = format!("sha256:{}", "ab".repeat(32));
@@ -123,16 +199,46 @@ async fn a_wrong_pinned_fingerprint_names_both_fingerprints() {
         &["--server-cert-fingerprint", &pinned, "--token-source", "x"],
     )
     .await;
-    assert_fails_with(
-        &output,
-        &[
-            "cannot connect to server",
-            &real.to_string(),
-            &pinned,
-            "does not match the pinned",
-        ],
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "quictun-client: error: cannot connect to server {}: its certificate is refused: \
+             seen {real}, expected {pinned} (--server-cert-fingerprint); if the server's \
+             certificate was replaced on purpose, check that the server logged \
+             fingerprint={real} at start (\"server certificate\"), then update \
+             --server-cert-fingerprint to it\n",
+            server.addr
+        )
     );
+    assert_fails_with(&output, &[]);
     assert_eq!(text(&output.stdout), "", "nothing to report");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_client_logs_a_pin_mismatch_with_both_fingerprints_and_what_to_do() {
+    let server = start_server("");
+    let real = fingerprint_of(&server).await;
+    let pinned = format!("sha256:{}", "ab".repeat(32));
+    let mut client = Launch::client()
+        .args(["--server-endpoint", &server.addr.to_string()])
+        .args(["--server-cert-fingerprint", &pinned])
+        .args(["--token-source", "tcp:127.0.0.1:9"])
+        .start()
+        .await;
+    // An application makes the client connect.
+    let _app = connect_tcp(&client.app_addr()).await;
+    let line = client
+        .line("its certificate is refused", Duration::from_secs(20))
+        .await;
+    let expected = format!(
+        "cannot connect to server {}: its certificate is refused: seen {real}, expected \
+         {pinned} (--server-cert-fingerprint); if the server's certificate was replaced on \
+         purpose, check that the server logged fingerprint={real} at start (\"server \
+         certificate\"), then update --server-cert-fingerprint to it",
+        server.addr
+    );
+    assert!(line.contains(&expected), "{line}");
+    assert!(!line.contains("cryptographic handshake"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

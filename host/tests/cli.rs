@@ -42,6 +42,37 @@ async fn a_bad_listen_address_names_the_value_and_the_forms() {
     );
 }
 
+/// The whole of standard error, which must be one line, and the exit code.
+fn only_line(output: &Output) -> (Option<i32>, String) {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    (output.status.code(), stderr.trim_end().to_owned())
+}
+
+#[tokio::test]
+async fn a_mistyped_flag_keeps_clap_s_suggestion_on_the_one_line() {
+    let output = run(Launch::client(), &["--server-endpiont", "127.0.0.1:7500"]).await;
+    assert_eq!(
+        only_line(&output),
+        (
+            Some(2),
+            "quictun-client: error: unexpected argument '--server-endpiont' found; \
+             tip: a similar argument exists: '--server-endpoint' (see --help)"
+                .into()
+        )
+    );
+    let output = run(Launch::server(), &["--alow-target", "any"]).await;
+    assert_eq!(
+        only_line(&output),
+        (
+            Some(2),
+            "quictun-server: error: unexpected argument '--alow-target' found; \
+             tip: a similar argument exists: '--allow-target' (see --help)"
+                .into()
+        )
+    );
+}
+
 #[tokio::test]
 async fn a_missing_required_flag_is_named() {
     let output = run(Launch::client(), &["--insecure-skip-verify"]).await;
@@ -257,7 +288,98 @@ async fn a_bad_fingerprint_is_explained() {
         ],
     )
     .await;
-    assert_one_line(&output, 2, "is not a fingerprint");
+    assert_eq!(
+        only_line(&output),
+        invalid(
+            "quictun-client",
+            "sha256:12",
+            "--server-cert-fingerprint <sha256:HEX>",
+            "\"sha256:12\" is not a SHA-256 fingerprint (write sha256: and 64 hex digits, the \
+             64 hex digits alone, or 32 colon-separated pairs AB:CD:... as `openssl x509 \
+             -fingerprint -sha256` prints them; upper or lower case)"
+        )
+    );
+}
+
+/// The error clap prints for `value` of `flag`: ours after its own words.
+fn invalid(program: &str, value: &str, flag: &str, ours: &str) -> (Option<i32>, String) {
+    let line =
+        format!("{program}: error: invalid value '{value}' for '{flag}': {ours} (see --help)");
+    (Some(2), line)
+}
+
+/// What an endpoint's address error says it expects.
+const ENDPOINT_FORMS: &str = "(expected HOST:PORT or [IPv6]:PORT, HOST an IP address or a DNS \
+                              name; a tcp: or udp: prefix is ignored)";
+
+#[tokio::test]
+async fn each_address_error_names_the_forms_its_flag_expects() {
+    let output = run(Launch::client(), &["--server-endpoint", "::1:7500"]).await;
+    assert_eq!(
+        only_line(&output),
+        invalid(
+            "quictun-client",
+            "::1:7500",
+            "--server-endpoint <HOST:PORT>",
+            &format!(
+                "\"::1:7500\": an IPv6 address must be in brackets, as [::1]:22 {ENDPOINT_FORMS}"
+            )
+        )
+    );
+    let output = run(Launch::server(), &["--listen-on", "unix:/run/quictun.sock"]).await;
+    assert_eq!(
+        only_line(&output),
+        invalid(
+            "quictun-server",
+            "unix:/run/quictun.sock",
+            "--listen-on <HOST:PORT>",
+            &format!(
+                "\"unix:/run/quictun.sock\": port is not a number from 0 to 65535 {ENDPOINT_FORMS}"
+            )
+        )
+    );
+    let output = run(
+        Launch::client(),
+        &[
+            "--server-endpoint",
+            "127.0.0.1:7500",
+            "--listen-on",
+            "127.0.0.1:6500",
+        ],
+    )
+    .await;
+    assert_eq!(
+        only_line(&output),
+        invalid(
+            "quictun-client",
+            "127.0.0.1:6500",
+            "--listen-on <ADDRESS>",
+            "invalid address \"127.0.0.1:6500\": unknown scheme (expected tcp:HOST:PORT or \
+             unix:/path/to/socket)"
+        )
+    );
+}
+
+#[tokio::test]
+async fn the_server_listens_on_a_host_name_resolved_at_start() {
+    for given in ["localhost:0", "udp:localhost:0"] {
+        let server = Launch::server().args(["--listen-on", given]).start().await;
+        assert!(server.quic_addr().ip().is_loopback(), "{}", server.log());
+        assert_ne!(server.quic_addr().port(), 0, "{}", server.log());
+    }
+    let output = run(
+        Launch::server(),
+        &["--listen-on", "no-such-host.invalid:7500"],
+    )
+    .await;
+    let (code, line) = only_line(&output);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.starts_with(
+            "quictun-server: error: cannot resolve --listen-on no-such-host.invalid:7500: "
+        ),
+        "{line}"
+    );
 }
 
 #[tokio::test]

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 use quictun::api::{self, ApiListen, ApiState};
-use quictun::cli::{self, CommonArgs, parse_duration};
+use quictun::cli::{self, CommonArgs, Endpoint, parse_duration};
 use quictun::client::check::{self, CheckConfig};
 use quictun::client::{Client, ClientConfig, ClientHandle};
 use quictun::plugins::TokenSource;
 use quictun::shutdown::Shutdown;
 use quictun::tls::{Fingerprint, Verification};
 use quictun::tunnel::Side;
-use quictun::wire::addr::{Address, HostPort};
+use quictun::wire::addr::Address;
 use tracing::{info, warn};
 
 /// Client endpoint of quic-tun: accepts TCP or UNIX-socket connections and carries each as one
@@ -33,9 +33,10 @@ struct Args {
     #[arg(long, value_name = "ADDRESS", default_value = "tcp:127.0.0.1:6500")]
     listen_on: Address,
 
-    /// The server endpoint's UDP address.
-    #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
-    server_endpoint: HostPort,
+    /// The server endpoint's UDP address: HOST:PORT or [IPv6]:PORT, HOST an IP address or a
+    /// DNS name (a tcp: or udp: prefix is ignored). Known hosts are keyed by it as written.
+    #[arg(long, value_name = "HOST:PORT", value_parser = cli::parse_endpoint)]
+    server_endpoint: Endpoint,
 
     /// Token source plugin: a built-in name (Fixed, File or Http) or the path of a .so file.
     #[arg(long, value_name = "NAME|PATH", default_value = "Fixed")]
@@ -51,7 +52,9 @@ struct Args {
           default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     insecure_skip_verify: bool,
 
-    /// Accept only a server certificate with this fingerprint (sha256:HEX, as the server logs).
+    /// Accept only a server certificate with this SHA-256 fingerprint: sha256:HEX as the server
+    /// logs it at start, the hex digits alone, or AB:CD:... as `openssl x509 -fingerprint
+    /// -sha256` prints it; any case.
     #[arg(long, value_name = "sha256:HEX")]
     server_cert_fingerprint: Option<Fingerprint>,
 
@@ -93,12 +96,6 @@ struct Args {
     common: CommonArgs,
 }
 
-fn parse_host_port(value: &str) -> Result<HostPort, String> {
-    value
-        .parse()
-        .map_err(|reason| format!("{value:?}: {reason} (expected HOST:PORT)"))
-}
-
 /// How to check the server: one of --insecure-skip-verify, --server-cert-fingerprint and a CA
 /// (--ca-file / --verify-remote-endpoint), or by default trust on first use.
 fn verification(args: &Args) -> anyhow::Result<Verification> {
@@ -126,7 +123,7 @@ fn verification(args: &Args) -> anyhow::Result<Verification> {
     // The state directory is checked now, not at the first handshake.
     Ok(Verification::FirstUse {
         known_hosts: args.common.state_dir()?.join("known_hosts"),
-        endpoint: args.server_endpoint.to_string(),
+        endpoint: args.server_endpoint.given.clone(),
     })
 }
 
@@ -137,7 +134,7 @@ async fn check(args: Args, verification: Verification, source: TokenSource) -> a
         None => check::app_addr_for(&args.listen_on).await?,
     };
     let config = CheckConfig {
-        server: args.server_endpoint,
+        server: args.server_endpoint.address,
         source,
         app_addr,
         token: args.check_token,
@@ -168,7 +165,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     let client = Client::bind(ClientConfig {
         listen: args.listen_on,
-        server: args.server_endpoint,
+        server: args.server_endpoint.address,
         source,
         verification,
         identity: args.common.own_identity()?,

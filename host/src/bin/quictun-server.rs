@@ -1,13 +1,12 @@
 //! quictun-server: accepts tunnels from quictun-client over QUIC and relays each to the
 //! application its token names.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use quictun::api::{self, ApiListen, ApiState};
-use quictun::cli::{self, CommonArgs, parse_duration};
+use quictun::cli::{self, CommonArgs, Endpoint, parse_duration};
 use quictun::plugins::TokenParser;
 use quictun::server::policy::Policy;
 use quictun::server::{Limits, Server, ServerConfig};
@@ -31,9 +30,11 @@ use tracing::{info, warn};
     about = "relay TCP and UNIX-socket connections from quictun-client over QUIC"
 )]
 struct Args {
-    /// UDP address to accept QUIC connections on.
-    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:7500")]
-    listen_on: SocketAddr,
+    /// UDP address to accept QUIC connections on: HOST:PORT or [IPv6]:PORT, HOST an IP address
+    /// or a DNS name, resolved at start to its first address (a tcp: or udp: prefix is ignored).
+    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:7500",
+          value_parser = cli::parse_endpoint)]
+    listen_on: Endpoint,
 
     /// Token parser plugin: the built-in Cleartext, or the path of a .so file.
     #[arg(long, value_name = "NAME|PATH", default_value = "Cleartext")]
@@ -93,6 +94,7 @@ fn main() -> ExitCode {
 async fn serve(args: Args) -> anyhow::Result<()> {
     cli::init_logging(&args.common)?;
     let policy = target_policy(&args.allow_target)?;
+    let listen = args.listen_on.resolve_first("--listen-on").await?;
     let client_auth = client_auth(&args.common)?;
     let state_dir = args.common.state_dir()?;
     let identity = match args.common.own_identity()? {
@@ -106,7 +108,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     )?;
     info!(plugin = %parser.info().name, path = %parser.info().path.display(), "token parser loaded");
     let server = Server::bind(ServerConfig {
-        listen: args.listen_on,
+        listen,
         parser,
         identity,
         transport: args.common.transport(args.max_streams_per_connection),

@@ -11,6 +11,7 @@ use crate::api::AllowedHost;
 use crate::plugins::{Discriminator, LoadError};
 use crate::quic::{Congestion, TransportOptions};
 use crate::tls::{self, Identity};
+use crate::wire::addr::HostPort;
 
 pub mod config;
 pub mod generate;
@@ -204,6 +205,44 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
     number.checked_mul(scale).ok_or_else(bad)
 }
 
+/// A QUIC endpoint's address as given: the client's `--server-endpoint`, the server's
+/// `--listen-on`. The text is kept because known hosts are keyed by it (SPEC §7).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The text as the user wrote it.
+    pub given: String,
+    pub address: HostPort,
+}
+
+/// Parses an [`Endpoint`]; the error names the value and the forms accepted.
+pub fn parse_endpoint(value: &str) -> Result<Endpoint, String> {
+    let address = HostPort::parse_endpoint(value).map_err(|reason| {
+        format!(
+            "{value:?}: {reason} (expected HOST:PORT or [IPv6]:PORT, HOST an IP address or a DNS \
+             name; a tcp: or udp: prefix is ignored)"
+        )
+    })?;
+    Ok(Endpoint {
+        given: value.to_owned(),
+        address,
+    })
+}
+
+impl Endpoint {
+    /// The first socket address the endpoint stands for (a DNS name resolved); `flag` names
+    /// it in the error.
+    pub async fn resolve_first(&self, flag: &str) -> anyhow::Result<std::net::SocketAddr> {
+        let addrs =
+            self.address.resolve().await.map_err(|error| {
+                anyhow::anyhow!("cannot resolve {flag} {}: {error}", self.given)
+            })?;
+        addrs
+            .first()
+            .copied()
+            .ok_or_else(|| anyhow::anyhow!("{flag} {} resolves to no address", self.given))
+    }
+}
+
 /// `--version`: the package's version and the git revision it was built from.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -232,16 +271,36 @@ pub fn parse<T: Parser>() -> T {
         ) {
             error.exit();
         }
-        // clap spreads some messages over several lines before its usage text: join them.
-        let rendered = error.render().to_string();
-        let message: Vec<&str> = rendered
-            .lines()
-            .take_while(|line| !line.trim().is_empty() && !line.starts_with("Usage:"))
-            .map(str::trim)
-            .collect();
-        eprintln!("{}: {} (see --help)", program(), message.join(" "));
+        let message = one_line(&error.render().to_string());
+        eprintln!("{}: {message} (see --help)", program());
         std::process::exit(2);
     })
+}
+
+/// A clap error as one line: its message, which clap may spread over several lines, then each
+/// of its tips ("a similar argument exists: ..."), which follow a blank line, after a `;`.
+/// The usage text and the pointer to `--help` that end it are left out.
+fn one_line(rendered: &str) -> String {
+    let mut line = String::new();
+    let mut after_blank = false;
+    for text in rendered.lines().map(str::trim) {
+        if text.starts_with("Usage:") || text.starts_with("For more information") {
+            break;
+        }
+        if text.is_empty() {
+            after_blank = !line.is_empty();
+            continue;
+        }
+        let separator = match (line.is_empty(), after_blank) {
+            (true, _) => "",
+            (false, true) => "; ",
+            (false, false) => " ",
+        };
+        line.push_str(separator);
+        line.push_str(text);
+        after_blank = false;
+    }
+    line
 }
 
 /// As `T::try_parse_from`, but `--generate` alone prints what it asks for and exits.
@@ -368,6 +427,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("without a port"), "{error}");
+    }
+
+    #[test]
+    fn a_clap_error_keeps_its_tip_on_one_line() {
+        let error = Flags::try_parse_from(["t", "--log-levle", "debug"]).unwrap_err();
+        assert_eq!(
+            one_line(&error.render().to_string()),
+            "error: unexpected argument '--log-levle' found; \
+             tip: a similar argument exists: '--log-level'"
+        );
+        let error = Flags::try_parse_from(["t", "--keep-alive", "5"]).unwrap_err();
+        assert_eq!(
+            one_line(&error.render().to_string()),
+            "error: invalid value '5' for '--keep-alive <DURATION>': \
+             \"5\" is not a duration (write 500ms, 10s, 2m or 1h)"
+        );
     }
 
     #[test]

@@ -83,8 +83,10 @@ pub struct CheckConfig {
 }
 
 /// Connects once (trying each of the server's addresses until one answers), writes the
-/// report to `out`, and succeeds only when the server accepts the test token. A failure to
-/// connect is the error the client logs, for each address tried.
+/// report to `out`, and succeeds only when the server accepts the test token. The report holds
+/// what was found and, last, `token accepted`; anything that failed (no connection, a refused
+/// token) is the error only, never also a line of the report. A failure to connect is the
+/// error the client logs, for each address tried.
 pub async fn run(mut config: CheckConfig, out: &mut impl Write) -> Result<(), CheckError> {
     let identity = config.identity.take();
     let quic = super::quic_config(&config.verification, identity, &config.transport)?;
@@ -190,11 +192,11 @@ async fn test_token(
         writeln!(out, "token accepted")?;
         return Ok(());
     }
+    // A refusal is the error the binary prints, once, on standard error.
     let refusal = match answer.reason.as_str() {
         "" => format!("token refused: {}", answer.status),
         reason => format!("token refused: {}: {reason}", answer.status),
     };
-    writeln!(out, "{refusal}")?;
     Err(CheckError::Refused(refusal))
 }
 

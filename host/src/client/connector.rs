@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::quic;
 use crate::quic::connections::{ConnectionRegistry, HandshakeFailure};
+use crate::tls;
 use crate::tls::Fingerprint;
 use crate::wire::addr::{Host, HostPort};
 use crate::wire::handshake::Protocol;
@@ -58,10 +59,12 @@ pub enum ConnectError {
         server: HostPort,
         source: quinn::ConnectError,
     },
-    #[error("cannot connect to server {server}: {source}")]
+    /// Not a `source`: the message already says what failed, and a refusal of the server's
+    /// certificate would be said twice.
+    #[error("cannot connect to server {server}: {}", handshake_failure(.failure))]
     Handshake {
         server: HostPort,
-        source: ConnectionError,
+        failure: ConnectionError,
     },
     #[error("no handshake with server {server} within {limit:?}")]
     Timeout { server: HostPort, limit: Duration },
@@ -87,51 +90,53 @@ impl ConnectError {
         self.tls_alert().is_some()
     }
 
+    /// What to do about a failure retrying cannot fix, unless its message says it already
+    /// (our own refusal of a pinned or remembered certificate does).
+    pub fn fix(&self) -> Option<&'static str> {
+        let (failure, alert) = (self.handshake()?, self.tls_alert()?);
+        match failure {
+            ConnectionError::ConnectionClosed(_) => Some(match alert {
+                // no_application_protocol
+                120 => {
+                    "the server speaks neither quic-tun/2 nor quic-tun: check that \
+                     --server-endpoint names a quic-tun server"
+                }
+                // certificate_required, bad_certificate, unknown_ca: our certificate
+                116 | 42 | 48 => {
+                    "the server requires a client certificate signed by its --ca-file: give \
+                     one with --cert-file/--key-file"
+                }
+                _ => "the server refused the handshake: its log says why",
+            }),
+            ConnectionError::TransportError(error) if tls::refusal_in(&error.reason).is_some() => {
+                None
+            }
+            _ => Some(
+                "check that --ca-file holds the CA that signed the server's certificate and that \
+                 --server-endpoint names a host the certificate is for",
+            ),
+        }
+    }
+
+    /// The failed handshake's error, if the attempt got that far.
+    fn handshake(&self) -> Option<&ConnectionError> {
+        match self {
+            ConnectError::Handshake { failure, .. } => Some(failure),
+            ConnectError::Address { source, .. } => source.handshake(),
+            _ => None,
+        }
+    }
+
     /// The TLS alert that ended the handshake, if one did.
     fn tls_alert(&self) -> Option<u8> {
-        let code = match self {
-            ConnectError::Handshake { source, .. } => match source {
-                ConnectionError::TransportError(error) => u64::from(error.code),
-                ConnectionError::ConnectionClosed(close) => u64::from(close.error_code),
-                _ => return None,
-            },
-            ConnectError::Address { source, .. } => return source.tls_alert(),
+        let code = match self.handshake()? {
+            ConnectionError::TransportError(error) => u64::from(error.code),
+            ConnectionError::ConnectionClosed(close) => u64::from(close.error_code),
             _ => return None,
         };
         // QUIC carries a TLS alert as the transport error 0x100 + alert (RFC 9001 §4.8).
         match code {
             0x100..=0x1ff => Some((code - 0x100) as u8),
-            _ => None,
-        }
-    }
-
-    /// What to do about a failure retrying cannot fix.
-    pub fn fix(&self) -> &'static str {
-        match self.tls_alert() {
-            // no_application_protocol
-            Some(120) => {
-                "the server speaks neither quic-tun/2 nor quic-tun: check that --server-endpoint \
-                 names a quic-tun server"
-            }
-            // certificate_required, and a refused client certificate
-            Some(116) | Some(42) if matches!(self.closed_by_peer(), Some(true)) => {
-                "the server requires a client certificate signed by its --ca-file: give one with \
-                 --cert-file/--key-file"
-            }
-            _ => {
-                "check the server's certificate fingerprint, logged by the server at start, \
-                 against --server-cert-fingerprint, the known_hosts line or --ca-file named above"
-            }
-        }
-    }
-
-    /// Whether the server ended the handshake (rather than us).
-    fn closed_by_peer(&self) -> Option<bool> {
-        match self {
-            ConnectError::Handshake { source, .. } => {
-                Some(matches!(source, ConnectionError::ConnectionClosed(_)))
-            }
-            ConnectError::Address { source, .. } => source.closed_by_peer(),
             _ => None,
         }
     }
@@ -160,6 +165,17 @@ impl std::fmt::Display for Attempt {
             f,
             "{server} at {addr} ({position} of {count} addresses; the next attempt tries {next})"
         )
+    }
+}
+
+/// A failed handshake as the user reads it: when this client refused the server's
+/// certificate, only the refusal, which says what to do, not the TLS error around it.
+fn handshake_failure(error: &ConnectionError) -> String {
+    match error {
+        ConnectionError::TransportError(transport) => {
+            tls::refusal_in(&transport.reason).map_or_else(|| error.to_string(), str::to_owned)
+        }
+        _ => error.to_string(),
     }
 }
 
@@ -282,7 +298,10 @@ impl Supervisor {
                         .send_replace(State::Down(format!("connection lost: {reason}")));
                 }
                 Err(failure) if failure.is_permanent() => {
-                    let reason = format!("{failure}; {}", failure.fix());
+                    let reason = match failure.fix() {
+                        Some(fix) => format!("{failure}; {fix}"),
+                        None => failure.to_string(),
+                    };
                     if refused.as_ref() != Some(&reason) {
                         error!(
                             "{reason} (application connections are refused meanwhile; next \
@@ -426,7 +445,10 @@ impl Dialer {
         let connection = match self.registry.handshake(connecting, limit).await {
             Ok(connection) => connection,
             Err(HandshakeFailure::Failed(source)) => {
-                return Err(ConnectError::Handshake { server, source });
+                return Err(ConnectError::Handshake {
+                    server,
+                    failure: source,
+                });
             }
             Err(HandshakeFailure::TimedOut(limit)) => {
                 return Err(ConnectError::Timeout { server, limit });

@@ -143,28 +143,38 @@ impl std::fmt::Display for Fingerprint {
     }
 }
 
+/// The forms [`Fingerprint`]'s parser accepts, for error messages.
+const FINGERPRINT_FORMS: &str = "sha256: and 64 hex digits, the 64 hex digits alone, or \
+     32 colon-separated pairs AB:CD:... as `openssl x509 -fingerprint -sha256` prints them; \
+     upper or lower case";
+
 impl std::str::FromStr for Fingerprint {
     type Err = String;
 
-    /// Parses `sha256:` and 64 hex digits; colons and upper case are accepted.
+    /// Parses 64 hex digits, with or without `sha256:` before them, or 32 pairs of hex digits
+    /// separated by colons (openssl's form); any case.
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{value:?} is not a fingerprint (expected sha256: and 64 hex digits)");
-        let hex = value
-            .get(..7)
-            .filter(|p| p.eq_ignore_ascii_case("sha256:"))
-            .map(|_| &value[7..]);
-        let digits: Vec<u8> = hex
-            .ok_or_else(bad)?
-            .bytes()
-            .filter(|&b| b != b':')
-            .collect();
-        if digits.len() != 64 {
+        let bad = || format!("{value:?} is not a SHA-256 fingerprint (write {FINGERPRINT_FORMS})");
+        let hex = match value.get(..7) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("sha256:") => &value[7..],
+            _ => value,
+        };
+        let pairs: Vec<&str> = match hex.contains(':') {
+            true => hex.split(':').collect(),
+            false => (0..hex.len())
+                .step_by(2)
+                .map(|i| hex.get(i..i + 2).unwrap_or(""))
+                .collect(),
+        };
+        if pairs.len() != 32 {
             return Err(bad());
         }
         let mut bytes = [0u8; 32];
-        for (byte, pair) in bytes.iter_mut().zip(digits.chunks(2)) {
-            let text = std::str::from_utf8(pair).map_err(|_| bad())?;
-            *byte = u8::from_str_radix(text, 16).map_err(|_| bad())?;
+        for (byte, pair) in bytes.iter_mut().zip(pairs) {
+            if pair.len() != 2 || !pair.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
         }
         Ok(Fingerprint(bytes))
     }
@@ -257,7 +267,23 @@ mod tests {
         assert_eq!(parsed.to_string(), lower);
         let colons = format!("SHA256:{}", vec!["AB"; 32].join(":"));
         assert_eq!(colons.parse::<Fingerprint>().unwrap(), parsed);
+        let openssl = vec!["AB"; 32].join(":");
+        assert_eq!(openssl.parse::<Fingerprint>().unwrap(), parsed);
+        assert_eq!("AB".repeat(32).parse::<Fingerprint>().unwrap(), parsed);
+        assert_eq!("ab".repeat(32).parse::<Fingerprint>().unwrap(), parsed);
+        let error = "sha256:12".parse::<Fingerprint>().unwrap_err();
+        assert!(
+            error.starts_with("\"sha256:12\" is not a SHA-256 fingerprint (write sha256: and 64"),
+            "{error}"
+        );
         for bad in [
+            &"a".repeat(64 + 1),
+            &format!("{}:", vec!["ab"; 32].join(":")),
+            &format!(":{}", vec!["ab"; 32].join(":")),
+            &vec!["abc"; 32].join(":"),
+            &format!("{}::ab", vec!["ab"; 30].join(":")),
+            &format!("+{}", "a".repeat(63)),
+            &format!("sha256:sha256:{}", "ab".repeat(32)),
             "",
             "sha256:",
             "md5:ab",

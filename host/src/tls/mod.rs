@@ -152,6 +152,17 @@ pub fn client_crypto_offering(
     Ok(Arc::new(quic))
 }
 
+/// Starts the text of a refusal by [`CheckFingerprint`], however TLS and QUIC wrap it.
+const REFUSAL: &str = "its certificate is refused: ";
+
+/// Why this client refused the server's certificate by its fingerprint (a pin or a known
+/// host that does not match), found in the reason of the failed handshake `reason`:
+/// `its certificate is refused: …`, saying what was seen, what was expected and what to do,
+/// without TLS's wrapping around it. `None` for any other failure.
+pub fn refusal_in(reason: &str) -> Option<&str> {
+    reason.find(REFUSAL).map(|start| &reason[start..])
+}
+
 /// Checks the server's certificate by its fingerprint. Unless nothing is checked
 /// (`--insecure-skip-verify`), the handshake signature is checked too, so the peer holds the
 /// key of the certificate it showed.
@@ -179,7 +190,10 @@ impl CheckFingerprint {
             Rule::Any => Ok(()),
             Rule::Pinned(pinned) if *pinned == seen => Ok(()),
             Rule::Pinned(pinned) => Err(format!(
-                "server certificate {seen} does not match the pinned {pinned}"
+                "seen {seen}, expected {pinned} (--server-cert-fingerprint); if the server's \
+                 certificate was replaced on purpose, check that the server logged \
+                 fingerprint={seen} at start (\"server certificate\"), then update \
+                 --server-cert-fingerprint to it"
             )),
             Rule::FirstUse {
                 known_hosts,
@@ -230,7 +244,7 @@ impl ServerCertVerifier for CheckFingerprint {
     ) -> Result<ServerCertVerified, rustls::Error> {
         self.check(Fingerprint::of(end_entity))
             .map(|()| ServerCertVerified::assertion())
-            .map_err(rustls::Error::General)
+            .map_err(|reason| rustls::Error::General(format!("{REFUSAL}{reason}")))
     }
 
     fn verify_tls12_signature(

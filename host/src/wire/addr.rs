@@ -109,6 +109,23 @@ impl FromStr for Host {
 }
 
 impl HostPort {
+    /// Parses a QUIC endpoint's UDP address, the client's `--server-endpoint` or the server's
+    /// `--listen-on`: `HOST:PORT` or `[IPv6]:PORT`, where a `tcp:` or `udp:` prefix (any case),
+    /// natural after writing application addresses, is accepted and ignored (SPEC §3). A
+    /// host named `tcp` or `udp` keeps its name: `udp:7500` is that host's port 7500.
+    pub fn parse_endpoint(value: &str) -> Result<HostPort, &'static str> {
+        let unprefixed = value
+            .split_once(':')
+            .filter(|(scheme, rest)| {
+                ["tcp", "udp"]
+                    .iter()
+                    .any(|s| scheme.eq_ignore_ascii_case(s))
+                    && rest.contains(':')
+            })
+            .map_or(value, |(_, rest)| rest);
+        unprefixed.parse()
+    }
+
     /// All socket addresses this host and port stand for (DNS for a name).
     pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
         match &self.host {
@@ -241,6 +258,27 @@ mod tests {
         }
         assert!(parse("tcp:a..b:1").is_err());
         assert!(parse(&format!("tcp:{}:1", "a".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn endpoints_take_an_ignored_tcp_or_udp_prefix() {
+        let endpoint = |value| HostPort::parse_endpoint(value).map(|hp| hp.to_string());
+        assert_eq!(endpoint("127.0.0.1:7500"), Ok("127.0.0.1:7500".into()));
+        assert_eq!(endpoint("tcp:127.0.0.1:7500"), Ok("127.0.0.1:7500".into()));
+        assert_eq!(endpoint("UDP:[::1]:7500"), Ok("[::1]:7500".into()));
+        assert_eq!(
+            endpoint("udp:tunnel.example:1"),
+            Ok("tunnel.example:1".into())
+        );
+        // A host of that name.
+        assert_eq!(endpoint("udp:7500"), Ok("udp:7500".into()));
+        let not_a_port = Err("port is not a number from 0 to 65535");
+        assert_eq!(endpoint("unix:/run/x.sock"), not_a_port);
+        assert_eq!(
+            endpoint("tcp:::1:7500"),
+            Err("an IPv6 address must be in brackets, as [::1]:22")
+        );
+        assert_eq!(endpoint("tcp:"), not_a_port);
     }
 
     #[tokio::test]
