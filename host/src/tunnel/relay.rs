@@ -219,16 +219,27 @@ struct Way<'a> {
 }
 
 impl Way<'_> {
-    /// Accounts for chunks read or written together: one atomic add, and the discriminators
+    /// Accounts for chunks read from the application: one atomic add, and the discriminators
     /// while they listen.
     fn saw<T: AsRef<[u8]>>(&self, chunks: &[T]) {
-        let len: usize = chunks.iter().map(|c| c.as_ref().len()).sum();
-        self.count.fetch_add(len as u64, Ordering::Relaxed);
+        let len = self.sniff(chunks);
+        self.counted(len);
+    }
+
+    /// Shows chunks to the discriminators while they listen; their length.
+    fn sniff<T: AsRef<[u8]>>(&self, chunks: &[T]) -> u64 {
         if let Some(sniffer) = self.sniffer {
             for chunk in chunks {
                 sniffer.feed(self.direction, chunk.as_ref());
             }
         }
+        chunks.iter().map(|c| c.as_ref().len() as u64).sum()
+    }
+
+    /// Counts bytes that reached or left the application (SPEC §8: each endpoint counts
+    /// where it reads from, or writes to, its own application).
+    fn counted(&self, len: u64) {
+        self.count.fetch_add(len, Ordering::Relaxed);
     }
 }
 
@@ -296,10 +307,11 @@ async fn downstream(
     loop {
         match recv.read_chunks(&mut chunks).await {
             Ok(Some(n)) => {
-                way.saw(&chunks[..n]);
+                let len = way.sniff(&chunks[..n]);
                 app.write_all_chunks(&mut chunks[..n])
                     .await
                     .map_err(Abort::App)?;
+                way.counted(len);
             }
             Ok(None) => {
                 // The application may already have closed its socket: nothing is lost then.
