@@ -466,6 +466,10 @@ async fn delete_closes_a_busy_slow_reading_tunnel_at_once_on_both_sides() {
     })
     .await
     .expect("the tunnel's buffers filled");
+    let lead = last.load(Ordering::Relaxed) - 1024;
+    eprintln!("read ahead of a stalled application: {lead} bytes");
+    // SPEC §8: the peer's stream window (16 MiB) plus both sockets' kernel buffers.
+    assert!(lead < 32 * 1024 * 1024, "read {lead} bytes ahead");
 
     let uuid = only_tunnel(&server_api).await["uuid"]
         .as_str()
