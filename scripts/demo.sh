@@ -11,7 +11,10 @@ done
 
 echo "==> building"
 cargo build --quiet --workspace --release
-bin=target/release
+# Where cargo put them: ./target, or $CARGO_TARGET_DIR / a config file's target directory.
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bin=$target_dir/release
 
 work=$(mktemp -d)
 pids=()
