@@ -117,6 +117,26 @@ impl Browser {
         Ok(value.as_str().unwrap_or_default().to_owned())
     }
 
+    /// Clicks an element, as a user would (scrolled into view, at its centre).
+    pub fn click(&self, element: &str) -> Result<(), Failure> {
+        let path = format!("/element/{element}/click");
+        self.session_command("POST", &path, json!({}))?;
+        Ok(())
+    }
+
+    /// The text of the open `alert`/`confirm`/`prompt` dialog; `Err` with `no such alert`
+    /// when none is open.
+    pub fn alert_text(&self) -> Result<String, Failure> {
+        let value = self.session_command("GET", "/alert/text", Value::Null)?;
+        Ok(value.as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Accepts the open dialog (OK on a `confirm`).
+    pub fn accept_alert(&self) -> Result<(), Failure> {
+        self.session_command("POST", "/alert/accept", json!({}))?;
+        Ok(())
+    }
+
     /// The page's HTML as it is now, for failure messages.
     pub fn page_source(&self) -> String {
         match self.session_command("GET", "/source", Value::Null) {
