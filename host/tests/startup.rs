@@ -61,6 +61,8 @@ async fn a_wrong_pin_is_logged_once_refuses_applications_at_once_and_is_retried_
         let read = within(10, app_conn.read(&mut buf)).await;
         let took = started.elapsed();
         assert!(!matches!(read, Ok(n) if n > 0), "{read:?}");
+        eprintln!("application refused after {took:?}");
+        // SPEC §9 asks for 100 ms; a loaded test machine gets ten times that.
         assert!(took < Duration::from_secs(1), "refused after {took:?}");
     }
 
