@@ -111,25 +111,38 @@ impl StreamBounds {
         }
     }
 
-    /// Counts a newly accepted stream until the guard is dropped, and doubles the limit once
-    /// three quarters of it are open, unless as many streams as there are token readers are
-    /// still to send their token: a client that opens streams and sends no token gets no
-    /// more of them.
+    /// Counts a newly accepted stream until the guard is dropped.
     fn accepted(self: &Arc<Self>, connection: &Connection) -> OpenStream {
-        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
-        let waiting = self.waiting.fetch_add(1, Ordering::Relaxed) + 1;
-        let granted = self.granted.load(Ordering::Relaxed);
-        if granted < self.max
-            && u64::from(open) * 4 >= u64::from(granted) * 3
-            && (waiting as usize) < TOKEN_READERS
-        {
-            let more = granted.saturating_mul(2).min(self.max);
-            self.granted.store(more, Ordering::Relaxed);
-            connection.set_max_concurrent_bi_streams(VarInt::from_u32(more));
-        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.grow(connection);
         OpenStream {
             bounds: self.clone(),
             waiting: true,
+        }
+    }
+
+    /// Doubles the limit once three quarters of it are open, unless as many streams as there
+    /// are token readers are still to send their token: a client that opens streams and sends
+    /// no token gets no more of them. Asked when a stream is accepted and when a token is in.
+    fn grow(&self, connection: &Connection) {
+        let open = self.open.load(Ordering::Relaxed);
+        let waiting = self.waiting.load(Ordering::Relaxed) as usize;
+        let granted = self.granted.load(Ordering::Relaxed);
+        if granted >= self.max
+            || u64::from(open) * 4 < u64::from(granted) * 3
+            || waiting >= TOKEN_READERS
+        {
+            return;
+        }
+        let more = granted.saturating_mul(2).min(self.max);
+        // Streams' tasks ask too: one of them raises the limit.
+        if self
+            .granted
+            .compare_exchange(granted, more, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            connection.set_max_concurrent_bi_streams(VarInt::from_u32(more));
         }
     }
 }
@@ -147,8 +160,14 @@ impl OpenStream {
         self.bounds.readers.clone().acquire_owned().await
     }
 
-    /// The token has been read (or has failed): the stream no longer counts as waiting.
-    pub(super) fn token_read(&mut self) {
+    /// The token has been read (or has failed): the stream no longer counts as waiting, which
+    /// may let the limit grow.
+    pub(super) fn token_read(&mut self, connection: &Connection) {
+        self.stop_waiting();
+        self.bounds.grow(connection);
+    }
+
+    fn stop_waiting(&mut self) {
         if std::mem::take(&mut self.waiting) {
             self.bounds.waiting.fetch_sub(1, Ordering::Relaxed);
         }
@@ -157,7 +176,7 @@ impl OpenStream {
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.token_read();
+        self.stop_waiting();
         self.bounds.open.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -34,7 +34,7 @@ pub(super) async fn serve_stream(
     let protocol = Protocol::of(&connection);
     let limit = core.handshake_timeout;
     let token = handshake::read_token(&mut recv, &connection, protocol, limit, open.reader()).await;
-    open.token_read();
+    open.token_read(&connection);
     let token = match token {
         Some(Ok(token)) => token,
         Some(Err(HandshakeError::Wire(error))) => {
