@@ -278,6 +278,15 @@ async fn tunnels_have_the_original_fields_on_both_endpoints() {
     let conn = held_open(&client, 3000).await;
     let client_app = conn.local_addr().unwrap().to_string();
     let (server_api, client_api) = (server_api(&server), client_api(&client));
+    // Bytes toward an application are counted once the write to it returned, which can be
+    // just after the application has read them.
+    for api in [&server_api, &client_api] {
+        let _ = wait_until(WAIT, || async {
+            let tunnel = only_tunnel(api).await;
+            tunnel["clientTotalBytes"] == 3000 && tunnel["serverTotalBytes"] == 3000
+        })
+        .await;
+    }
 
     let on_server = only_tunnel(&server_api).await;
     assert_fields(&on_server, "serverAppAddr");
@@ -657,6 +666,11 @@ async fn metrics_count_the_traffic_of_ended_and_open_tunnels() {
         wait_until(WAIT, || async { registry.open_count() == 1 })
             .await
             .expect("the first tunnel ended");
+        // Bytes toward an application are counted once the write to it returned.
+        let _ = wait_until(WAIT, || async {
+            registry.bytes_total() == (103_000, 103_000)
+        })
+        .await;
     }
     let client_udp = server.connections.list()[0].remote.to_string();
 
@@ -794,6 +808,13 @@ async fn spice_properties_appear_in_tunnels() {
         let spice_server = within(30, spice_server).await.unwrap();
 
         for state in [server_api(&server), client_api(&client)] {
+            // An endpoint counts bytes toward an application once its write returned, which
+            // can be just after the application has read them.
+            let counted = |tunnel: &Value| {
+                tunnel["clientTotalBytes"] == fixture.c2s.len()
+                    && tunnel["serverTotalBytes"] == fixture.s2c.len()
+            };
+            let _ = wait_until(WAIT, || async { counted(&only_tunnel(&state).await) }).await;
             let tunnel = only_tunnel(&state).await;
             assert_eq!(tunnel["protocol"], "spice", "{tunnel}");
             assert_eq!(tunnel["protocolProperties"], fixture.properties, "{tunnel}");
