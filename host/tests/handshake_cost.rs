@@ -72,15 +72,6 @@ fn drain(sockets: &[UdpSocket], expected: usize) -> usize {
     count
 }
 
-fn failures(server: &TestServer, reason: &str) -> u64 {
-    server
-        .connections
-        .handshake_failures()
-        .into_iter()
-        .find(|(r, _)| *r == reason)
-        .map_or(0, |(_, n)| n)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_open_handshake_costs_at_most_32_kib() {
     const HELD: usize = 64;
@@ -106,7 +97,7 @@ async fn a_half_open_handshake_costs_at_most_32_kib() {
         sockets[i % 2].send_to(datagram, server.addr).unwrap();
     }
     wait_until(Duration::from_secs(20), || async {
-        failures(&server, "timeout") == HELD as u64
+        server.handshake_failures("timeout") == HELD as u64
     })
     .await
     .expect("the first round timed out");

@@ -15,15 +15,6 @@ use quictun::server::policy::Policy;
 use quictun::wire::Status;
 use quictun::wire::handshake::{Protocol, read_answer};
 
-fn failures(server: &TestServer, reason: &str) -> u64 {
-    server
-        .connections
-        .handshake_failures()
-        .into_iter()
-        .find(|(r, _)| *r == reason)
-        .map_or(0, |(_, n)| n)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_flood_from_one_address_leaves_room_for_everyone_else() {
     let server = start_server("");
@@ -34,7 +25,7 @@ async fn a_handshake_flood_from_one_address_leaves_room_for_everyone_else() {
         flood.send_to(&datagram, server.addr).unwrap();
     }
     wait_until(Duration::from_secs(10), || async {
-        failures(&server, "too_many_handshakes_from_address") >= 150 - 32
+        server.handshake_failures("too_many_handshakes_from_address") >= 150 - 32
     })
     .await
     .expect("the flood's handshakes beyond 32 refused");

@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use quictun_plugin_api::PluginError;
 use quinn::{Connection, ConnectionError, WriteError};
-use rustls::pki_types::CertificateDer;
 
 use super::connector::{ConnectError, ConnectorConfig, Dialer};
 use crate::plugins::TokenSource;
 use crate::quic::{SetupError, TransportOptions};
-use crate::tls::{Fingerprint, Identity, Verification};
+use crate::tls::{self, Identity, Verification};
 use crate::wire::addr::{Address, HostPort};
 use crate::wire::handshake::{self, HandshakeError, Protocol, negotiated_alpn};
 use crate::wire::{Answer, ErrorCode, Status, WireError};
@@ -134,7 +133,7 @@ pub async fn app_addr_for(listen: &Address) -> Result<String, CheckError> {
 
 /// The lines about the connection itself.
 fn report(server: &HostPort, connection: &Connection, out: &mut impl Write) -> std::io::Result<()> {
-    let fingerprint = peer_fingerprint(connection)
+    let fingerprint = tls::peer_fingerprint(connection)
         .map(|f| f.to_string())
         .unwrap_or_else(|| "unknown (the server showed no certificate)".into());
     let alpn = match negotiated_alpn(connection) {
@@ -147,15 +146,6 @@ fn report(server: &HostPort, connection: &Connection, out: &mut impl Write) -> s
     writeln!(out, "alpn {alpn}")?;
     writeln!(out, "rtt {rtt:.2} ms")?;
     Ok(())
-}
-
-/// The SHA-256 fingerprint of the certificate the server showed.
-fn peer_fingerprint(connection: &Connection) -> Option<Fingerprint> {
-    let chain = connection
-        .peer_identity()?
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?;
-    chain.first().map(Fingerprint::of)
 }
 
 /// Gets the test token, sends it, and reports the server's answer.

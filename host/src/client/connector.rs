@@ -21,7 +21,6 @@ use tracing::{debug, error, info, warn};
 use crate::quic;
 use crate::quic::connections::{ConnectionRegistry, HandshakeFailure};
 use crate::tls;
-use crate::tls::Fingerprint;
 use crate::wire::addr::{Host, HostPort};
 use crate::wire::handshake::Protocol;
 
@@ -457,7 +456,7 @@ impl Dialer {
         info!(
             server = %server,
             remote_endpoint = %addr,
-            fingerprint = %peer_fingerprint(&connection),
+            fingerprint = %tls::peer_fingerprint(&connection).map_or_else(|| "-".into(), |f| f.to_string()),
             protocol = %Protocol::of(&connection).describe(),
             rtt = ?connection.rtt(),
             "connected to server"
@@ -489,19 +488,6 @@ impl Dialer {
         self.endpoints[slot] = Some(endpoint.clone());
         Ok(endpoint)
     }
-}
-
-/// The fingerprint of the certificate the server showed, or `-` when there was none.
-fn peer_fingerprint(connection: &Connection) -> String {
-    connection
-        .peer_identity()
-        .and_then(|identity| {
-            identity
-                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .and_then(|chain| chain.first().map(|cert| Fingerprint::of(cert).to_string()))
-        .unwrap_or_else(|| "-".into())
 }
 
 /// `pause` ± 20 %, so many clients cut off together do not come back in lockstep.

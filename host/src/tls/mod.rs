@@ -82,6 +82,15 @@ pub fn server_crypto(
     Ok(Arc::new(quic))
 }
 
+/// The SHA-256 fingerprint of the certificate the peer of `connection` showed.
+pub fn peer_fingerprint(connection: &quinn::Connection) -> Option<Fingerprint> {
+    let chain = connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    chain.first().map(Fingerprint::of)
+}
+
 /// How the client checks the server's certificate.
 #[derive(Debug, Clone)]
 pub enum Verification {

@@ -131,6 +131,17 @@ pub struct TestServer {
     task: JoinHandle<()>,
 }
 
+impl TestServer {
+    /// Handshakes that failed for `reason` (a `quictun_handshake_failures_total` label).
+    pub fn handshake_failures(&self, reason: &str) -> u64 {
+        self.connections
+            .handshake_failures()
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| n)
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.task.abort();
