@@ -827,8 +827,8 @@ async fn spice_properties_appear_in_tunnels() {
 
 // ---- the binaries ----------------------------------------------------------------------------
 
-/// Each binary with the REST API flag at `httpd`; the client with a server that is never
-/// contacted (a client connects when its first application does).
+/// Each binary with the REST API flag at `httpd`; the client with a server that never answers
+/// (its attempts to connect at start fail and are retried; the API is up meanwhile).
 fn binaries(httpd: &str) -> [Launch; 2] {
     let client = Launch::client().args([
         "--server-endpoint",

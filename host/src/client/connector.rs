@@ -279,16 +279,14 @@ impl Supervisor {
     async fn run(mut self, retry: Arc<Notify>) {
         let mut backoff = FIRST_BACKOFF;
         let max_backoff = self.dialer.config.max_backoff.max(FIRST_BACKOFF);
-        // The failure retrying cannot fix that was last logged, so it is logged once.
-        let mut refused: Option<String> = None;
         loop {
-            if refused.is_none() {
+            // While refused, applications stay refused during the next attempt too.
+            if !matches!(*self.state.borrow(), State::Refused(_)) {
                 self.state.send_replace(State::Connecting);
             }
             match self.dialer.connect().await {
                 Ok(connection) => {
                     backoff = FIRST_BACKOFF;
-                    refused = None;
                     self.dialer.registry.watch(&connection);
                     self.state.send_replace(State::Up(connection.clone()));
                     let reason = connection.closed().await;
@@ -301,7 +299,10 @@ impl Supervisor {
                         Some(fix) => format!("{failure}; {fix}"),
                         None => failure.to_string(),
                     };
-                    if refused.as_ref() != Some(&reason) {
+                    // Logged once: the same refusal again is only a debug line.
+                    let again =
+                        matches!(&*self.state.borrow(), State::Refused(last) if *last == reason);
+                    if !again {
                         error!(
                             "{reason} (application connections are refused meanwhile; next \
                              attempt in {PERMANENT_RETRY:?}, or at once on SIGHUP)"
@@ -309,8 +310,7 @@ impl Supervisor {
                     } else {
                         debug!("still refused: {reason}");
                     }
-                    self.state.send_replace(State::Refused(reason.clone()));
-                    refused = Some(reason);
+                    self.state.send_replace(State::Refused(reason));
                     backoff = FIRST_BACKOFF;
                     tokio::select! {
                         () = tokio::time::sleep(PERMANENT_RETRY) => {}
@@ -318,7 +318,6 @@ impl Supervisor {
                     }
                 }
                 Err(failure) => {
-                    refused = None;
                     let pause = jitter(backoff);
                     warn!("{failure}; next attempt in {pause:?}");
                     self.state.send_replace(State::Down(failure.to_string()));
