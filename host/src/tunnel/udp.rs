@@ -375,3 +375,61 @@ impl RecordReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::TunnelSpec;
+
+    fn tunnel() -> Arc<Tunnel> {
+        Arc::new(Tunnel::new(TunnelSpec {
+            stream_id: 4,
+            side: Side::Server,
+            client_app: None,
+            server_app: None,
+            remote_endpoint: "127.0.0.1:1".parse().unwrap(),
+        }))
+    }
+
+    #[test]
+    fn frames_reach_their_flow_and_strangers_are_dropped_and_counted() {
+        let table = FlowTable::default();
+        let flow = tunnel();
+        let mut queue = table.insert(4, flow.clone()).unwrap();
+        table.deliver(udp::encode_datagram(4, b"mine"));
+        table.deliver(udp::encode_datagram(8, b"nobody's"));
+        table.deliver(Bytes::from_static(&[0x40]));
+        assert_eq!(queue.try_recv().unwrap(), Bytes::from_static(b"mine"));
+        assert!(queue.try_recv().is_err());
+        assert_eq!(table.unknown(), 2);
+        table.remove(4);
+        table.deliver(udp::encode_datagram(4, b"late"));
+        assert_eq!(table.unknown(), 3);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_growing() {
+        let table = FlowTable::default();
+        let flow = tunnel();
+        let mut queue = table.insert(4, flow.clone()).unwrap();
+        for _ in 0..FLOW_QUEUE + 10 {
+            table.deliver(udp::encode_datagram(4, b"x"));
+        }
+        assert_eq!(flow.counters.dropped_datagrams.load(Ordering::Relaxed), 10);
+        let mut queued = 0;
+        while queue.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, FLOW_QUEUE);
+    }
+
+    #[test]
+    fn flows_per_connection_are_bounded() {
+        let table = FlowTable::default();
+        let receivers: Vec<_> = (0..MAX_FLOWS as u64)
+            .map(|id| table.insert(id * 4, tunnel()).unwrap())
+            .collect();
+        assert!(table.insert(u64::MAX >> 2, tunnel()).is_none());
+        assert_eq!(receivers.len(), table.len());
+    }
+}
