@@ -93,7 +93,7 @@ async fn a_refused_token_fails_with_the_servers_status_and_reason_said_once() {
         text(&output.stderr),
         "quictun-client: error: token refused: 2 (bad token): token names no valid target: \
          invalid address \"bogus\": no \
-         scheme (expected tcp:HOST:PORT or unix:/path/to/socket)\n"
+         scheme (expected tcp:HOST:PORT, udp:HOST:PORT or unix:/path/to/socket)\n"
     );
     assert_fails_with(&output, &[]);
     let stdout = text(&output.stdout);

@@ -38,7 +38,7 @@ async fn a_bad_listen_address_names_the_value_and_the_forms() {
     assert_one_line(
         &output,
         2,
-        "invalid address \"bogus\": no scheme (expected tcp:HOST:PORT or unix:/path/to/socket)",
+        "invalid address \"bogus\": no scheme (expected tcp:HOST:PORT, udp:HOST:PORT or unix:/path/to/socket)",
     );
 }
 
@@ -354,8 +354,8 @@ async fn each_address_error_names_the_forms_its_flag_expects() {
             "quictun-client",
             "127.0.0.1:6500",
             "--listen-on <ADDRESS>",
-            "invalid address \"127.0.0.1:6500\": unknown scheme (expected tcp:HOST:PORT or \
-             unix:/path/to/socket)"
+            "invalid address \"127.0.0.1:6500\": unknown scheme (expected tcp:HOST:PORT, \
+             udp:HOST:PORT or unix:/path/to/socket)"
         )
     );
 }

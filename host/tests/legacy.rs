@@ -476,3 +476,29 @@ async fn the_check_mode_reports_an_original_server_and_its_answers() {
     );
     assert!(!stdout.contains("refused"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_flow_is_refused_against_an_original_server() {
+    let (server, _task) = original_server(OriginalCert::Default).await;
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("udp:{}", echo.local_addr().unwrap());
+    let listen: quictun::wire::addr::Address = "udp:127.0.0.1:0".parse().unwrap();
+    let client = start_client(listen, server, &target).await;
+    let quictun::wire::addr::Address::Udp(to) = &client.addr else {
+        panic!("{}", client.addr)
+    };
+    let app = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    app.send_to(b"dns?", to.to_string()).await.unwrap();
+    let mut buf = [0u8; 64];
+    // Neither the target nor the application hears anything: the flow never opens.
+    let heard =
+        tokio::time::timeout(std::time::Duration::from_millis(500), echo.recv(&mut buf)).await;
+    assert!(
+        heard.is_err(),
+        "the target got a datagram through a legacy server"
+    );
+    let answered =
+        tokio::time::timeout(std::time::Duration::from_millis(100), app.recv(&mut buf)).await;
+    assert!(answered.is_err());
+    assert_eq!(client.registry.opened_total(), 0);
+}

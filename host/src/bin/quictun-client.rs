@@ -29,7 +29,7 @@ use tracing::{info, warn};
     about = "carry local TCP and UNIX-socket connections over QUIC to quictun-server"
 )]
 struct Args {
-    /// Where applications connect: tcp:HOST:PORT or unix:/path/to/socket.
+    /// Where applications connect: tcp:HOST:PORT, udp:HOST:PORT or unix:/path/to/socket.
     #[arg(long, value_name = "ADDRESS", default_value = "tcp:127.0.0.1:6500")]
     listen_on: Address,
 

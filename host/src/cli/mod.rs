@@ -85,6 +85,10 @@ pub struct CommonArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub idle_timeout: Duration,
 
+    /// A UDP flow with no datagram either way for this long ends, on both endpoints.
+    #[arg(long, value_name = "DURATION", value_parser = parse_udp_idle, default_value = "60s")]
+    pub udp_idle_timeout: Duration,
+
     /// A host name or address, besides localhost, 127.0.0.0/8 and [::1], under which the REST
     /// API may be reached (repeatable). Matched case-insensitively, with or without a port;
     /// requests naming any other host get 421, so a web page cannot use the API by pointing
@@ -96,6 +100,14 @@ pub struct CommonArgs {
     /// Worker threads that move the data [default: half the available cores, at least 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+}
+
+/// A UDP idle time-out: a duration above zero.
+fn parse_udp_idle(value: &str) -> Result<Duration, String> {
+    match parse_duration(value)? {
+        zero if zero.is_zero() => Err("a UDP flow needs an idle time-out above zero".into()),
+        limit => Ok(limit),
+    }
 }
 
 impl CommonArgs {
@@ -153,6 +165,7 @@ impl CommonArgs {
             congestion: self.congestion,
             keep_alive: self.keep_alive,
             idle_timeout: self.idle_timeout,
+            udp_idle_timeout: self.udp_idle_timeout,
             max_streams,
             ..TransportOptions::default()
         }

@@ -112,7 +112,7 @@ pub async fn run(mut config: CheckConfig, out: &mut impl Write) -> Result<(), Ch
 pub async fn app_addr_for(listen: &Address) -> Result<String, CheckError> {
     let host_port = match listen {
         Address::Unix(_) => return Ok(listen.to_string()),
-        Address::Tcp(host_port) => host_port,
+        Address::Tcp(host_port) | Address::Udp(host_port) => host_port,
     };
     let addr = *host_port
         .resolve()

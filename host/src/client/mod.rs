@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub mod check;
 pub mod connector;
+mod flow;
 
 use crate::plugins::{Discriminator, TokenSource};
 use crate::quic::connections::ConnectionRegistry;
@@ -51,7 +52,7 @@ pub struct ClientConfig {
 
 /// A client with its application listener bound.
 pub struct Client {
-    listener: AppListener,
+    listener: Listener,
     server: HostPort,
     core: Arc<ClientCore>,
 }
@@ -85,11 +86,39 @@ impl Drain for ClientHandle {
     }
 }
 
+/// Where applications reach the client.
+enum Listener {
+    Stream(AppListener),
+    /// Each source address of a UDP application is a flow.
+    Udp(Arc<tokio::net::UdpSocket>),
+}
+
+impl Listener {
+    async fn bind(addr: &Address) -> std::io::Result<Listener> {
+        match addr {
+            Address::Udp(host_port) => {
+                let addrs = host_port.resolve().await?;
+                let socket = tokio::net::UdpSocket::bind(&addrs[..]).await?;
+                Ok(Listener::Udp(Arc::new(socket)))
+            }
+            _ => AppListener::bind(addr).await.map(Listener::Stream),
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Address> {
+        match self {
+            Listener::Stream(listener) => listener.local_addr(),
+            Listener::Udp(socket) => Ok(Address::Udp(socket.local_addr()?.into())),
+        }
+    }
+}
+
 struct ClientCore {
     source: TokenSource,
     discriminators: Vec<Discriminator>,
     registry: Arc<TunnelRegistry>,
     outage_wait: Duration,
+    udp_idle_timeout: Duration,
     connector: Connector,
 }
 
@@ -97,7 +126,7 @@ impl Client {
     /// Binds the application listener and starts connecting to the server.
     pub async fn bind(config: ClientConfig) -> Result<Client, SetupError> {
         let listener =
-            AppListener::bind(&config.listen)
+            Listener::bind(&config.listen)
                 .await
                 .map_err(|source| SetupError::Listen {
                     what: config.listen.to_string(),
@@ -115,6 +144,7 @@ impl Client {
             discriminators: config.discriminators,
             registry: Arc::default(),
             outage_wait: config.outage_wait,
+            udp_idle_timeout: config.transport.udp_idle_timeout,
             connector,
         });
         Ok(Client {
@@ -149,8 +179,12 @@ impl Client {
     pub async fn run(self) {
         info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
               server = %self.server, "client ready");
+        let listener = match self.listener {
+            Listener::Stream(listener) => listener,
+            Listener::Udp(socket) => return flow::run(socket, self.core).await,
+        };
         loop {
-            match self.listener.accept().await {
+            match listener.accept().await {
                 Ok((app, client_app)) => {
                     let span = info_span!("tunnel", %client_app, stream_id = tracing::field::Empty);
                     tokio::spawn(serve_app(app, client_app, self.core.clone()).instrument(span));

@@ -37,6 +37,9 @@ const UDP_BUFFER: usize = 8 * 1024 * 1024;
 // fine for our controller up to several percent of random loss, but a sender that loses a
 // large share at the bottleneck (quinn's bbr at 200 ms, ~40 %) reaches the limit.
 
+/// Bytes of DATAGRAM frames a connection queues each way; beyond it quinn drops the oldest.
+const DATAGRAM_BUFFER: usize = 1024 * 1024;
+
 /// A connection's flow-control windows, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Windows {
@@ -83,6 +86,8 @@ pub struct TransportOptions {
     /// Bidirectional streams the peer may have open at once (each is one tunnel).
     pub max_streams: u32,
     pub windows: Windows,
+    /// How long a UDP flow may be idle before it ends (SPEC §11).
+    pub udp_idle_timeout: Duration,
 }
 
 impl Default for TransportOptions {
@@ -93,6 +98,7 @@ impl Default for TransportOptions {
             idle_timeout: Duration::from_secs(30),
             max_streams: 10_000,
             windows: Windows::FULL,
+            udp_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -120,7 +126,10 @@ impl TransportOptions {
             .receive_window(varint(self.windows.connection))
             .send_window(self.windows.send)
             .max_idle_timeout(Some(idle))
-            .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive));
+            .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive))
+            // UDP flows' DATAGRAM frames (RFC 9221), bounded each way.
+            .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
+            .datagram_send_buffer_size(DATAGRAM_BUFFER);
         let factory: Arc<dyn ControllerFactory + Send + Sync> = match self.congestion {
             Congestion::Cubic => Arc::new(CubicConfig::default()),
             Congestion::Newreno => Arc::new(NewRenoConfig::default()),

@@ -23,6 +23,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::ServerCore;
 use super::admission::HandshakeSlot;
 use super::stream::serve_stream;
+use crate::tunnel::udp::{FlowTable, read_datagrams};
 use crate::wire::ErrorCode;
 
 /// Streams a client may open while its handshake is in progress (the transport parameter);
@@ -61,11 +62,18 @@ pub(super) async fn serve_connection(
         receive_window = windows.connection,
         "connection established"
     );
-    serve_streams(connection, core, bounds).await;
+    let flows = Arc::new(FlowTable::default());
+    tokio::spawn(read_datagrams(connection.clone(), flows.clone()).in_current_span());
+    serve_streams(connection, core, bounds, flows).await;
 }
 
 /// Accepts the connection's streams until it closes.
-async fn serve_streams(connection: Connection, core: Arc<ServerCore>, bounds: Arc<StreamBounds>) {
+async fn serve_streams(
+    connection: Connection,
+    core: Arc<ServerCore>,
+    bounds: Arc<StreamBounds>,
+    flows: Arc<FlowTable>,
+) {
     loop {
         let (mut send, mut recv) = match connection.accept_bi().await {
             Ok(pair) => pair,
@@ -79,7 +87,14 @@ async fn serve_streams(connection: Connection, core: Arc<ServerCore>, bounds: Ar
         }
         let open = bounds.accepted(&connection);
         let span = info_span!("tunnel", stream_id = %send.id(), server_app = tracing::field::Empty);
-        let stream = serve_stream((send, recv), connection.clone(), core.clone(), open);
+        let streams = (send, recv);
+        let stream = serve_stream(
+            streams,
+            connection.clone(),
+            core.clone(),
+            open,
+            flows.clone(),
+        );
         tokio::spawn(stream.instrument(span));
     }
 }

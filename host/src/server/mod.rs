@@ -15,6 +15,7 @@ use tracing::{Instrument, debug, info, info_span};
 pub mod admission;
 pub mod budget;
 mod connection;
+mod flow;
 pub mod policy;
 mod stream;
 
@@ -113,6 +114,8 @@ struct ServerCore {
     connect_timeout: Duration,
     /// `--max-streams-per-connection`.
     max_streams: u32,
+    /// `--udp-idle-timeout`.
+    udp_idle_timeout: Duration,
     admission: Arc<Admission>,
     budget: Arc<BufferBudget>,
 }
@@ -144,6 +147,7 @@ impl Server {
             handshake_timeout: config.handshake_timeout,
             connect_timeout: config.connect_timeout,
             max_streams: config.transport.max_streams,
+            udp_idle_timeout: config.transport.udp_idle_timeout,
             admission: Arc::new(Admission::new(
                 config.limits.max_handshakes_per_address,
                 config.max_connections,

@@ -1,6 +1,7 @@
 //! One tunnel on the server: read the token, ask the token parser for the target, check the
 //! policy, dial, answer, relay (SPEC §6).
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +11,15 @@ use tracing::{debug, warn};
 
 use super::ServerCore;
 use super::connection::OpenStream;
+use super::flow::serve_flow;
 use super::policy::Policy;
 use crate::plugins::TokenParser;
 use crate::tunnel::app::{AppStream, within};
 use crate::tunnel::relay::{self, Abort, log_end};
 use crate::tunnel::sniff::Sniffer;
+use crate::tunnel::udp::FlowTable;
 use crate::tunnel::{Side, Tunnel, TunnelSpec};
-use crate::wire::addr::Address;
+use crate::wire::addr::{Address, HostPort};
 use crate::wire::handshake::{self, HandshakeError, Protocol};
 use crate::wire::{Answer, Status};
 
@@ -29,6 +32,7 @@ pub(super) async fn serve_stream(
     connection: Connection,
     core: Arc<ServerCore>,
     mut open: OpenStream,
+    flows: Arc<FlowTable>,
 ) {
     let remote_endpoint = connection.remote_address();
     let protocol = Protocol::of(&connection);
@@ -60,6 +64,18 @@ pub(super) async fn serve_stream(
         }
     };
     tracing::Span::current().record("server_app", tracing::field::display(&target));
+    if let Address::Udp(host_port) = &target {
+        let streams = (send, recv);
+        return serve_flow(
+            streams,
+            connection,
+            core.clone(),
+            &target,
+            host_port,
+            &flows,
+        )
+        .await;
+    }
     let app = match dial(&target, &core.policy, core.connect_timeout).await {
         Ok(app) => app,
         Err(answer) => {
@@ -107,52 +123,67 @@ async fn target_of(parser: &TokenParser, token: Vec<u8>) -> Result<Address, Answ
 /// Dials the target if the policy allows it. CIDR rules are checked against each resolved
 /// address, so only allowed addresses are ever dialed.
 async fn dial(target: &Address, policy: &Policy, timeout: Duration) -> Result<AppStream, Answer> {
-    let unreachable = |error: std::io::Error| {
-        Answer::refuse(
-            Status::Unreachable,
-            &format!("cannot reach {target}: {error}"),
-        )
-    };
-    let not_allowed = || {
-        Answer::refuse(
-            Status::NotAllowed,
-            &format!("target {target} is not allowed by --allow-target"),
-        )
-    };
     match target {
-        Address::Unix(path) if !policy.allows_unix(path) => Err(not_allowed()),
+        Address::Unix(path) if !policy.allows_unix(path) => Err(not_allowed(target)),
         Address::Unix(path) => AppStream::connect_unix(path, timeout)
             .await
-            .map_err(unreachable),
+            .map_err(|error| unreachable(target, error)),
+        Address::Udp(_) => Err(unreachable(target, io::ErrorKind::Unsupported.into())),
         Address::Tcp(host_port) => {
-            let resolved = within(timeout, host_port.resolve())
-                .await
-                .map_err(unreachable)?;
-            let allowed: Vec<SocketAddr> = if policy.allows_name(host_port) {
-                // A name rule trusts the name, but never to this machine's wildcard address.
-                let specified = |addr: &&SocketAddr| !addr.ip().is_unspecified();
-                resolved.iter().filter(specified).copied().collect()
-            } else {
-                resolved
-                    .iter()
-                    .copied()
-                    .filter(|&addr| policy.allows_addr(addr))
-                    .collect()
-            };
-            // The reason names the target as the token gave it, never what it resolved to:
-            // a refusal must not answer DNS questions about the server's network.
-            if allowed.is_empty() && !resolved.is_empty() {
-                return Err(not_allowed());
-            }
+            let allowed = allowed_addrs(target, host_port, policy, timeout).await?;
             AppStream::connect_tcp(&allowed, timeout)
                 .await
-                .map_err(unreachable)
+                .map_err(|error| unreachable(target, error))
         }
     }
 }
 
+/// Resolves a TCP or UDP target and keeps the addresses the policy allows (SPEC §7: rules
+/// apply to TCP and UDP targets alike).
+pub(super) async fn allowed_addrs(
+    target: &Address,
+    host_port: &HostPort,
+    policy: &Policy,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, Answer> {
+    let resolved = within(timeout, host_port.resolve())
+        .await
+        .map_err(|error| unreachable(target, error))?;
+    let allowed: Vec<SocketAddr> = if policy.allows_name(host_port) {
+        // A name rule trusts the name, but never to this machine's wildcard address.
+        let specified = |addr: &&SocketAddr| !addr.ip().is_unspecified();
+        resolved.iter().filter(specified).copied().collect()
+    } else {
+        resolved
+            .iter()
+            .copied()
+            .filter(|&addr| policy.allows_addr(addr))
+            .collect()
+    };
+    // The reason names the target as the token gave it, never what it resolved to:
+    // a refusal must not answer DNS questions about the server's network.
+    if allowed.is_empty() && !resolved.is_empty() {
+        return Err(not_allowed(target));
+    }
+    Ok(allowed)
+}
+
+pub(super) fn unreachable(target: &Address, error: io::Error) -> Answer {
+    Answer::refuse(
+        Status::Unreachable,
+        &format!("cannot reach {target}: {error}"),
+    )
+}
+
+fn not_allowed(target: &Address) -> Answer {
+    Answer::refuse(
+        Status::NotAllowed,
+        &format!("target {target} is not allowed by --allow-target"),
+    )
+}
+
 /// Refuses the tunnel with `answer`, counted by status for `/metrics`.
-async fn refuse(
+pub(super) async fn refuse(
     core: &ServerCore,
     (send, recv): (SendStream, RecvStream),
     protocol: Protocol,

@@ -172,6 +172,10 @@ impl AppListener {
                 let addrs = host_port.resolve().await?;
                 Ok(AppListener::Tcp(TcpListener::bind(&addrs[..]).await?))
             }
+            Address::Udp(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a UDP address is served by a UDP listener, not a stream listener",
+            )),
             Address::Unix(path) => {
                 remove_stale_socket(path).await?;
                 Ok(AppListener::Unix(UnixListener::bind(path)?, path.clone()))

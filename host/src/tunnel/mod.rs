@@ -19,6 +19,7 @@ use crate::wire::Status;
 pub mod app;
 pub mod relay;
 pub mod sniff;
+pub mod udp;
 
 /// Bytes moved through one tunnel, by who sent them.
 #[derive(Debug, Default)]
@@ -27,6 +28,12 @@ pub struct ByteCounters {
     pub client_to_server: AtomicU64,
     /// Bytes sent by the server application.
     pub server_to_client: AtomicU64,
+    /// Datagrams sent by the client application (UDP flows).
+    pub client_datagrams: AtomicU64,
+    /// Datagrams sent by the server application (UDP flows).
+    pub server_datagrams: AtomicU64,
+    /// Datagrams of this flow dropped: a full queue, a send that failed.
+    pub dropped_datagrams: AtomicU64,
 }
 
 /// Which endpoint runs the relay.

@@ -1,4 +1,5 @@
-//! Application addresses: `tcp:HOST:PORT` and `unix:/path/to/socket` (SPEC §3).
+//! Application addresses: `tcp:HOST:PORT`, `udp:HOST:PORT` and `unix:/path/to/socket`
+//! (SPEC §3, §11).
 //!
 //! Used for the client's `--listen-on`, for tokens and for targets. The scheme is
 //! case-insensitive; `tcp4:` and `tcp6:` (written by the original's clients) are aliases of
@@ -13,6 +14,8 @@ use std::str::FromStr;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Address {
     Tcp(HostPort),
+    /// A UDP application: each source address is a flow (SPEC §11).
+    Udp(HostPort),
     Unix(PathBuf),
 }
 
@@ -31,7 +34,9 @@ pub enum Host {
 
 /// A value that is not an address, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid address {value:?}: {reason} (expected tcp:HOST:PORT or unix:/path/to/socket)")]
+#[error(
+    "invalid address {value:?}: {reason} (expected tcp:HOST:PORT, udp:HOST:PORT or unix:/path/to/socket)"
+)]
 pub struct AddressError {
     pub value: String,
     pub reason: &'static str,
@@ -48,6 +53,7 @@ impl FromStr for Address {
         let (scheme, rest) = value.split_once(':').ok_or_else(|| error("no scheme"))?;
         match scheme.to_ascii_lowercase().as_str() {
             "tcp" | "tcp4" | "tcp6" => rest.parse().map(Address::Tcp).map_err(error),
+            "udp" => rest.parse().map(Address::Udp).map_err(error),
             "unix" if rest.is_empty() => Err(error("empty socket path")),
             "unix" if rest.contains('\0') => Err(error("NUL byte in socket path")),
             "unix" => Ok(Address::Unix(PathBuf::from(rest))),
@@ -166,6 +172,7 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Tcp(host_port) => write!(f, "tcp:{host_port}"),
+            Address::Udp(host_port) => write!(f, "udp:{host_port}"),
             Address::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
@@ -197,6 +204,15 @@ mod tests {
     }
 
     #[test]
+    fn udp_forms() {
+        let v4 = parse("UDP:127.0.0.1:53").unwrap();
+        assert_eq!(v4, Address::Udp("127.0.0.1:53".parse().unwrap()));
+        assert_eq!(v4.to_string(), "udp:127.0.0.1:53");
+        assert_eq!(parse("udp:[::1]:53").unwrap().to_string(), "udp:[::1]:53");
+        assert_ne!(parse("udp:h:1").unwrap(), parse("tcp:h:1").unwrap());
+    }
+
+    #[test]
     fn legacy_tcp4_and_tcp6_are_aliases() {
         assert_eq!(
             parse("tcp4:10.0.0.1:22").unwrap().to_string(),
@@ -222,7 +238,8 @@ mod tests {
         let cases = [
             ("", "no scheme"),
             ("127.0.0.1:22", "unknown scheme"),
-            ("udp:1.2.3.4:5", "unknown scheme"),
+            ("udp4:1.2.3.4:5", "unknown scheme"),
+            ("udp:1.2.3.4", "missing port"),
             ("tcp:1.2.3.4", "missing port"),
             ("tcp:1.2.3.4:99999", "port is not a number"),
             ("tcp:1.2.3.4:", "port is not a number"),
@@ -239,7 +256,10 @@ mod tests {
             let text = error.to_string();
             assert!(text.contains(reason), "{value:?} gave {text}");
             assert!(text.contains(&format!("{value:?}")), "{text}");
-            assert!(text.contains("tcp:HOST:PORT or unix:"), "{text}");
+            assert!(
+                text.contains("tcp:HOST:PORT, udp:HOST:PORT or unix:"),
+                "{text}"
+            );
         }
     }
 

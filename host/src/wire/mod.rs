@@ -16,6 +16,7 @@ use quinn::VarInt;
 
 pub mod addr;
 pub mod handshake;
+pub mod udp;
 
 /// ALPN of our protocol.
 pub const ALPN_V2: &[u8] = b"quic-tun/2";

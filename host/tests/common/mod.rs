@@ -384,6 +384,7 @@ pub async fn connect(addr: &Address) -> AppConn {
     match addr {
         Address::Tcp(_) => AppConn::Tcp(connect_tcp(addr).await),
         Address::Unix(path) => AppConn::Unix(UnixStream::connect(path).await.unwrap()),
+        Address::Udp(_) => panic!("{addr} is not a stream address: use a UdpSocket"),
     }
 }
 
