@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use axum::http::{Request, StatusCode, header};
 use common::*;
 use http_body_util::BodyExt;
 use quictun::api::{ApiState, router};
+use quictun::client::service::Service;
 use quictun::client::{Client, ClientConfig};
 use quictun::plugins::TokenSource;
 use quictun::quic::connections::ConnectionRegistry;
@@ -236,9 +236,11 @@ const COMMON_FIELDS: &[&str] = &[
     "protocolProperties",
     "serverSendBytesPerSecond",
     "clientSendBytesPerSecond",
+    "transport",
 ];
 
-fn assert_fields(tunnel: &Value, app_field: &str) {
+/// The tunnel has the common fields and `app_fields`, no more.
+fn assert_fields(tunnel: &Value, app_fields: &[&str]) {
     let keys: BTreeSet<&str> = tunnel
         .as_object()
         .unwrap()
@@ -246,8 +248,9 @@ fn assert_fields(tunnel: &Value, app_field: &str) {
         .map(String::as_str)
         .collect();
     let mut expected: BTreeSet<&str> = COMMON_FIELDS.iter().copied().collect();
-    expected.insert(app_field);
+    expected.extend(app_fields);
     assert_eq!(keys, expected);
+    assert_eq!(tunnel["transport"], "tcp", "{tunnel}");
 }
 
 fn assert_rfc3339_utc(text: &str) {
@@ -289,7 +292,7 @@ async fn tunnels_have_the_original_fields_on_both_endpoints() {
     }
 
     let on_server = only_tunnel(&server_api).await;
-    assert_fields(&on_server, "serverAppAddr");
+    assert_fields(&on_server, &["serverAppAddr"]);
     assert_eq!(on_server["endpoint"], "server");
     assert_eq!(
         on_server["serverAppAddr"],
@@ -299,7 +302,8 @@ async fn tunnels_have_the_original_fields_on_both_endpoints() {
     assert_eq!(on_server["remoteEndpointAddr"], client_udp);
 
     let on_client = only_tunnel(&client_api).await;
-    assert_fields(&on_client, "clientAppAddr");
+    assert_fields(&on_client, &["clientAppAddr", "service"]);
+    assert_eq!(on_client["service"], "default");
     assert_eq!(on_client["endpoint"], "client");
     assert_eq!(on_client["clientAppAddr"], client_app);
     assert_eq!(on_client["remoteEndpointAddr"], server.addr.to_string());
@@ -712,9 +716,12 @@ async fn handshake_failures_are_counted_by_reason() {
     let wrong = "sha256:".to_owned() + &"ab".repeat(32);
     let source = TokenSource::load("Fixed", "tcp:127.0.0.1:9", Some(plugin_dir())).unwrap();
     let client = Client::bind(ClientConfig {
-        listen: local_tcp(),
+        services: vec![Service {
+            name: "default".parse().unwrap(),
+            listen: local_tcp(),
+            source,
+        }],
         server: server.addr.into(),
-        source,
         verification: Verification::Pinned(wrong.parse().unwrap()),
         identity: None,
         transport: transport(),
@@ -838,20 +845,6 @@ fn binaries(httpd: &str) -> [Launch; 2] {
         "tcp:127.0.0.1:9",
     ]);
     [Launch::server(), client].map(|binary| binary.args(["--httpd-listen-on", httpd]))
-}
-
-/// `GET path` over a plain TCP connection, as curl would send it.
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the REST API");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
 }
 
 #[tokio::test]

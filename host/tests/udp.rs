@@ -226,7 +226,7 @@ async fn the_token_source_is_asked_once_per_flow() {
     let (url, asked) = counting_token_service(format!("udp:{echo}")).await;
     let server = start_server("");
     let client = start_client_custom(udp_listen(), server.addr, "unused", |config| {
-        config.source = TokenSource::load("Http", &url, Some(plugin_dir())).unwrap();
+        config.services[0].source = TokenSource::load("Http", &url, Some(plugin_dir())).unwrap();
     })
     .await;
     let to = udp_addr(&client.addr);

@@ -5,6 +5,10 @@
 use std::fmt::{Display, Write};
 
 use super::ApiState;
+use crate::tunnel::ServiceStats;
+
+/// A sample's labels, in order.
+type Labels = Vec<(&'static str, String)>;
 
 /// The content type Prometheus expects for the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -18,43 +22,73 @@ pub fn render(state: &ApiState) -> String {
 }
 
 fn tunnels(out: &mut Exposition, state: &ApiState) {
+    let services = state.tunnels.service_stats();
+    if services.is_empty() {
+        return tunnel_families(out, &[(Vec::new(), endpoint_stats(state))]);
+    }
+    // The client: every series of tunnels carries its service.
+    let labelled: Vec<_> = services
+        .into_iter()
+        .map(|s| (vec![("service", s.name.to_string())], s))
+        .collect();
+    tunnel_families(out, &labelled);
+}
+
+/// The whole endpoint's tunnels, as one unnamed service (the server).
+fn endpoint_stats(state: &ApiState) -> ServiceStats {
     let tunnels = &state.tunnels;
+    let (up, down) = tunnels.bytes_total();
+    ServiceStats {
+        name: "".into(),
+        open: tunnels.open_count(),
+        opened: tunnels.opened_total(),
+        client_to_server: up,
+        server_to_client: down,
+        refused: tunnels.refused_total(),
+    }
+}
+
+/// The families of tunnels, one sample per group of labels.
+fn tunnel_families(out: &mut Exposition, groups: &[(Labels, ServiceStats)]) {
+    let with = |labels: &Labels, more: &[(&'static str, &'static str)]| -> Labels {
+        let mut all = labels.clone();
+        all.extend(more.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        all
+    };
     out.family("quictun_tunnels_open", "gauge", "Tunnels open now.");
-    out.sample("quictun_tunnels_open", &[], tunnels.open_count());
+    for (labels, stats) in groups {
+        out.sample_owned("quictun_tunnels_open", labels, stats.open);
+    }
     out.family(
         "quictun_tunnels_total",
         "counter",
         "Tunnels opened since start.",
     );
-    out.sample("quictun_tunnels_total", &[], tunnels.opened_total());
+    for (labels, stats) in groups {
+        out.sample_owned("quictun_tunnels_total", labels, stats.opened);
+    }
     out.family(
         "quictun_tunnels_refused_total",
         "counter",
         "Tunnels the server refused since start, by the status of its answer.",
     );
-    for (status, count) in tunnels.refused_total() {
-        out.sample(
-            "quictun_tunnels_refused_total",
-            &[("status", status.label())],
-            count,
-        );
+    for (labels, stats) in groups {
+        for (status, count) in &stats.refused {
+            let labels = with(labels, &[("status", status.label())]);
+            out.sample_owned("quictun_tunnels_refused_total", &labels, count);
+        }
     }
-    let (up, down) = tunnels.bytes_total();
     out.family(
         "quictun_bytes_total",
         "counter",
         "Bytes relayed since start, by direction (client_to_server: sent by client applications).",
     );
-    out.sample(
-        "quictun_bytes_total",
-        &[("direction", "client_to_server")],
-        up,
-    );
-    out.sample(
-        "quictun_bytes_total",
-        &[("direction", "server_to_client")],
-        down,
-    );
+    for (labels, stats) in groups {
+        let up = with(labels, &[("direction", "client_to_server")]);
+        out.sample_owned("quictun_bytes_total", &up, stats.client_to_server);
+        let down = with(labels, &[("direction", "server_to_client")]);
+        out.sample_owned("quictun_bytes_total", &down, stats.server_to_client);
+    }
 }
 
 fn connections(out: &mut Exposition, state: &ApiState) {
@@ -120,6 +154,11 @@ impl Exposition {
             let _ = write!(self.0, "{{{}}}", labels.join(","));
         }
         let _ = writeln!(self.0, " {value}");
+    }
+
+    fn sample_owned(&mut self, name: &str, labels: &Labels, value: impl Display) {
+        let borrowed: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.sample(name, &borrowed, value);
     }
 }
 

@@ -205,6 +205,11 @@ struct TunnelView {
     protocol_properties: Option<serde_json::Value>,
     server_send_bytes_per_second: u64,
     client_send_bytes_per_second: u64,
+    /// The application side: `tcp` or `unix`.
+    transport: &'static str,
+    /// The client's service the tunnel came in on (client side only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<String>,
 }
 
 /// One QUIC connection.
@@ -360,6 +365,8 @@ fn view(state: &ApiState, tunnel: &Tunnel) -> TunnelView {
         protocol_properties: protocol.and_then(|p| p.properties),
         server_send_bytes_per_second: rate.server_to_client.round() as u64,
         client_send_bytes_per_second: rate.client_to_server.round() as u64,
+        transport: tunnel.transport.label(),
+        service: tunnel.service.as_deref().map(str::to_owned),
     }
 }
 

@@ -8,6 +8,7 @@ use clap::{ArgAction, Parser};
 use quictun::api::{self, ApiListen, ApiState};
 use quictun::cli::{self, CommonArgs, Endpoint, parse_duration};
 use quictun::client::check::{self, CheckConfig};
+use quictun::client::service::{DEFAULT_SERVICE, Service};
 use quictun::client::{Client, ClientConfig, ClientHandle};
 use quictun::plugins::TokenSource;
 use quictun::shutdown::Shutdown;
@@ -29,23 +30,27 @@ use tracing::{info, warn};
     about = "carry local TCP and UNIX-socket connections over QUIC to quictun-server"
 )]
 struct Args {
-    /// Where applications connect: tcp:HOST:PORT, udp:HOST:PORT or unix:/path/to/socket.
-    #[arg(long, value_name = "ADDRESS", default_value = "tcp:127.0.0.1:6500")]
-    listen_on: Address,
+    /// Where applications connect: tcp:HOST:PORT, udp:HOST:PORT or unix:/path/to/socket
+    /// [default: tcp:127.0.0.1:6500]. With a --config file's services: list, each service has
+    /// its own and this flag is refused.
+    #[arg(long, value_name = "ADDRESS")]
+    listen_on: Option<Address>,
 
     /// The server endpoint's UDP address: HOST:PORT or [IPv6]:PORT, HOST an IP address or a
     /// DNS name (a tcp: or udp: prefix is ignored). Known hosts are keyed by it as written.
     #[arg(long, value_name = "HOST:PORT", value_parser = cli::parse_endpoint)]
     server_endpoint: Endpoint,
 
-    /// Token source plugin: a built-in name (Fixed, File or Http) or the path of a .so file.
-    #[arg(long, value_name = "NAME|PATH", default_value = "Fixed")]
-    token_source_plugin: String,
+    /// Token source plugin: a built-in name (Fixed, File or Http) or the path of a .so file
+    /// [default: Fixed]. Refused with a services: list, whose services have their own.
+    #[arg(long, value_name = "NAME|PATH")]
+    token_source_plugin: Option<String>,
 
     /// Configuration of the token source (Fixed: the token, e.g. tcp:127.0.0.1:22; File: a
-    /// file of CLIENT_IP TOKEN lines; Http: the URL asked for each connection's token).
-    #[arg(long, value_name = "CONFIG", default_value = "")]
-    token_source: String,
+    /// file of CLIENT_IP TOKEN lines; Http: the URL asked for each connection's token)
+    /// [default: ""]. Refused with a services: list, whose services have their own.
+    #[arg(long, value_name = "CONFIG")]
+    token_source: Option<String>,
 
     /// Accept the server's certificate without any check.
     #[arg(long, value_name = "BOOL", num_args = 0..=1,
@@ -127,15 +132,51 @@ fn verification(args: &Args) -> anyhow::Result<Verification> {
     })
 }
 
-/// `--check`: one connection, a report on standard output, one test token.
-async fn check(args: Args, verification: Verification, source: TokenSource) -> anyhow::Result<()> {
+/// The client's services: the --config file's `services:` list, or else one service named
+/// `default` made of the single-listener flags.
+fn services(args: &Args) -> anyhow::Result<Vec<Service>> {
+    let dir = args.common.plugin_dir.as_deref();
+    let Some(entries) = cli::config_services() else {
+        let listen = match &args.listen_on {
+            Some(listen) => listen.clone(),
+            None => "tcp:127.0.0.1:6500".parse()?,
+        };
+        let plugin = args.token_source_plugin.as_deref().unwrap_or("Fixed");
+        let config = args.token_source.as_deref().unwrap_or_default();
+        let source = TokenSource::load(plugin, config, dir)?;
+        return Ok(vec![Service {
+            name: DEFAULT_SERVICE.parse()?,
+            listen,
+            source,
+        }]);
+    };
+    let given: Vec<&str> = [
+        ("--listen-on", args.listen_on.is_some()),
+        ("--token-source-plugin", args.token_source_plugin.is_some()),
+        ("--token-source", args.token_source.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect();
+    if !given.is_empty() {
+        anyhow::bail!(
+            "{} cannot be given with the --config file's services: (each service has its own)",
+            given.join(", ")
+        );
+    }
+    cli::services::build(entries, dir)
+}
+
+/// `--check`: one connection, a report on standard output, one test token, with the first
+/// service's listener and token source.
+async fn check(args: Args, verification: Verification, service: Service) -> anyhow::Result<()> {
     let app_addr = match args.check_app_addr {
         Some(app_addr) => app_addr,
-        None => check::app_addr_for(&args.listen_on).await?,
+        None => check::app_addr_for(&service.listen).await?,
     };
     let config = CheckConfig {
         server: args.server_endpoint.address,
-        source,
+        source: service.source,
         app_addr,
         token: args.check_token,
         verification,
@@ -154,19 +195,18 @@ fn main() -> ExitCode {
 async fn serve(args: Args) -> anyhow::Result<()> {
     cli::init_logging(&args.common)?;
     let verification = verification(&args)?;
-    let source = TokenSource::load(
-        &args.token_source_plugin,
-        &args.token_source,
-        args.common.plugin_dir.as_deref(),
-    )?;
-    info!(plugin = %source.info().name, path = %source.info().path.display(), "token source loaded");
+    let mut services = services(&args)?;
+    for s in &services {
+        let (plugin, path) = (&s.source.info().name, s.source.info().path.display());
+        info!(service = %s.name, %plugin, %path, "token source loaded");
+    }
     if args.check {
-        return check(args, verification, source).await;
+        let first = services.swap_remove(0);
+        return check(args, verification, first).await;
     }
     let client = Client::bind(ClientConfig {
-        listen: args.listen_on,
+        services,
         server: args.server_endpoint.address,
-        source,
         verification,
         identity: args.common.own_identity()?,
         transport: args.common.transport(0),

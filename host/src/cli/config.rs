@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use clap::{ArgAction, Command};
 use serde_yaml_ng::Value;
 
+use super::services::{self, SERVICES, ServiceEntry};
+
 /// What is wrong with a `--config` file: one line naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +40,14 @@ pub enum ConfigError {
     NotAScalar { path: PathBuf, key: String },
     #[error("--config {}: {key:?} takes one value, not a list", path.display())]
     NotRepeatable { path: PathBuf, key: String },
+    #[error("--config {}: services must be a list of maps", path.display())]
+    ServicesNotAList { path: PathBuf },
+    #[error("--config {}: service {service}: {reason}", path.display())]
+    Service {
+        path: PathBuf,
+        service: String,
+        reason: String,
+    },
 }
 
 /// The command line with the file's flags in front, and what the file says about logging.
@@ -45,6 +55,8 @@ pub enum ConfigError {
 pub struct Expanded {
     pub args: Vec<OsString>,
     pub logging: Logging,
+    /// The client's `services:`, when the file has them.
+    pub services: Option<Vec<ServiceEntry>>,
 }
 
 /// What a `--config` file says about logging, used once logging is set up.
@@ -64,7 +76,7 @@ pub fn expand(args: Vec<OsString>, command: &Command) -> Result<Expanded, Config
     let Some(path) = config_path(&args) else {
         return Ok(Expanded {
             args,
-            logging: Logging::default(),
+            ..Expanded::default()
         });
     };
     let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
@@ -73,7 +85,7 @@ pub fn expand(args: Vec<OsString>, command: &Command) -> Result<Expanded, Config
     })?;
     let given = flags_given(&args);
     let mut expanded = Expanded::default();
-    let mut from_file = file_flags(&text, &path, command, &given, &mut expanded.logging)?;
+    let mut from_file = file_flags(&text, &path, command, &given, &mut expanded)?;
     let mut all = args.into_iter();
     expanded.args.extend(all.next());
     expanded.args.append(&mut from_file);
@@ -110,7 +122,7 @@ fn file_flags(
     path: &Path,
     command: &Command,
     given: &HashSet<String>,
-    logging: &mut Logging,
+    expanded: &mut Expanded,
 ) -> Result<Vec<OsString>, ConfigError> {
     let file = path.display();
     let path = || path.to_path_buf();
@@ -134,7 +146,11 @@ fn file_flags(
             .find(|a| a.get_long() == Some(key.as_str()) && key != "config");
         let Some(arg) = arg else {
             if key == LOG_OUTPUT_PATHS {
-                logging.output_paths = output_paths(&key, value, &path())?;
+                expanded.logging.output_paths = output_paths(&key, value, &path())?;
+                continue;
+            }
+            if key == SERVICES && has_services(command) {
+                expanded.services = Some(services::entries(value, &path())?);
                 continue;
             }
             if key.starts_with("log-") {
@@ -157,12 +173,19 @@ fn file_flags(
         }
     }
     if !ignored.is_empty() {
-        logging.warnings.push(format!(
+        expanded.logging.warnings.push(format!(
             "--config {file}: the original's log keys {} have no meaning here and are ignored",
             ignored.join(", ")
         ));
     }
     Ok(flags)
+}
+
+/// Whether `command` has services: the client, whose services each have a token source.
+fn has_services(command: &Command) -> bool {
+    command
+        .get_arguments()
+        .any(|a| a.get_long() == Some("token-source"))
 }
 
 /// `log-output-paths` as a list of paths: a YAML list, or one text separated by commas.
@@ -178,7 +201,7 @@ fn output_paths(key: &str, value: Value, path: &Path) -> Result<Vec<String>, Con
 }
 
 /// The values of one key as flag values; `""` and null mean unset.
-fn scalars(
+pub(crate) fn scalars(
     key: &str,
     value: Value,
     repeatable: bool,

@@ -17,6 +17,7 @@ pub mod config;
 pub mod generate;
 pub mod log_fields;
 pub mod log_output;
+pub mod services;
 
 /// Flags both endpoints take.
 #[derive(Debug, Args)]
@@ -276,6 +277,7 @@ pub fn parse<T: Parser>() -> T {
         }
     };
     let _ = CONFIG_LOGGING.set(expanded.logging);
+    let _ = CONFIG_SERVICES.set(expanded.services);
     parse_or_generate::<T>(expanded.args).unwrap_or_else(|error| {
         use clap::error::ErrorKind;
         if matches!(
@@ -328,6 +330,15 @@ fn parse_or_generate<T: Parser>(args: Vec<std::ffi::OsString>) -> Result<T, clap
         std::process::exit(0);
     }
     T::from_arg_matches(&matches).map_err(|error| error.format(&mut T::command()))
+}
+
+/// The `--config` file's `services:` (the client's), when it has them.
+static CONFIG_SERVICES: std::sync::OnceLock<Option<Vec<services::ServiceEntry>>> =
+    std::sync::OnceLock::new();
+
+/// The `--config` file's `services:` list, read by [`parse`]; `None` when there is none.
+pub fn config_services() -> Option<&'static [services::ServiceEntry]> {
+    CONFIG_SERVICES.get()?.as_deref()
 }
 
 /// What the `--config` file says about logging, used once logging is set up.

@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{ClientCore, open_stream};
+use super::{ClientCore, ServiceCore, open_stream};
 use crate::lock::lock;
 use crate::tunnel::udp::{self, FLOW_QUEUE, Flow, FlowApp, FlowTable, MAX_FLOWS};
 use crate::tunnel::{Side, Tunnel, TunnelSpec};
@@ -33,7 +33,7 @@ struct Slot {
 }
 
 /// Receives the application's datagrams until the task is dropped.
-pub(super) async fn run(socket: Arc<UdpSocket>, core: Arc<ClientCore>) {
+pub(super) async fn run(socket: Arc<UdpSocket>, service: Arc<ServiceCore>, core: Arc<ClientCore>) {
     let sources: Sources = Arc::default();
     let tables = Arc::new(Tables::default());
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
@@ -50,17 +50,19 @@ pub(super) async fn run(socket: Arc<UdpSocket>, core: Arc<ClientCore>) {
         let Some(queue) = dispatch(&sources, source, datagram) else {
             continue;
         };
-        let span = info_span!("flow", client_app = %source, stream_id = tracing::field::Empty);
+        let span = info_span!("flow", service = %service.name, client_app = %source,
+                              stream_id = tracing::field::Empty);
         let app = FlowApp::Listener {
             socket: socket.clone(),
             source,
             queue: queue.0,
             dropped: queue.1,
         };
-        let (core, sources, tables) = (core.clone(), sources.clone(), tables.clone());
+        let (service, core) = (service.clone(), core.clone());
+        let (sources, tables) = (sources.clone(), tables.clone());
         tokio::spawn(
             async move {
-                serve_flow(app, source, &core, &tables).await;
+                serve_flow(app, source, (&service, &core), &tables).await;
                 // Its queue is closed now: the slot goes, and the source's next datagram
                 // opens a new flow.
                 lock(&sources).retain(|_, slot| !slot.queue.is_closed());
@@ -129,8 +131,13 @@ impl Tables {
 
 /// Opens the flow, sends its first datagrams with the token, and relays it once the server
 /// has answered.
-async fn serve_flow(mut app: FlowApp, source: SocketAddr, core: &ClientCore, tables: &Tables) {
-    let token = match core.source.token(&source.to_string()).await {
+async fn serve_flow(
+    mut app: FlowApp,
+    source: SocketAddr,
+    (service, core): (&ServiceCore, &ClientCore),
+    tables: &Tables,
+) {
+    let token = match service.source.token(&source.to_string()).await {
         Ok(token) => token,
         Err(error) => return warn!("flow refused: no token: {error}"),
     };
@@ -175,6 +182,8 @@ async fn serve_flow(mut app: FlowApp, source: SocketAddr, core: &ClientCore, tab
         client_app: Some(source.to_string()),
         server_app: None,
         remote_endpoint: connection.remote_address(),
+        service: Some(service.name.clone()),
+        transport: service.transport,
     }));
     let tunnel = registered.tunnel();
     let table = tables.table_for(&connection);
@@ -189,7 +198,8 @@ async fn serve_flow(mut app: FlowApp, source: SocketAddr, core: &ClientCore, tab
     let refused = match answer {
         Ok(Ok(answer)) if answer.status == crate::wire::Status::Ok => None,
         Ok(Ok(answer)) => {
-            core.registry.count_refused(answer.status);
+            core.registry
+                .count_refused(answer.status, tunnel.service.as_ref());
             Some(format!(
                 "flow refused: {}: {}",
                 answer.status, answer.reason

@@ -1,11 +1,13 @@
-//! The client endpoint: accepts application connections, gets a token for each from the token
-//! source, and opens one QUIC stream per connection on a shared connection to the server.
+//! The client endpoint: accepts application connections on each service's listener, gets a
+//! token for each from that service's token source, and opens one QUIC stream per connection
+//! on the one connection to the server all services share.
 //!
 //! The token is written and the application's bytes follow at once, without waiting for the
 //! server's answer, so a new tunnel costs no round trip beyond the application's own.
 //! The QUIC connection is made lazily, on the first application connection, and made again
 //! when it has been lost.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 pub mod check;
 pub mod connector;
 mod flow;
+pub mod service;
 
 use crate::plugins::{Discriminator, TokenSource};
 use crate::quic::connections::ConnectionRegistry;
@@ -24,18 +27,19 @@ use crate::tls::{self, Identity, Verification};
 use crate::tunnel::app::{AppListener, AppStream};
 use crate::tunnel::relay::{self, End, log_end};
 use crate::tunnel::sniff::Sniffer;
-use crate::tunnel::{Side, Tunnel, TunnelRegistry, TunnelSpec};
+use crate::tunnel::{Side, Transport, Tunnel, TunnelRegistry, TunnelSpec};
 use crate::wire::ErrorCode;
 use crate::wire::addr::{Address, HostPort};
 use crate::wire::handshake::Protocol;
 use connector::{Connector, ConnectorConfig};
+use service::Service;
 
 /// Everything the client needs, already checked.
 #[derive(Debug)]
 pub struct ClientConfig {
-    pub listen: Address,
+    /// The listeners, each with its token source: at least one (see [`service::check_unique`]).
+    pub services: Vec<Service>,
     pub server: HostPort,
-    pub source: TokenSource,
     pub verification: Verification,
     /// The client's certificate, for servers that require one.
     pub identity: Option<Identity>,
@@ -50,11 +54,24 @@ pub struct ClientConfig {
     pub discriminators: Vec<Discriminator>,
 }
 
-/// A client with its application listener bound.
+/// A client with its application listeners bound.
 pub struct Client {
-    listener: Listener,
+    listeners: Vec<ServiceListener>,
     server: HostPort,
     core: Arc<ClientCore>,
+}
+
+/// One service's listener and what its connections need.
+struct ServiceListener {
+    listener: Listener,
+    service: Arc<ServiceCore>,
+}
+
+/// What serving one application connection of a service needs besides the client's core.
+struct ServiceCore {
+    name: Arc<str>,
+    source: TokenSource,
+    transport: Transport,
 }
 
 /// Shuts a client down.
@@ -72,7 +89,7 @@ impl ClientHandle {
 }
 
 impl Drain for ClientHandle {
-    /// Nothing to do: the listener closes when the `run` future is dropped.
+    /// Nothing to do: the listeners close when the `run` future is dropped.
     fn stop_accepting(&self) {}
 
     fn tunnels(&self) -> &TunnelRegistry {
@@ -114,7 +131,6 @@ impl Listener {
 }
 
 struct ClientCore {
-    source: TokenSource,
     discriminators: Vec<Discriminator>,
     registry: Arc<TunnelRegistry>,
     outage_wait: Duration,
@@ -123,15 +139,23 @@ struct ClientCore {
 }
 
 impl Client {
-    /// Binds the application listener and starts connecting to the server.
+    /// Binds every service's listener and starts connecting to the server.
     pub async fn bind(config: ClientConfig) -> Result<Client, SetupError> {
-        let listener =
-            Listener::bind(&config.listen)
-                .await
-                .map_err(|source| SetupError::Listen {
-                    what: config.listen.to_string(),
-                    source,
-                })?;
+        let registry = Arc::new(TunnelRegistry::default());
+        let mut listeners = Vec::with_capacity(config.services.len());
+        for service in config.services {
+            let listener = bind_service(&service).await?;
+            let name = service.name.shared();
+            registry.add_service(&name);
+            listeners.push(ServiceListener {
+                listener,
+                service: Arc::new(ServiceCore {
+                    name,
+                    source: service.source,
+                    transport: Transport::of(&service.listen),
+                }),
+            });
+        }
         let quic = quic_config(&config.verification, config.identity, &config.transport)?;
         let connector = Connector::start(ConnectorConfig {
             server: config.server.clone(),
@@ -140,15 +164,14 @@ impl Client {
             max_backoff: config.reconnect_max_backoff,
         });
         let core = Arc::new(ClientCore {
-            source: config.source,
             discriminators: config.discriminators,
-            registry: Arc::default(),
+            registry,
             outage_wait: config.outage_wait,
             udp_idle_timeout: config.transport.udp_idle_timeout,
             connector,
         });
         Ok(Client {
-            listener,
+            listeners,
             server: config.server,
             core,
         })
@@ -171,29 +194,74 @@ impl Client {
         self.core.registry.clone()
     }
 
+    /// The address of the first service's listener.
     pub fn local_addr(&self) -> std::io::Result<Address> {
-        self.listener.local_addr()
+        self.listeners.first().map_or_else(
+            || Err(std::io::ErrorKind::NotFound.into()),
+            |l| l.listener.local_addr(),
+        )
     }
 
-    /// Accepts application connections until the task is dropped.
+    /// Each service's name and the address its listener is bound to.
+    pub fn service_addrs(&self) -> std::io::Result<Vec<(String, Address)>> {
+        self.listeners
+            .iter()
+            .map(|l| Ok((l.service.name.to_string(), l.listener.local_addr()?)))
+            .collect()
+    }
+
+    /// Accepts application connections on every listener until the task is dropped.
     pub async fn run(self) {
-        info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-              server = %self.server, "client ready");
-        let listener = match self.listener {
-            Listener::Stream(listener) => listener,
-            Listener::Udp(socket) => return flow::run(socket, self.core).await,
-        };
-        loop {
-            match listener.accept().await {
-                Ok((app, client_app)) => {
-                    let span = info_span!("tunnel", %client_app, stream_id = tracing::field::Empty);
-                    tokio::spawn(serve_app(app, client_app, self.core.clone()).instrument(span));
-                }
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!("accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+        let addrs = self.service_addrs().unwrap_or_default();
+        for (service, listen) in &addrs {
+            info!(%service, %listen, "service ready");
+        }
+        let listen: Vec<String> = addrs.iter().map(|(_, a)| a.to_string()).collect();
+        info!(listen = %listen.join(","), server = %self.server, "client ready");
+        // Polled in place, not spawned: dropping `run` drops the listeners at once. The
+        // loops never end, so each is polled whenever any is woken.
+        let mut accepting: Vec<_> = self
+            .listeners
+            .into_iter()
+            .map(|listener| Box::pin(accept_loop(listener, self.core.clone())))
+            .collect();
+        std::future::poll_fn(|cx| {
+            for accept in &mut accepting {
+                let _ = accept.as_mut().poll(cx);
+            }
+            std::task::Poll::<()>::Pending
+        })
+        .await;
+    }
+}
+
+async fn bind_service(service: &Service) -> Result<Listener, SetupError> {
+    Listener::bind(&service.listen)
+        .await
+        .map_err(|source| SetupError::Listen {
+            what: format!("{} (service {:?})", service.listen, service.name.as_str()),
+            source,
+        })
+}
+
+/// Accepts one service's application connections (or datagrams), forever.
+async fn accept_loop(service: ServiceListener, core: Arc<ClientCore>) {
+    let listener = match service.listener {
+        Listener::Stream(listener) => listener,
+        Listener::Udp(socket) => return flow::run(socket, service.service, core).await,
+    };
+    loop {
+        match listener.accept().await {
+            Ok((app, client_app)) => {
+                let span = info_span!("tunnel", service = %service.service.name, %client_app,
+                                      stream_id = tracing::field::Empty);
+                let serving = serve_app(app, client_app, service.service.clone(), core.clone());
+                tokio::spawn(serving.instrument(span));
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(service = %service.service.name, "accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -213,8 +281,13 @@ pub(crate) fn quic_config(
 }
 
 /// Serves one application connection.
-async fn serve_app(app: AppStream, client_app: String, core: Arc<ClientCore>) {
-    let token = match core.source.token(&client_app).await {
+async fn serve_app(
+    app: AppStream,
+    client_app: String,
+    service: Arc<ServiceCore>,
+    core: Arc<ClientCore>,
+) {
+    let token = match service.source.token(&client_app).await {
         Ok(token) => token,
         Err(error) => {
             warn!("connection refused: no token: {error}");
@@ -265,12 +338,15 @@ async fn serve_app(app: AppStream, client_app: String, core: Arc<ClientCore>) {
         client_app: Some(client_app),
         server_app: None,
         remote_endpoint: connection.remote_address(),
+        service: Some(service.name.clone()),
+        transport: service.transport,
     }));
     let tunnel = registered.tunnel();
     let sniffer = Sniffer::start(&core.discriminators, tunnel.clone());
     let end = relay::relay(app, send, recv, tunnel, Some(protocol), sniffer.as_ref()).await;
     if let End::Refused(answer) = &end {
-        core.registry.count_refused(answer.status);
+        core.registry
+            .count_refused(answer.status, tunnel.service.as_ref());
     }
     log_end(end, tunnel);
 }

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use super::ServerCore;
 use super::stream::{allowed_addrs, refuse, unreachable};
 use crate::tunnel::udp::{self, Flow, FlowApp, FlowTable};
-use crate::tunnel::{Side, Tunnel, TunnelSpec};
+use crate::tunnel::{Side, Transport, Tunnel, TunnelSpec};
 use crate::wire::addr::{Address, HostPort};
 use crate::wire::handshake::{self, Protocol};
 use crate::wire::{Answer, Status};
@@ -41,6 +41,8 @@ pub(super) async fn serve_flow(
         client_app: None,
         server_app: Some(target.to_string()),
         remote_endpoint: connection.remote_address(),
+        service: None,
+        transport: Transport::Udp,
     }));
     let tunnel = registered.tunnel();
     // Listed before the answer: the client sends DATAGRAM frames once it has it.

@@ -18,7 +18,7 @@ use crate::tunnel::app::{AppStream, within};
 use crate::tunnel::relay::{self, Abort, log_end};
 use crate::tunnel::sniff::Sniffer;
 use crate::tunnel::udp::FlowTable;
-use crate::tunnel::{Side, Tunnel, TunnelSpec};
+use crate::tunnel::{Side, Transport, Tunnel, TunnelSpec};
 use crate::wire::addr::{Address, HostPort};
 use crate::wire::handshake::{self, HandshakeError, Protocol};
 use crate::wire::{Answer, Status};
@@ -93,6 +93,8 @@ pub(super) async fn serve_stream(
         client_app: None,
         server_app: Some(target.to_string()),
         remote_endpoint,
+        service: None,
+        transport: Transport::of(&target),
     }));
     let tunnel = registered.tunnel();
     let sniffer = Sniffer::start(&core.discriminators, tunnel.clone());
@@ -189,6 +191,6 @@ pub(super) async fn refuse(
     protocol: Protocol,
     answer: Answer,
 ) {
-    core.registry.count_refused(answer.status);
+    core.registry.count_refused(answer.status, None);
     handshake::refuse(send, recv, protocol, answer).await;
 }

@@ -4,7 +4,7 @@
 //! registration is a guard, so no path forgets it). Byte counts are atomics updated by the
 //! relay; the protocol is set by the discriminators as soon as one affirms.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::lock::lock;
 use crate::wire::Status;
+use crate::wire::addr::Address;
 
 pub mod app;
 pub mod relay;
@@ -36,6 +37,35 @@ pub struct ByteCounters {
     pub dropped_datagrams: AtomicU64,
 }
 
+/// What the application side of a tunnel is: how the client application connected, or what
+/// the server dialed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+    Unix,
+}
+
+impl Transport {
+    /// The transport of an application address.
+    pub fn of(address: &Address) -> Transport {
+        match address {
+            Address::Tcp(_) => Transport::Tcp,
+            Address::Udp(_) => Transport::Udp,
+            Address::Unix(_) => Transport::Unix,
+        }
+    }
+
+    /// The name the REST API shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+            Transport::Unix => "unix",
+        }
+    }
+}
+
 /// Which endpoint runs the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -54,6 +84,9 @@ pub struct Tunnel {
     /// The server application's address (server side only).
     pub server_app: Option<String>,
     pub remote_endpoint: SocketAddr,
+    /// The client's service this tunnel came in on (client side only).
+    pub service: Option<Arc<str>>,
+    pub transport: Transport,
     pub created_at: SystemTime,
     pub counters: ByteCounters,
     protocol: Mutex<Option<AppProtocol>>,
@@ -76,6 +109,9 @@ pub struct TunnelSpec {
     pub client_app: Option<String>,
     pub server_app: Option<String>,
     pub remote_endpoint: SocketAddr,
+    /// The client's service (client side only).
+    pub service: Option<Arc<str>>,
+    pub transport: Transport,
 }
 
 impl Tunnel {
@@ -87,6 +123,8 @@ impl Tunnel {
             client_app: spec.client_app,
             server_app: spec.server_app,
             remote_endpoint: spec.remote_endpoint,
+            service: spec.service,
+            transport: spec.transport,
             created_at: SystemTime::now(),
             counters: ByteCounters::default(),
             protocol: Mutex::new(None),
@@ -144,6 +182,31 @@ pub struct TunnelRegistry {
     ended: ByteCounters,
     /// Tunnels the server refused, by status: 2 to 5 at 0 to 3.
     refused: [AtomicU64; 4],
+    /// The client's services, each with the totals of its tunnels (empty on the server).
+    services: Mutex<BTreeMap<Arc<str>, ServiceTotals>>,
+}
+
+/// The totals of one service's tunnels since start; only the client has services.
+#[derive(Debug, Default, Clone)]
+struct ServiceTotals {
+    opened: u64,
+    /// Bytes of its tunnels that have ended: (client to server, server to client).
+    ended: (u64, u64),
+    refused: [u64; 4],
+}
+
+/// One service's tunnels, for the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceStats {
+    pub name: Arc<str>,
+    pub open: usize,
+    pub opened: u64,
+    /// Bytes sent by client applications, ended tunnels included.
+    pub client_to_server: u64,
+    /// Bytes sent by server applications, ended tunnels included.
+    pub server_to_client: u64,
+    /// Tunnels the server refused, by status.
+    pub refused: Vec<(Status, u64)>,
 }
 
 /// The statuses a refusal has, in the order of [`TunnelRegistry::refused_total`].
@@ -160,6 +223,9 @@ impl TunnelRegistry {
         let tunnel = Arc::new(tunnel);
         lock(&self.tunnels).insert(tunnel.uuid, tunnel.clone());
         self.opened.fetch_add(1, Ordering::Relaxed);
+        if let Some(service) = &tunnel.service {
+            self.with_service(service, |totals| totals.opened += 1);
+        }
         Registered {
             registry: self.clone(),
             tunnel,
@@ -195,11 +261,53 @@ impl TunnelRegistry {
     }
 
     /// Counts a tunnel the server refused (the server when it answers, the client when it
-    /// reads the answer).
-    pub fn count_refused(&self, status: Status) {
-        if let Some(at) = REFUSALS.iter().position(|s| *s == status) {
-            self.refused[at].fetch_add(1, Ordering::Relaxed);
+    /// reads the answer, then with the tunnel's service).
+    pub fn count_refused(&self, status: Status, service: Option<&Arc<str>>) {
+        let Some(at) = REFUSALS.iter().position(|s| *s == status) else {
+            return;
+        };
+        self.refused[at].fetch_add(1, Ordering::Relaxed);
+        if let Some(service) = service {
+            self.with_service(service, |totals| totals.refused[at] += 1);
         }
+    }
+
+    /// Names a service, so its metrics are shown before its first tunnel.
+    pub fn add_service(&self, name: &Arc<str>) {
+        self.with_service(name, |_| {});
+    }
+
+    /// Each service's tunnels, by name.
+    pub fn service_stats(&self) -> Vec<ServiceStats> {
+        // The tunnels' lock first, as `end` takes them, so an ending tunnel is counted once.
+        let live = lock(&self.tunnels);
+        let services = lock(&self.services);
+        let mut stats: Vec<ServiceStats> = services
+            .iter()
+            .map(|(name, totals)| ServiceStats {
+                name: name.clone(),
+                open: 0,
+                opened: totals.opened,
+                client_to_server: totals.ended.0,
+                server_to_client: totals.ended.1,
+                refused: REFUSALS.iter().copied().zip(totals.refused).collect(),
+            })
+            .collect();
+        for tunnel in live.values() {
+            let Some(service) = &tunnel.service else {
+                continue;
+            };
+            if let Some(s) = stats.iter_mut().find(|s| &s.name == service) {
+                s.open += 1;
+                s.client_to_server += tunnel.client_to_server();
+                s.server_to_client += tunnel.server_to_client();
+            }
+        }
+        stats
+    }
+
+    fn with_service(&self, name: &Arc<str>, change: impl FnOnce(&mut ServiceTotals)) {
+        change(lock(&self.services).entry(name.clone()).or_default());
     }
 
     /// Tunnels refused since start, by status.
@@ -241,6 +349,13 @@ impl TunnelRegistry {
         ended
             .server_to_client
             .fetch_add(tunnel.server_to_client(), Ordering::Relaxed);
+        if let Some(service) = &tunnel.service {
+            let (up, down) = (tunnel.client_to_server(), tunnel.server_to_client());
+            self.with_service(service, |totals| {
+                totals.ended.0 += up;
+                totals.ended.1 += down;
+            });
+        }
     }
 }
 
@@ -274,6 +389,8 @@ mod tests {
             client_app: None,
             server_app: Some("tcp:127.0.0.1:22".into()),
             remote_endpoint: "127.0.0.1:5000".parse().unwrap(),
+            service: None,
+            transport: Transport::Tcp,
         }
     }
 
@@ -325,5 +442,36 @@ mod tests {
             protocol.properties,
             Some(serde_json::json!({"version": "2.2"}))
         );
+    }
+
+    #[test]
+    fn each_service_keeps_its_own_totals() {
+        let registry = Arc::new(TunnelRegistry::default());
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        registry.add_service(&a);
+        registry.add_service(&b);
+        let of = |service: &Arc<str>| {
+            Tunnel::new(TunnelSpec {
+                service: Some(service.clone()),
+                side: Side::Client,
+                ..spec(0)
+            })
+        };
+        let first = registry.register(of(&a));
+        let _second = registry.register(of(&a));
+        first
+            .tunnel()
+            .counters
+            .client_to_server
+            .fetch_add(7, Ordering::Relaxed);
+        drop(first);
+        registry.count_refused(Status::NotAllowed, Some(&b));
+        let stats = registry.service_stats();
+        assert_eq!(stats.len(), 2);
+        assert_eq!((stats[0].open, stats[0].opened), (1, 2));
+        assert_eq!(stats[0].client_to_server, 7);
+        assert_eq!((stats[1].open, stats[1].opened), (0, 0));
+        assert!(stats[1].refused.contains(&(Status::NotAllowed, 1)));
+        assert_eq!(registry.refused_total()[2], (Status::NotAllowed, 1));
     }
 }

@@ -388,6 +388,8 @@ mod tests {
             client_app: None,
             server_app: None,
             remote_endpoint: "127.0.0.1:1".parse().unwrap(),
+            service: None,
+            transport: crate::tunnel::Transport::Udp,
         }))
     }
 

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use quictun::client::service::Service;
 use quictun::client::{Client, ClientConfig};
 use quictun::plugins::{Discriminator, TokenParser, TokenSource};
 use quictun::quic::TransportOptions;
@@ -232,9 +233,12 @@ pub async fn start_client_custom(
 ) -> TestClient {
     let source = TokenSource::load("Fixed", token, Some(plugin_dir())).expect("load Fixed");
     let mut config = ClientConfig {
-        listen,
+        services: vec![Service {
+            name: "default".parse().unwrap(),
+            listen,
+            source,
+        }],
         server: server.into(),
-        source,
         verification: Verification::Insecure,
         identity: None,
         transport: transport(),
@@ -580,4 +584,18 @@ pub fn initials(server: SocketAddr, count: usize) -> Vec<Vec<u8>> {
             datagram
         })
         .collect()
+}
+
+/// `GET path` over a plain TCP connection, as curl would send it.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the REST API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
 }
