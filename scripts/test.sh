@@ -6,8 +6,9 @@
 #    chromedriver for the dashboard test (as root, with apt-get).
 # 2. Builds the plugin fixture made against another plugin-API version, a workspace of its own
 #    that cargo cannot build as a dependency, into the same target directory.
-# 3. Runs `cargo test --workspace -- --include-ignored`. Arguments before a `--` go to cargo,
-#    after it to the test binaries: scripts/test.sh -p quictun -- --skip legacy
+# 3. Runs `cargo test --workspace --no-fail-fast -- --include-ignored` (every test binary runs,
+#    so one failure does not hide another). Arguments before a `--` go to cargo, after it to
+#    the test binaries: scripts/test.sh -p quictun -- --skip legacy
 #
 # QUICTUN_SKIP_BROWSER=1 skips the dashboard test. Not run as root, the link-emulator tests
 # (network namespaces, TUN devices) are skipped, with a note saying so.
@@ -67,4 +68,5 @@ if [ "$(id -u)" != 0 ]; then
     for name in $linkem_tests; do skip+=(--skip "$name"); done
 fi
 
-cargo test --workspace "${cargo_args[@]}" -- --include-ignored "${skip[@]}" "${test_args[@]}"
+cargo test --workspace --no-fail-fast "${cargo_args[@]}" -- --include-ignored "${skip[@]}" \
+    "${test_args[@]}"

@@ -50,6 +50,10 @@ async fn ask(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_original_client_moves_64_mib_byte_exact_to_tcp_and_unix_targets() {
     let dir = TempDir::new("legacy");
+    // Made before connecting: made between the two transfers, it left the connection idle
+    // for seconds, past its idle time-out on a busy machine.
+    let data = std::sync::Arc::new(pattern(64 * 1024 * 1024, 5));
+    let expected = sha256(&data);
     let server = start_server("");
     let connection = legacy_connection(server.addr).await;
     for app in [
@@ -58,8 +62,7 @@ async fn an_original_client_moves_64_mib_byte_exact_to_tcp_and_unix_targets() {
     ] {
         let (status, mut send, mut recv) = ask(&connection, &app.addr.to_string(), &[]).await;
         assert_eq!(status, 0x01);
-        let data = pattern(64 * 1024 * 1024, 5);
-        let expected = sha256(&data);
+        let data = data.clone();
         let writer = tokio::spawn(async move {
             send.write_all(&data).await.unwrap();
             send.finish().unwrap();
