@@ -24,7 +24,7 @@ use quictun::tunnel::Side;
 use quictun::tunnel::TunnelRegistry;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tower::ServiceExt;
 
 /// Rates sampled this often in tests, so a test waits tenths of a second, not seconds.
@@ -216,7 +216,9 @@ async fn metrics_of_an_idle_endpoint_are_zero() {
     for direction in ["client_to_server", "server_to_client"] {
         let labels = [("direction", direction)];
         assert_eq!(metrics.value("quictun_bytes_total", &labels), 0.0);
+        assert_eq!(metrics.value("quictun_datagrams_total", &labels), 0.0);
     }
+    assert_eq!(metrics.value("quictun_datagrams_dropped_total", &[]), 0.0);
 }
 
 // ---- real endpoints --------------------------------------------------------------------------
@@ -541,6 +543,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("quictun_tunnels_total", "counter"),
     ("quictun_tunnels_refused_total", "counter"),
     ("quictun_bytes_total", "counter"),
+    ("quictun_datagrams_total", "counter"),
+    ("quictun_datagrams_dropped_total", "counter"),
     ("quictun_handshake_failures_total", "counter"),
     ("quictun_connections_open", "gauge"),
     ("quictun_connection_rtt_seconds", "gauge"),
@@ -882,5 +886,75 @@ async fn a_busy_api_port_is_a_start_up_error() {
         let expected = format!("error: cannot listen on tcp {addr} for the REST API: ");
         assert!(stderr.contains(&expected), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_flows_show_their_transport_and_datagrams() {
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((len, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..len], from).await;
+        }
+    });
+    let server = start_server("");
+    let listen = "udp:127.0.0.1:0".parse().unwrap();
+    let client = start_client(listen, server.addr, &format!("udp:{echo_addr}")).await;
+    let app = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = client
+        .addr
+        .to_string()
+        .trim_start_matches("udp:")
+        .to_owned();
+    let mut buf = [0u8; 2048];
+    for seq in 0..25u8 {
+        let datagram = [seq; 100];
+        app.send_to(&datagram, &to).await.unwrap();
+        let len = within(10, app.recv(&mut buf)).await.unwrap();
+        assert_eq!(&buf[..len], &datagram[..]);
+    }
+    for (api, side) in [
+        (server_api(&server), "server"),
+        (client_api(&client), "client"),
+    ] {
+        // The reply toward the application is counted once it was sent.
+        let _ = wait_until(WAIT, || async {
+            only_tunnel(&api).await["serverDatagrams"] == 25
+        })
+        .await;
+        let tunnel = only_tunnel(&api).await;
+        assert_eq!(tunnel["transport"], "udp", "{side}: {tunnel}");
+        assert_eq!(tunnel["clientDatagrams"], 25, "{side}: {tunnel}");
+        assert_eq!(tunnel["serverDatagrams"], 25, "{side}: {tunnel}");
+        assert_eq!(tunnel["droppedDatagrams"], 0, "{side}: {tunnel}");
+        assert_eq!(tunnel["clientTotalBytes"], 2500, "{side}: {tunnel}");
+        assert_eq!(tunnel["serverTotalBytes"], 2500, "{side}: {tunnel}");
+        let service = if side == "client" {
+            json!("default")
+        } else {
+            Value::Null
+        };
+        assert_eq!(tunnel["service"], service, "{side}: {tunnel}");
+        let metrics = metrics(&api).await;
+        for direction in ["client_to_server", "server_to_client"] {
+            let mut labels = vec![("direction", direction)];
+            if side == "client" {
+                labels.push(("service", "default"));
+            }
+            let sent = metrics.value("quictun_datagrams_total", &labels);
+            assert_eq!(sent, 25.0, "{side} {direction}");
+        }
+        let labels: &[(&str, &str)] = if side == "client" {
+            &[("service", "default")]
+        } else {
+            &[]
+        };
+        assert_eq!(
+            metrics.value("quictun_datagrams_dropped_total", labels),
+            0.0,
+            "{side}"
+        );
     }
 }

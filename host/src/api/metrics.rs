@@ -37,13 +37,11 @@ fn tunnels(out: &mut Exposition, state: &ApiState) {
 /// The whole endpoint's tunnels, as one unnamed service (the server).
 fn endpoint_stats(state: &ApiState) -> ServiceStats {
     let tunnels = &state.tunnels;
-    let (up, down) = tunnels.bytes_total();
     ServiceStats {
         name: "".into(),
         open: tunnels.open_count(),
         opened: tunnels.opened_total(),
-        client_to_server: up,
-        server_to_client: down,
+        traffic: tunnels.traffic_total(),
         refused: tunnels.refused_total(),
     }
 }
@@ -85,9 +83,37 @@ fn tunnel_families(out: &mut Exposition, groups: &[(Labels, ServiceStats)]) {
     );
     for (labels, stats) in groups {
         let up = with(labels, &[("direction", "client_to_server")]);
-        out.sample_owned("quictun_bytes_total", &up, stats.client_to_server);
+        out.sample_owned("quictun_bytes_total", &up, stats.traffic.client_to_server);
         let down = with(labels, &[("direction", "server_to_client")]);
-        out.sample_owned("quictun_bytes_total", &down, stats.server_to_client);
+        out.sample_owned("quictun_bytes_total", &down, stats.traffic.server_to_client);
+    }
+    out.family(
+        "quictun_datagrams_total",
+        "counter",
+        "Datagrams of UDP flows relayed since start, by direction (client_to_server: sent by client applications).",
+    );
+    for (labels, stats) in groups {
+        let up = with(labels, &[("direction", "client_to_server")]);
+        out.sample_owned(
+            "quictun_datagrams_total",
+            &up,
+            stats.traffic.client_datagrams,
+        );
+        let down = with(labels, &[("direction", "server_to_client")]);
+        out.sample_owned(
+            "quictun_datagrams_total",
+            &down,
+            stats.traffic.server_datagrams,
+        );
+    }
+    out.family(
+        "quictun_datagrams_dropped_total",
+        "counter",
+        "Datagrams of UDP flows dropped since start: a full flow queue, a send that failed.",
+    );
+    for (labels, stats) in groups {
+        let dropped = stats.traffic.dropped_datagrams;
+        out.sample_owned("quictun_datagrams_dropped_total", labels, dropped);
     }
 }
 

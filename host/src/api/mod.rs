@@ -39,8 +39,7 @@ use uuid::Uuid;
 
 use crate::quic::SetupError;
 use crate::quic::connections::{ConnectionInfo, ConnectionRegistry};
-use crate::tunnel::Side;
-use crate::tunnel::{Tunnel, TunnelRegistry};
+use crate::tunnel::{Side, Transport, Tunnel, TunnelRegistry};
 use crate::wire::addr::HostPort;
 
 /// How often the send rates are sampled: they are rates over the last second.
@@ -205,11 +204,20 @@ struct TunnelView {
     protocol_properties: Option<serde_json::Value>,
     server_send_bytes_per_second: u64,
     client_send_bytes_per_second: u64,
-    /// The application side: `tcp` or `unix`.
+    /// The application side: `tcp`, `udp` or `unix`.
     transport: &'static str,
     /// The client's service the tunnel came in on (client side only).
     #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<String>,
+    /// UDP flows only: datagrams sent by the client application.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_datagrams: Option<u64>,
+    /// UDP flows only: datagrams sent by the server application.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_datagrams: Option<u64>,
+    /// UDP flows only: datagrams dropped (a full queue, a send that failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped_datagrams: Option<u64>,
 }
 
 /// One QUIC connection.
@@ -346,6 +354,8 @@ fn find(
 fn view(state: &ApiState, tunnel: &Tunnel) -> TunnelView {
     let rate = state.rates.of(&tunnel.uuid);
     let protocol = tunnel.protocol();
+    let traffic = tunnel.counters.snapshot();
+    let udp = |count: u64| (tunnel.transport == Transport::Udp).then_some(count);
     TunnelView {
         uuid: tunnel.uuid.to_string(),
         stream_id: tunnel.stream_id,
@@ -367,6 +377,9 @@ fn view(state: &ApiState, tunnel: &Tunnel) -> TunnelView {
         client_send_bytes_per_second: rate.client_to_server.round() as u64,
         transport: tunnel.transport.label(),
         service: tunnel.service.as_deref().map(str::to_owned),
+        client_datagrams: udp(traffic.client_datagrams),
+        server_datagrams: udp(traffic.server_datagrams),
+        dropped_datagrams: udp(traffic.dropped_datagrams),
     }
 }
 

@@ -37,6 +37,40 @@ pub struct ByteCounters {
     pub dropped_datagrams: AtomicU64,
 }
 
+impl ByteCounters {
+    /// The counts now.
+    pub fn snapshot(&self) -> Traffic {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Traffic {
+            client_to_server: load(&self.client_to_server),
+            server_to_client: load(&self.server_to_client),
+            client_datagrams: load(&self.client_datagrams),
+            server_datagrams: load(&self.server_datagrams),
+            dropped_datagrams: load(&self.dropped_datagrams),
+        }
+    }
+}
+
+/// What [`ByteCounters`] counted, at one moment or summed over tunnels.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    pub client_to_server: u64,
+    pub server_to_client: u64,
+    pub client_datagrams: u64,
+    pub server_datagrams: u64,
+    pub dropped_datagrams: u64,
+}
+
+impl std::ops::AddAssign for Traffic {
+    fn add_assign(&mut self, other: Traffic) {
+        self.client_to_server += other.client_to_server;
+        self.server_to_client += other.server_to_client;
+        self.client_datagrams += other.client_datagrams;
+        self.server_datagrams += other.server_datagrams;
+        self.dropped_datagrams += other.dropped_datagrams;
+    }
+}
+
 /// What the application side of a tunnel is: how the client application connected, or what
 /// the server dialed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,8 +212,8 @@ impl Tunnel {
 pub struct TunnelRegistry {
     tunnels: Mutex<HashMap<Uuid, Arc<Tunnel>>>,
     opened: AtomicU64,
-    /// Bytes of the tunnels that have ended, so the totals do not drop when one does.
-    ended: ByteCounters,
+    /// The traffic of the tunnels that have ended, so the totals do not drop when one does.
+    ended: Mutex<Traffic>,
     /// Tunnels the server refused, by status: 2 to 5 at 0 to 3.
     refused: [AtomicU64; 4],
     /// The client's services, each with the totals of its tunnels (empty on the server).
@@ -190,8 +224,8 @@ pub struct TunnelRegistry {
 #[derive(Debug, Default, Clone)]
 struct ServiceTotals {
     opened: u64,
-    /// Bytes of its tunnels that have ended: (client to server, server to client).
-    ended: (u64, u64),
+    /// The traffic of its tunnels that have ended.
+    ended: Traffic,
     refused: [u64; 4],
 }
 
@@ -201,10 +235,8 @@ pub struct ServiceStats {
     pub name: Arc<str>,
     pub open: usize,
     pub opened: u64,
-    /// Bytes sent by client applications, ended tunnels included.
-    pub client_to_server: u64,
-    /// Bytes sent by server applications, ended tunnels included.
-    pub server_to_client: u64,
+    /// The traffic of its tunnels, ended ones included.
+    pub traffic: Traffic,
     /// Tunnels the server refused, by status.
     pub refused: Vec<(Status, u64)>,
 }
@@ -288,8 +320,7 @@ impl TunnelRegistry {
                 name: name.clone(),
                 open: 0,
                 opened: totals.opened,
-                client_to_server: totals.ended.0,
-                server_to_client: totals.ended.1,
+                traffic: totals.ended,
                 refused: REFUSALS.iter().copied().zip(totals.refused).collect(),
             })
             .collect();
@@ -299,8 +330,7 @@ impl TunnelRegistry {
             };
             if let Some(s) = stats.iter_mut().find(|s| &s.name == service) {
                 s.open += 1;
-                s.client_to_server += tunnel.client_to_server();
-                s.server_to_client += tunnel.server_to_client();
+                s.traffic += tunnel.counters.snapshot();
             }
         }
         stats
@@ -327,34 +357,29 @@ impl TunnelRegistry {
     /// Bytes moved since start by all tunnels, ended ones included: (sent by client
     /// applications, sent by server applications).
     pub fn bytes_total(&self) -> (u64, u64) {
+        let total = self.traffic_total();
+        (total.client_to_server, total.server_to_client)
+    }
+
+    /// The traffic of all tunnels since start, ended ones included.
+    pub fn traffic_total(&self) -> Traffic {
         // Under the lock, so a tunnel ending meanwhile is counted once: live or ended.
         let live = lock(&self.tunnels);
-        live.values().fold(
-            (
-                self.ended.client_to_server.load(Ordering::Relaxed),
-                self.ended.server_to_client.load(Ordering::Relaxed),
-            ),
-            |(up, down), t| (up + t.client_to_server(), down + t.server_to_client()),
-        )
+        let mut total = *lock(&self.ended);
+        for tunnel in live.values() {
+            total += tunnel.counters.snapshot();
+        }
+        total
     }
 
     /// Removes a tunnel whose relay has ended and keeps its byte counts in the totals.
     fn end(&self, tunnel: &Tunnel) {
         let mut live = lock(&self.tunnels);
         live.remove(&tunnel.uuid);
-        let ended = &self.ended;
-        ended
-            .client_to_server
-            .fetch_add(tunnel.client_to_server(), Ordering::Relaxed);
-        ended
-            .server_to_client
-            .fetch_add(tunnel.server_to_client(), Ordering::Relaxed);
+        let traffic = tunnel.counters.snapshot();
+        *lock(&self.ended) += traffic;
         if let Some(service) = &tunnel.service {
-            let (up, down) = (tunnel.client_to_server(), tunnel.server_to_client());
-            self.with_service(service, |totals| {
-                totals.ended.0 += up;
-                totals.ended.1 += down;
-            });
+            self.with_service(service, |totals| totals.ended += traffic);
         }
     }
 }
