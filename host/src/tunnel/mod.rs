@@ -494,7 +494,7 @@ mod tests {
         let stats = registry.service_stats();
         assert_eq!(stats.len(), 2);
         assert_eq!((stats[0].open, stats[0].opened), (1, 2));
-        assert_eq!(stats[0].client_to_server, 7);
+        assert_eq!(stats[0].traffic.client_to_server, 7);
         assert_eq!((stats[1].open, stats[1].opened), (0, 0));
         assert!(stats[1].refused.contains(&(Status::NotAllowed, 1)));
         assert_eq!(registry.refused_total()[2], (Status::NotAllowed, 1));
