@@ -1,6 +1,7 @@
 //! Several services in one client (SPEC §11), with the real binaries: a `services:` list in the
-//! client's YAML, each service its own listener and token source, all on one QUIC connection;
-//! a broken entry, or a single-listener flag beside the list, stops the start with one line.
+//! client's YAML, each service its own listener and token source (TCP and UDP ones), all on one
+//! QUIC connection; `--check` tests each; a broken entry, or a single-listener flag beside the
+//! list, stops the start with one line.
 
 mod common;
 
@@ -11,6 +12,34 @@ use common::*;
 use quictun::wire::addr::Address;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+
+/// A UDP server that sends every datagram back to its sender.
+async fn udp_echo() -> std::net::SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..len], from).await;
+        }
+    });
+    addr
+}
+
+/// Sends `count` numbered datagrams to `to` one at a time, each answered before the next.
+async fn udp_exchange(to: &Address, count: u32) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = to.to_string();
+    let to = to.strip_prefix("udp:").expect("a UDP service");
+    let mut buf = vec![0u8; 2048];
+    for seq in 0..count {
+        let datagram: Vec<u8> = seq.to_be_bytes().repeat(300);
+        socket.send_to(&datagram, to).await.unwrap();
+        let len = within(10, socket.recv(&mut buf)).await.unwrap();
+        assert_eq!(&buf[..len], &datagram[..], "datagram {seq}");
+    }
+}
 
 /// Writes `yaml` as the client's config file and points the client at it.
 fn with_config(client: Launch, yaml: &str) -> Launch {
@@ -38,14 +67,16 @@ fn get_json(api: std::net::SocketAddr, path: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_services_carry_traffic_at_once_over_one_connection() {
+async fn three_services_carry_traffic_at_once_over_one_connection() {
     let echo = app_server_tcp(Behaviour::Echo).await;
     let digest = app_server_tcp(Behaviour::DigestAfterEof).await;
+    let udp = udp_echo().await;
     let server = Launch::server().start().await;
     let yaml = format!(
         "services:\n\
          - name: web\n  listen-on: tcp:127.0.0.1:0\n  token-source: {}\n\
-         - name: db_2\n  listen-on: tcp:127.0.0.1:0\n  token-source-plugin: Fixed\n  token-source: {}\n",
+         - name: db_2\n  listen-on: tcp:127.0.0.1:0\n  token-source-plugin: Fixed\n  token-source: {}\n\
+         - name: dns\n  listen-on: udp:127.0.0.1:0\n  token-source: udp:{udp}\n",
         echo.addr, digest.addr
     );
     let client = Launch::client().without("--listen-on").args([
@@ -58,6 +89,7 @@ async fn two_services_carry_traffic_at_once_over_one_connection() {
     let client = with_config(client, &yaml).start().await;
     let log = client.lines();
     let (web, db) = (service_addr(&log, "web"), service_addr(&log, "db_2"));
+    let dns = service_addr(&log, "dns");
     let api = client.api.expect("the client's REST API");
 
     // Both tunnels open: the echo one has carried bytes both ways, the digest one waits.
@@ -93,7 +125,7 @@ async fn two_services_carry_traffic_at_once_over_one_connection() {
         [("db_2".into(), "tcp".into()), ("web".into(), "tcp".into())]
     );
 
-    // Both carry the rest at the same time.
+    // All three carry traffic at the same time: the rest of both streams, and datagrams.
     let more = pattern(2 << 20, 3);
     let web_rest = async {
         let (mut reader, mut writer) = web_conn.into_split();
@@ -114,7 +146,8 @@ async fn two_services_carry_traffic_at_once_over_one_connection() {
         db_conn.read_to_end(&mut digest).await.unwrap();
         digest
     };
-    let (back, digest_back) = within(60, async { tokio::join!(web_rest, db_rest) }).await;
+    let flow = udp_exchange(&dns, 200);
+    let (back, digest_back, ()) = within(60, async { tokio::join!(web_rest, db_rest, flow) }).await;
     assert!(back == more, "the echo service's second part differs");
     assert_eq!(digest_back, sha256(&sent));
 
@@ -126,10 +159,12 @@ async fn two_services_carry_traffic_at_once_over_one_connection() {
         "{connections}"
     );
     let metrics = http_get(api, "/metrics");
-    for service in ["web", "db_2"] {
+    for service in ["web", "db_2", "dns"] {
         let total = format!("quictun_tunnels_total{{service=\"{service}\"}} 1");
         assert!(metrics.contains(&total), "{total}:\n{metrics}");
     }
+    let datagrams = "quictun_datagrams_total{service=\"dns\",direction=\"client_to_server\"} 200";
+    assert!(metrics.contains(datagrams), "{datagrams}:\n{metrics}");
     let bytes = format!(
         "quictun_bytes_total{{service=\"db_2\",direction=\"client_to_server\"}} {}",
         sent.len()
@@ -214,4 +249,48 @@ async fn single_listener_flags_are_refused_beside_services() {
         stderr.contains("--token-source-plugin cannot be given"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tests_every_service_and_names_the_ones_refused() {
+    let echo = app_server_tcp(Behaviour::Echo).await;
+    let udp = udp_echo().await;
+    let server = Launch::server().start().await;
+    let good = format!(
+        "services:\n\
+         - {{name: web, listen-on: 'tcp:127.0.0.1:0', token-source: '{}'}}\n\
+         - {{name: dns, listen-on: 'udp:127.0.0.1:0', token-source: 'udp:{udp}'}}\n",
+        echo.addr
+    );
+    let check = |yaml: String| {
+        let launch = Launch::check(&server.quic_addr().to_string()).args([
+            "--insecure-skip-verify",
+            "--log-level",
+            "off",
+        ]);
+        with_config(launch, &yaml).output()
+    };
+    let output = check(good.clone()).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}{output:?}");
+    for service in ["web", "dns"] {
+        let accepted = format!("service {service}: token accepted\n");
+        assert!(stdout.contains(&accepted), "{accepted:?} not in:\n{stdout}");
+    }
+
+    let broken =
+        format!("{good}- {{name: old, listen-on: 'tcp:127.0.0.1:0', token-source: bogus}}\n");
+    let output = check(broken).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("service old: token refused: 2 (bad token)"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("service dns: token accepted"), "{stdout}");
+    assert!(!stdout.contains("service old: token accepted"), "{stdout}");
 }

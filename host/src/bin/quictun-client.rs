@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 use quictun::api::{self, ApiListen, ApiState};
 use quictun::cli::{self, CommonArgs, Endpoint, parse_duration};
-use quictun::client::check::{self, CheckConfig};
+use quictun::client::check::{self, CheckConfig, TokenTest};
 use quictun::client::service::{DEFAULT_SERVICE, Service};
 use quictun::client::{Client, ClientConfig, ClientHandle};
 use quictun::plugins::TokenSource;
@@ -81,19 +81,20 @@ struct Args {
     httpd_listen_on: ApiListen,
 
     /// Check instead of serving: connect to the server once (verified as usual), print its
-    /// certificate fingerprint, ALPN and round-trip time, send a test token from the token
-    /// source and say whether the server accepts it, then exit: 0 when connected and
-    /// accepted, 1 otherwise. Nothing listens, so it can run beside a running client.
+    /// certificate fingerprint, ALPN and round-trip time, send a test token from each
+    /// service's token source and say whether the server accepts it, then exit: 0 when
+    /// connected and every token accepted, 1 otherwise. Nothing listens, so it can run beside a running client.
     #[arg(long, value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     check: bool,
 
-    /// With --check: the application address the token source is asked about (IP:PORT or
-    /// unix:/path) [default: the --listen-on address, a wildcard IP read as loopback].
+    /// With --check: the application address each service's token source is asked about
+    /// (IP:PORT or unix:/path) [default: the service's listen-on address, a wildcard IP read
+    /// as loopback].
     #[arg(long, requires = "check", value_name = "ADDRESS")]
     check_app_addr: Option<String>,
 
-    /// With --check: send this token instead of asking the token source.
+    /// With --check: send this token, for every service, instead of asking the token source.
     #[arg(long, requires = "check", value_name = "TOKEN")]
     check_token: Option<String>,
 
@@ -167,18 +168,29 @@ fn services(args: &Args) -> anyhow::Result<Vec<Service>> {
     cli::services::build(entries, dir)
 }
 
-/// `--check`: one connection, a report on standard output, one test token, with the first
-/// service's listener and token source.
-async fn check(args: Args, verification: Verification, service: Service) -> anyhow::Result<()> {
-    let app_addr = match args.check_app_addr {
-        Some(app_addr) => app_addr,
-        None => check::app_addr_for(&service.listen).await?,
-    };
+/// `--check`: one connection, a report on standard output, and one test token per service,
+/// from its token source for an application at its listener (or --check-app-addr).
+async fn check(
+    args: Args,
+    verification: Verification,
+    services: Vec<Service>,
+) -> anyhow::Result<()> {
+    let mut tests = Vec::with_capacity(services.len());
+    for service in services {
+        let app_addr = match &args.check_app_addr {
+            Some(app_addr) => app_addr.clone(),
+            None => check::app_addr_for(&service.listen).await?,
+        };
+        tests.push(TokenTest {
+            service: service.name.to_string(),
+            source: service.source,
+            app_addr,
+            token: args.check_token.clone(),
+        });
+    }
     let config = CheckConfig {
         server: args.server_endpoint.address,
-        source: service.source,
-        app_addr,
-        token: args.check_token,
+        tests,
         verification,
         identity: args.common.own_identity()?,
         transport: args.common.transport(0),
@@ -195,14 +207,13 @@ fn main() -> ExitCode {
 async fn serve(args: Args) -> anyhow::Result<()> {
     cli::init_logging(&args.common)?;
     let verification = verification(&args)?;
-    let mut services = services(&args)?;
+    let services = services(&args)?;
     for s in &services {
         let (plugin, path) = (&s.source.info().name, s.source.info().path.display());
         info!(service = %s.name, %plugin, %path, "token source loaded");
     }
     if args.check {
-        let first = services.swap_remove(0);
-        return check(args, verification, first).await;
+        return check(args, verification, services).await;
     }
     let client = Client::bind(ClientConfig {
         services,

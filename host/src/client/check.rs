@@ -61,19 +61,27 @@ pub enum CheckError {
     AnswerTimeout(Duration),
     #[error("{0}")]
     Refused(String),
+    /// With several services: each one that failed, by name.
+    #[error("{}", several(.0))]
+    Services(Vec<(String, CheckError)>),
     #[error("cannot write the report: {0}")]
     Report(#[from] std::io::Error),
+}
+
+fn several(failed: &[(String, CheckError)]) -> String {
+    let each: Vec<String> = failed
+        .iter()
+        .map(|(service, error)| format!("service {service}: {error}"))
+        .collect();
+    each.join("; ")
 }
 
 /// What the check needs, already parsed.
 #[derive(Debug)]
 pub struct CheckConfig {
     pub server: HostPort,
-    pub source: TokenSource,
-    /// The application address the token source is asked about.
-    pub app_addr: String,
-    /// A token to send instead of asking the token source.
-    pub token: Option<String>,
+    /// One test token per service, on the one connection.
+    pub tests: Vec<TokenTest>,
     pub verification: Verification,
     /// The client's certificate, for servers that require one.
     pub identity: Option<Identity>,
@@ -81,9 +89,21 @@ pub struct CheckConfig {
     pub handshake_timeout: Duration,
 }
 
+/// One service's test token.
+#[derive(Debug)]
+pub struct TokenTest {
+    pub service: String,
+    pub source: TokenSource,
+    /// The application address the token source is asked about.
+    pub app_addr: String,
+    /// A token to send instead of asking the token source.
+    pub token: Option<String>,
+}
+
 /// Connects once (trying each of the server's addresses until one answers), writes the
-/// report to `out`, and succeeds only when the server accepts the test token. The report holds
-/// what was found and, last, `token accepted`; anything that failed (no connection, a refused
+/// report to `out`, and succeeds only when the server accepts every service's test token.
+/// The report holds what was found and, last, `token accepted` (with several services, each
+/// service's lines start `service NAME: `); anything that failed (no connection, a refused
 /// token) is the error only, never also a line of the report. A failure to connect is the
 /// error the client logs, for each address tried.
 pub async fn run(mut config: CheckConfig, out: &mut impl Write) -> Result<(), CheckError> {
@@ -100,7 +120,7 @@ pub async fn run(mut config: CheckConfig, out: &mut impl Write) -> Result<(), Ch
     );
     let connection = dialer.connect_any().await?;
     report(&config.server, &connection, out)?;
-    let verdict = test_token(&config, &connection, out).await;
+    let verdict = test_tokens(&config.tests, &connection, out).await;
     connection.close(ErrorCode::Done.varint(), b"check done");
     dialer.wait_idle(CLOSE_WAIT).await;
     verdict
@@ -148,15 +168,42 @@ fn report(server: &HostPort, connection: &Connection, out: &mut impl Write) -> s
     Ok(())
 }
 
-/// Gets the test token, sends it, and reports the server's answer.
-async fn test_token(
-    config: &CheckConfig,
+/// Tests each service's token in turn; every failure is kept, named by its service.
+async fn test_tokens(
+    tests: &[TokenTest],
     connection: &Connection,
+    out: &mut impl Write,
+) -> Result<(), CheckError> {
+    if let [only] = tests {
+        return test_token(only, connection, "", out).await;
+    }
+    let mut failed = Vec::new();
+    for test in tests {
+        let prefix = format!("service {}: ", test.service);
+        if let Err(error) = test_token(test, connection, &prefix, out).await {
+            failed.push((test.service.clone(), error));
+        }
+    }
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(CheckError::Services(failed)),
+    }
+}
+
+/// Gets the test token, sends it, and reports the server's answer, each line after `prefix`.
+async fn test_token(
+    config: &TokenTest,
+    connection: &Connection,
+    prefix: &str,
     out: &mut impl Write,
 ) -> Result<(), CheckError> {
     let token = match &config.token {
         Some(token) => {
-            writeln!(out, "token from --check-token ({} bytes)", token.len())?;
+            writeln!(
+                out,
+                "{prefix}token from --check-token ({} bytes)",
+                token.len()
+            )?;
             token.as_bytes().to_vec()
         }
         None => {
@@ -170,7 +217,11 @@ async fn test_token(
                     app: app.clone(),
                     source,
                 })?;
-            writeln!(out, "token from {name} for {app} ({} bytes)", token.len())?;
+            writeln!(
+                out,
+                "{prefix}token from {name} for {app} ({} bytes)",
+                token.len()
+            )?;
             token
         }
     };
@@ -179,7 +230,7 @@ async fn test_token(
         .await
         .map_err(|_| CheckError::AnswerTimeout(ANSWER_WAIT))??;
     if answer.status == Status::Ok {
-        writeln!(out, "token accepted")?;
+        writeln!(out, "{prefix}token accepted")?;
         return Ok(());
     }
     // A refusal is the error the binary prints, once, on standard error.
