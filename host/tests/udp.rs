@@ -18,13 +18,19 @@ use tokio::net::{TcpListener, UdpSocket};
 
 /// The largest UDP payload over IPv4.
 const MAX: usize = 65_507;
+/// The largest UDP payload over IPv6.
+const MAX_V6: usize = 65_527;
 
-/// A UDP server that sends every datagram back to its sender.
+/// A UDP server on IPv4 loopback that sends every datagram back to its sender.
 async fn udp_echo() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp_echo_on("127.0.0.1:0").await
+}
+
+async fn udp_echo_on(bind: &str) -> SocketAddr {
+    let socket = UdpSocket::bind(bind).await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX + 1];
+        let mut buf = vec![0u8; 1 << 16];
         while let Ok((len, from)) = socket.recv_from(&mut buf).await {
             let _ = socket.send_to(&buf[..len], from).await;
         }
@@ -77,7 +83,7 @@ fn datagram(app: u8, seq: u32, len: usize) -> Vec<u8> {
 /// Sends `data` from `socket` to `to` until the same bytes come back (a datagram may be lost
 /// in a busy kernel); replies to earlier, resent datagrams are skipped, anything else fails.
 async fn echo_once(socket: &UdpSocket, to: SocketAddr, data: &[u8]) {
-    let mut buf = vec![0u8; MAX + 1];
+    let mut buf = vec![0u8; 1 << 16];
     for _ in 0..20 {
         socket.send_to(data, to).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
@@ -130,6 +136,22 @@ async fn datagrams_of_every_size_echo_byte_exact_to_each_socket_only() {
         let sent = flow.counters.client_datagrams.load(Ordering::Relaxed);
         assert!(sent >= u64::from(EACH), "{sent} datagrams counted");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_datagrams_up_to_the_largest_payload_are_carried_whole() {
+    let echo = udp_echo_on("[::1]:0").await;
+    let server = start_server("");
+    let listen = "udp:[::1]:0".parse().unwrap();
+    let client = start_client(listen, server.addr, &format!("udp:{echo}")).await;
+    let to = udp_addr(&client.addr);
+    let socket = UdpSocket::bind("[::1]:0").await.unwrap();
+    // Past IPv4's largest payload, up to IPv6's: none cut, none dropped.
+    for (seq, len) in [MAX_V6, MAX + 1, 1, MAX_V6 - 1].into_iter().enumerate() {
+        echo_once(&socket, to, &datagram(0, seq as u32, len)).await;
+    }
+    let flow = &client.registry.list()[0];
+    assert_eq!(flow.counters.dropped_datagrams.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,4 +259,43 @@ async fn the_token_source_is_asked_once_per_flow() {
         }
     }
     assert_eq!(asked.load(Ordering::SeqCst), 3, "one token per flow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_source_beyond_the_flow_limit_is_dropped_and_counted() {
+    const FLOWS: usize = 1024;
+    let echo = udp_echo().await;
+    let server = start_server("");
+    let client = start_client(udp_listen(), server.addr, &format!("udp:{echo}")).await;
+    let to = udp_addr(&client.addr);
+    let mut sockets = Vec::with_capacity(FLOWS);
+    for _ in 0..FLOWS {
+        sockets.push(Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()));
+    }
+    let mut tasks = Vec::new();
+    for (app, socket) in sockets.iter().enumerate() {
+        let socket = socket.clone();
+        tasks.push(tokio::spawn(async move {
+            echo_once(&socket, to, &datagram(app as u8, app as u32, 64)).await;
+        }));
+    }
+    for task in tasks {
+        within(120, task).await.unwrap();
+    }
+    assert_eq!(client.registry.open_count(), FLOWS);
+    // One more source: its datagram is dropped, counted, and opens nothing.
+    let late = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    late.send_to(b"late", to).await.unwrap();
+    let dropped = wait_until(Duration::from_secs(10), || async {
+        client.registry.traffic_total().dropped_datagrams == 1
+    })
+    .await;
+    assert!(dropped.is_ok(), "{:?}", client.registry.traffic_total());
+    let mut buf = [0u8; 16];
+    let reply = tokio::time::timeout(Duration::from_millis(300), late.recv(&mut buf)).await;
+    assert!(reply.is_err(), "the late source got a reply");
+    assert_eq!(client.registry.open_count(), FLOWS);
+    assert_eq!(server.registry.opened_total(), FLOWS as u64);
+    // An existing flow still works.
+    echo_once(&sockets[0], to, &datagram(0, 9999, 100)).await;
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::Connection;
@@ -26,6 +26,9 @@ use crate::wire::udp::MAX_DATAGRAM;
 /// The flows of the listener, by source address.
 type Sources = Arc<Mutex<HashMap<SocketAddr, Slot>>>;
 
+/// How often, at most, the listener says it drops datagrams of new sources.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 /// A flow as the listener sees it: where its datagrams are queued.
 struct Slot {
     queue: mpsc::Sender<Bytes>,
@@ -37,6 +40,7 @@ pub(super) async fn run(socket: Arc<UdpSocket>, service: Arc<ServiceCore>, core:
     let sources: Sources = Arc::default();
     let tables = Arc::new(Tables::default());
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut full = Full::default();
     loop {
         let (len, source) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
@@ -47,8 +51,13 @@ pub(super) async fn run(socket: Arc<UdpSocket>, service: Arc<ServiceCore>, core:
             }
         };
         let datagram = Bytes::copy_from_slice(&buf[..len]);
-        let Some(queue) = dispatch(&sources, source, datagram) else {
-            continue;
+        let queue = match dispatch(&sources, source, datagram) {
+            Dispatched::Queued => continue,
+            Dispatched::Full => {
+                full.dropped(&service, &core);
+                continue;
+            }
+            Dispatched::New(queue) => queue,
         };
         let span = info_span!("flow", service = %service.name, client_app = %source,
                               stream_id = tracing::field::Empty);
@@ -72,20 +81,26 @@ pub(super) async fn run(socket: Arc<UdpSocket>, service: Arc<ServiceCore>, core:
     }
 }
 
+/// Where [`dispatch`] put a datagram.
+enum Dispatched {
+    /// In its flow's queue, or dropped and counted by the flow for a full queue.
+    Queued,
+    /// Dropped: a new source, and [`MAX_FLOWS`] flows open.
+    Full,
+    /// In the queue of a new flow, to be served.
+    New((mpsc::Receiver<Bytes>, Arc<AtomicU64>)),
+}
+
 /// Queues a datagram for its source's flow. A new flow's queue is returned for it to be
 /// served; a full queue, or a new source beyond [`MAX_FLOWS`], drops the datagram.
-fn dispatch(
-    sources: &Sources,
-    source: SocketAddr,
-    datagram: Bytes,
-) -> Option<(mpsc::Receiver<Bytes>, Arc<AtomicU64>)> {
+fn dispatch(sources: &Sources, source: SocketAddr, datagram: Bytes) -> Dispatched {
     let mut sources = lock(sources);
     let datagram = match sources.get(&source) {
         Some(slot) => match slot.queue.try_send(datagram) {
-            Ok(()) => return None,
+            Ok(()) => return Dispatched::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 slot.dropped.fetch_add(1, Ordering::Relaxed);
-                return None;
+                return Dispatched::Queued;
             }
             // The flow just ended: this datagram opens a new one.
             Err(mpsc::error::TrySendError::Closed(datagram)) => datagram,
@@ -94,8 +109,7 @@ fn dispatch(
     };
     sources.remove(&source);
     if sources.len() >= MAX_FLOWS {
-        debug!(%source, "datagram dropped: {MAX_FLOWS} UDP flows open");
-        return None;
+        return Dispatched::Full;
     }
     let (queue, receiver) = mpsc::channel(FLOW_QUEUE);
     let _ = queue.try_send(datagram);
@@ -105,7 +119,35 @@ fn dispatch(
         dropped: dropped.clone(),
     };
     sources.insert(source, slot);
-    Some((receiver, dropped))
+    Dispatched::New((receiver, dropped))
+}
+
+/// The datagrams of new sources dropped while the listener is full: counted each, said at
+/// most every [`FULL_WARNING_EVERY`].
+#[derive(Default)]
+struct Full {
+    since_warning: u64,
+    warned_at: Option<Instant>,
+}
+
+impl Full {
+    fn dropped(&mut self, service: &ServiceCore, core: &ClientCore) {
+        core.registry.count_dropped_datagrams(Some(&service.name));
+        self.since_warning += 1;
+        if self
+            .warned_at
+            .is_some_and(|at| at.elapsed() < FULL_WARNING_EVERY)
+        {
+            return;
+        }
+        warn!(
+            service = %service.name,
+            "datagrams of new sources dropped: {MAX_FLOWS} UDP flows open ({} since the last warning)",
+            self.since_warning
+        );
+        self.since_warning = 0;
+        self.warned_at = Some(Instant::now());
+    }
 }
 
 /// The flow table of the live connection, whose DATAGRAM frames a task reads into it.

@@ -304,6 +304,14 @@ impl TunnelRegistry {
         }
     }
 
+    /// Counts datagrams dropped before any flow had them: a new source beyond the flow limit.
+    pub fn count_dropped_datagrams(&self, service: Option<&Arc<str>>) {
+        lock(&self.ended).dropped_datagrams += 1;
+        if let Some(service) = service {
+            self.with_service(service, |totals| totals.ended.dropped_datagrams += 1);
+        }
+    }
+
     /// Names a service, so its metrics are shown before its first tunnel.
     pub fn add_service(&self, name: &Arc<str>) {
         self.with_service(name, |_| {});

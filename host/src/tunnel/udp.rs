@@ -10,6 +10,7 @@
 //! Everything a peer or an application can fill is bounded: [`MAX_FLOWS`] flows per
 //! connection, [`FLOW_QUEUE`] datagrams queued per flow; an overflow drops and counts.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -122,15 +123,10 @@ pub enum FlowApp {
 
 impl FlowApp {
     /// The next datagram from the application; `None` when the listener is gone.
-    async fn recv(&mut self, buf: &mut [u8]) -> Option<io::Result<Bytes>> {
+    async fn recv(&mut self) -> Option<io::Result<Bytes>> {
         match self {
             FlowApp::Listener { queue, .. } => queue.recv().await.map(Ok),
-            FlowApp::Connected(socket) => Some(
-                socket
-                    .recv(buf)
-                    .await
-                    .map(|n| Bytes::copy_from_slice(&buf[..n])),
-            ),
+            FlowApp::Connected(socket) => Some(recv_sized(socket).await),
         }
     }
 
@@ -151,6 +147,28 @@ impl FlowApp {
     }
 }
 
+thread_local! {
+    /// What a flow's socket is read into before the datagram is copied out at its own size:
+    /// one per thread, so a flow holds no 64 KiB buffer of its own.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM + 1]);
+}
+
+/// Receives one datagram, in a buffer of its size. Cancel-safe.
+async fn recv_sized(socket: &UdpSocket) -> io::Result<Bytes> {
+    loop {
+        socket.readable().await?;
+        let received = SCRATCH.with_borrow_mut(|buf| {
+            socket
+                .try_recv(buf)
+                .map(|len| Bytes::copy_from_slice(&buf[..len]))
+        });
+        match received {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            received => return received,
+        }
+    }
+}
+
 /// Sends the application's datagrams on the stream as records while `answer` is awaited: a
 /// flow's first datagrams need no round trip (SPEC §11).
 pub async fn before_answer<F: Future>(
@@ -160,11 +178,10 @@ pub async fn before_answer<F: Future>(
     answer: F,
 ) -> Result<F::Output, quinn::WriteError> {
     tokio::pin!(answer);
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
         tokio::select! {
             answer = &mut answer => return Ok(answer),
-            datagram = app.recv(&mut buf) => match datagram {
+            datagram = app.recv() => match datagram {
                 Some(Ok(datagram)) => {
                     count_from_app(tunnel, Side::Client, &datagram);
                     write_record(send, &datagram, tunnel).await?;
@@ -233,12 +250,11 @@ pub async fn relay(mut flow: Flow, tunnel: &Tunnel) -> FlowEnd {
 async fn relay_until_end(flow: &mut Flow, tunnel: &Tunnel) -> FlowEnd {
     let id = u64::from(flow.send.id());
     let mut records = RecordReader::default();
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let idle = tokio::time::sleep(flow.idle_timeout);
     tokio::pin!(idle);
     loop {
         let event = tokio::select! {
-            datagram = flow.app.recv(&mut buf) => Event::App(datagram),
+            datagram = flow.app.recv() => Event::App(datagram),
             record = records.next(&mut flow.recv) => Event::Record(record),
             Some(datagram) = flow.datagrams.recv() => Event::Frame(datagram),
             () = &mut idle => return FlowEnd::Idle(flow.idle_timeout),

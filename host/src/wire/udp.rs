@@ -20,8 +20,9 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-/// Largest UDP payload over IPv4, the largest datagram a flow carries.
-pub const MAX_DATAGRAM: usize = 65_507;
+/// Largest UDP payload a socket can receive (over IPv6; over IPv4 it is 65,507): every
+/// datagram fits a record, so none is cut or dropped for its size.
+pub const MAX_DATAGRAM: usize = 65_527;
 /// Size of a record's header.
 pub const RECORD_HEADER_LEN: usize = 2;
 
