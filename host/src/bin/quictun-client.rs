@@ -17,8 +17,10 @@ use quictun::tunnel::Side;
 use quictun::wire::addr::Address;
 use tracing::{info, warn};
 
-/// Client endpoint of quic-tun: accepts TCP or UNIX-socket connections and carries each as one
-/// stream of a QUIC connection to quictun-server.
+/// Client endpoint of quic-tun: accepts TCP or UNIX-socket connections and UDP flows (one per
+/// source address) and carries each as one stream of a QUIC connection to quictun-server, a
+/// flow's datagrams in QUIC DATAGRAM frames. A --config file's services: list runs several
+/// listeners, each with its own token source, on the one connection.
 ///
 /// When something does not work, run it first with the same flags plus --check: it connects
 /// once, prints the server's certificate fingerprint, the protocol, the round-trip time and
@@ -27,7 +29,7 @@ use tracing::{info, warn};
 #[command(
     name = "quictun-client",
     version = cli::VERSION,
-    about = "carry local TCP and UNIX-socket connections over QUIC to quictun-server"
+    about = "carry local TCP, UDP and UNIX-socket applications over QUIC to quictun-server"
 )]
 struct Args {
     /// Where applications connect: tcp:HOST:PORT, udp:HOST:PORT or unix:/path/to/socket

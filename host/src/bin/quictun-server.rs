@@ -16,8 +16,8 @@ use quictun::tls::{ClientAuth, Identity};
 use quictun::tunnel::Side;
 use tracing::{info, warn};
 
-/// Server endpoint of quic-tun: carries TCP and UNIX-socket connections over one QUIC
-/// connection per client and relays each to the application its token names.
+/// Server endpoint of quic-tun: carries TCP and UNIX-socket connections and UDP flows over one
+/// QUIC connection per client and relays each to the application its token names.
 ///
 /// Each client connection carries one stream per application connection; the first bytes of
 /// a stream are a token, which the token parser turns into the target address. Targets are
@@ -27,7 +27,7 @@ use tracing::{info, warn};
 #[command(
     name = "quictun-server",
     version = cli::VERSION,
-    about = "relay TCP and UNIX-socket connections from quictun-client over QUIC"
+    about = "relay TCP, UDP and UNIX-socket applications from quictun-client over QUIC"
 )]
 struct Args {
     /// UDP address to accept QUIC connections on: HOST:PORT or [IPv6]:PORT, HOST an IP address
