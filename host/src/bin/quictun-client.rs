@@ -29,7 +29,7 @@ use tracing::{info, warn};
 #[command(
     name = "quictun-client",
     version = cli::VERSION,
-    about = "carry local TCP, UDP and UNIX-socket applications over QUIC to quictun-server"
+    about = "carry local TCP, UDP and UNIX-socket applications over QUIC"
 )]
 struct Args {
     /// Where applications connect: tcp:HOST:PORT, udp:HOST:PORT or unix:/path/to/socket

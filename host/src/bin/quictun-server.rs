@@ -27,7 +27,7 @@ use tracing::{info, warn};
 #[command(
     name = "quictun-server",
     version = cli::VERSION,
-    about = "relay TCP, UDP and UNIX-socket applications from quictun-client over QUIC"
+    about = "relay TCP, UDP and UNIX-socket applications from quictun-client"
 )]
 struct Args {
     /// UDP address to accept QUIC connections on: HOST:PORT or [IPv6]:PORT, HOST an IP address
