@@ -1,8 +1,10 @@
 //! Benchmarks for quic-tun: `linkem`, a user-space link emulator that puts direct TCP and the
 //! QUIC tunnel over the same emulated lossy, rate-limited, delayed link; `cc`, congestion
-//! controllers on it; `hostile`, the server under hostile traffic on loopback; `process`, what
-//! the tools need from the processes they start.
+//! controllers on it; `hostile`, the server under hostile traffic on loopback; `cluster`,
+//! several server instances behind nginx; `process`, what the tools need from the processes
+//! they start.
 pub mod cc;
+pub mod cluster;
 pub mod hostile;
 pub mod linkem;
 pub mod process;

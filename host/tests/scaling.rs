@@ -223,7 +223,12 @@ async fn three_instances_behind_nginx_serve_a_dozen_clients_and_survive_one_dyin
         echo_through(client, 1 << 20, n as u64).await;
     }
     let held: Vec<usize> = instances.iter().map(connections).collect();
-    assert_eq!(held.iter().sum::<usize>(), 12, "{held:?}\n{}", nginx.error_log());
+    assert_eq!(
+        held.iter().sum::<usize>(),
+        12,
+        "{held:?}\n{}",
+        nginx.error_log()
+    );
     assert!(
         held.iter().filter(|&&n| n > 0).count() >= 2,
         "all on one instance: {held:?}"
@@ -255,11 +260,17 @@ async fn three_instances_behind_nginx_serve_a_dozen_clients_and_survive_one_dyin
         .iter()
         .filter_map(|c| {
             let log = c.log();
-            let line = log.lines().find(|l| l.contains("connection to the server lost"))?;
+            let line = log
+                .lines()
+                .find(|l| l.contains("connection to the server lost"))?;
             Some(line.to_owned())
         })
         .collect();
-    assert_eq!(reconnected.len(), lost, "only the dead instance's clients reconnect");
+    assert_eq!(
+        reconnected.len(),
+        lost,
+        "only the dead instance's clients reconnect"
+    );
     for line in &reconnected {
         // Told at once by another instance, not left to the idle time-out.
         assert!(line.contains("reset"), "{line}");

@@ -11,7 +11,9 @@
 //! emulated 20 ms, 100 Mbit/s link (cc-bench's flows) and time to first byte over it.
 //! Hostile suite (`--suite hostile`): the release server under floods of handshakes and
 //! pending tokens, tunnels into stalled targets and stalled REST clients
-//! (`quictun_bench::hostile`). Prints a table and writes JSON.
+//! (`quictun_bench::hostile`). Cluster suite (`--suite cluster`, needs nginx): instances
+//! behind nginx's stream module, recovery after one dies, throughput and the cost of a client
+//! (`quictun_bench::cluster`). Prints a table and writes JSON.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -22,10 +24,10 @@ use std::{fs, thread};
 
 use clap::{Parser, ValueEnum};
 use quictun_bench::cc::{self, Scenario, Sender};
-use quictun_bench::hostile;
 use quictun_bench::linkem::{Link, LinkConfig};
 use quictun_bench::mode;
 use quictun_bench::process::{TempDir, free_port, status_kib, stop};
+use quictun_bench::{cluster, hostile};
 
 const BUF: usize = 256 * 1024;
 
@@ -65,6 +67,8 @@ enum Suite {
     Ceiling,
     /// The server under hostile traffic on loopback (about three minutes).
     Hostile,
+    /// Several server instances behind nginx (needs nginx and its stream module).
+    Cluster,
 }
 
 fn main() {
@@ -76,6 +80,7 @@ fn main() {
         (None, None, Suite::Link) => link_suite(args),
         (None, None, Suite::Ceiling) => ceiling_suite(args),
         (None, None, Suite::Hostile) => hostile_suite(args),
+        (None, None, Suite::Cluster) => cluster_suite(args),
     };
     if let Err(error) = result {
         eprintln!("quictun-bench: {error}");
@@ -218,6 +223,30 @@ fn hostile_suite(args: Args) -> Result<(), String> {
     let out = args
         .out
         .unwrap_or_else(|| "bench/results/hostile.json".into());
+    write_results(&out, &report.json(&context))
+}
+
+/// Several instances behind nginx (SPEC §12; figures for docs/SCALING.md).
+fn cluster_suite(args: Args) -> Result<(), String> {
+    raise_nofile();
+    let load_before = loadavg();
+    let echo_target = start_target().map_err(|e| format!("cannot start the target: {e}"))?;
+    let options = cluster::Options {
+        bin_dir: args.bin_dir.clone(),
+        echo_target,
+        quick: args.quick,
+    };
+    let report = cluster::run(&options)?;
+    print!("{}", report.table());
+    let load_after = loadavg();
+    println!("load average before / after: {load_before} / {load_after}");
+    let context = format!(
+        "\"unix_time\":{},\"loadavg_before\":\"{load_before}\",\"loadavg_after\":\"{load_after}\"",
+        unix_time()
+    );
+    let out = args
+        .out
+        .unwrap_or_else(|| "bench/results/cluster.json".into());
     write_results(&out, &report.json(&context))
 }
 

@@ -67,6 +67,11 @@ impl ServerProcess {
         self.child.id()
     }
 
+    /// Kills the server without a word (SIGKILL), as a crashed machine would leave it.
+    pub fn kill(&mut self) {
+        stop([&mut self.child]);
+    }
+
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.pid()).unwrap_or(0)
     }

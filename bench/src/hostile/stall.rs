@@ -67,6 +67,17 @@ impl ClientProcess {
         target: SocketAddr,
         name: &str,
     ) -> Result<ClientProcess, String> {
+        ClientProcess::start_with(bin_dir, server, target, name, &[])
+    }
+
+    /// Started with `extra` flags too.
+    pub fn start_with(
+        bin_dir: &Path,
+        server: SocketAddr,
+        target: SocketAddr,
+        name: &str,
+        extra: &[&str],
+    ) -> Result<ClientProcess, String> {
         let dir = TempDir::named(name)?;
         let app = free_port(false)?;
         let path = bin_dir.join("quictun-client");
@@ -78,6 +89,7 @@ impl ClientProcess {
             .arg("--state-dir")
             .arg(&dir.0)
             .args(["--log-level", "error"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
