@@ -2,8 +2,9 @@
 # The one test command: every test, the ignored tier included (`cargo test --workspace` alone
 # runs the tier that needs nothing but a Rust toolchain; CONTRIBUTING.md).
 #
-# 1. Installs what the ignored tests need when it is missing: curl, python3, and Chromium with
-#    chromedriver for the dashboard test (as root, with apt-get).
+# 1. Installs what the ignored tests need when it is missing: curl, python3, Chromium with
+#    chromedriver for the dashboard test, and dnsmasq and dig for the UDP application test
+#    (as root, with apt-get).
 # 2. Builds the plugin fixture made against another plugin-API version, a workspace of its own
 #    that cargo cannot build as a dependency, into the same target directory.
 # 3. Runs `cargo test --workspace --no-fail-fast -- --include-ignored` (every test binary runs,
@@ -26,6 +27,8 @@ test_args=("$@")
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
+[ -x "${QUICTUN_DNSMASQ:-/usr/sbin/dnsmasq}" ] || need+=(dnsmasq-base)
+[ -x "${QUICTUN_DIG:-/usr/bin/dig}" ] || need+=(bind9-dnsutils)
 if [ "${QUICTUN_SKIP_BROWSER:-}" != 1 ]; then
     [ -x "${QUICTUN_CHROMIUM:-/usr/bin/chromium}" ] || need+=(chromium)
     [ -x "${QUICTUN_CHROMEDRIVER:-/usr/bin/chromedriver}" ] || need+=(chromium-driver)
