@@ -216,6 +216,63 @@ async fn the_allow_list_refuses_a_udp_target() {
     let mut buf = [0u8; 16];
     let nothing = tokio::time::timeout(Duration::from_millis(300), socket.recv(&mut buf)).await;
     assert!(nothing.is_err(), "a refused flow echoes nothing");
+    // The source is held for a moment: its next datagrams are dropped and counted, and
+    // neither the token source nor the server is asked again.
+    let asked = server.registry.opened_total() + refusals(&server.registry);
+    for _ in 0..5 {
+        socket
+            .send_to(b"again", udp_addr(&client.addr))
+            .await
+            .unwrap();
+    }
+    let registry = client.registry.clone();
+    let held = wait_until(Duration::from_secs(10), || {
+        let registry = registry.clone();
+        // The first datagram too, when the answer came before it was sent.
+        async move { (5..=6).contains(&registry.traffic_total().dropped_datagrams) }
+    })
+    .await;
+    assert!(held.is_ok(), "{:?}", client.registry.traffic_total());
+    assert_eq!(
+        server.registry.opened_total() + refusals(&server.registry),
+        asked
+    );
+}
+
+fn refusals(registry: &quictun::tunnel::TunnelRegistry) -> u64 {
+    registry.refused_total().iter().map(|(_, n)| n).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_that_cannot_drain_holds_at_most_a_mebibyte_and_counts_the_rest() {
+    // A server that never answers: the flow waits for a connection, its queue full.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let listen = udp_listen();
+    let client = start_client_custom(
+        listen,
+        silent.local_addr().unwrap(),
+        "udp:127.0.0.1:9",
+        |config| {
+            config.outage_wait = Duration::from_secs(2);
+        },
+    )
+    .await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let big = vec![7u8; 60_000];
+    for _ in 0..100 {
+        socket.send_to(&big, udp_addr(&client.addr)).await.unwrap();
+        // Paced, so the listener's socket buffer does not overflow in the kernel.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // 1 MiB holds 17 of them; all 100 are dropped and counted once the flow gives up.
+    let registry = client.registry.clone();
+    let counted = wait_until(Duration::from_secs(20), || {
+        let registry = registry.clone();
+        async move { registry.traffic_total().dropped_datagrams == 100 }
+    })
+    .await;
+    assert!(counted.is_ok(), "{:?}", client.registry.traffic_total());
+    drop(silent);
 }
 
 /// A token service that counts its requests and always answers `token`.

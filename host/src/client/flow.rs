@@ -5,20 +5,19 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::Connection;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{ClientCore, ServiceCore, open_stream};
 use crate::lock::lock;
-use crate::tunnel::udp::{self, FLOW_QUEUE, Flow, FlowApp, FlowTable, MAX_FLOWS};
-use crate::tunnel::{Side, Tunnel, TunnelSpec};
+use crate::tunnel::flow_queue::{self, Budget};
+use crate::tunnel::udp::{self, Flow, FlowApp, FlowTable, MAX_FLOWS};
+use crate::tunnel::{Side, Tunnel, TunnelRegistry, TunnelSpec};
 use crate::wire::ErrorCode;
 use crate::wire::handshake::{self, Protocol};
 use crate::wire::udp::MAX_DATAGRAM;
@@ -28,17 +27,23 @@ type Sources = Arc<Mutex<HashMap<SocketAddr, Slot>>>;
 
 /// How often, at most, the listener says it drops datagrams of new sources.
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// How long the datagrams of a source whose flow was refused are dropped, so a refused
+/// application retrying at once asks neither the token source nor the server each time.
+const REFUSED_HOLD: Duration = Duration::from_secs(5);
 
-/// A flow as the listener sees it: where its datagrams are queued.
-struct Slot {
-    queue: mpsc::Sender<Bytes>,
-    dropped: Arc<AtomicU64>,
+/// A source as the listener sees it.
+enum Slot {
+    /// Its flow, and the queue its datagrams wait in.
+    Open(flow_queue::Sender),
+    /// Its last flow was refused: its datagrams are dropped until then.
+    Refused(Instant),
 }
 
 /// Receives the application's datagrams until the task is dropped.
 pub(super) async fn run(socket: Arc<UdpSocket>, service: Arc<ServiceCore>, core: Arc<ClientCore>) {
     let sources: Sources = Arc::default();
     let tables = Arc::new(Tables::default());
+    let budget = Arc::new(Budget::default());
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut full = Full::default();
     loop {
@@ -51,8 +56,13 @@ pub(super) async fn run(socket: Arc<UdpSocket>, service: Arc<ServiceCore>, core:
             }
         };
         let datagram = Bytes::copy_from_slice(&buf[..len]);
-        let queue = match dispatch(&sources, source, datagram) {
+        let queue = match dispatch(&sources, source, datagram, &budget) {
             Dispatched::Queued => continue,
+            Dispatched::Held => {
+                core.registry
+                    .count_dropped_datagrams(Some(&service.name), 1);
+                continue;
+            }
             Dispatched::Full => {
                 full.dropped(&service, &core);
                 continue;
@@ -64,17 +74,14 @@ pub(super) async fn run(socket: Arc<UdpSocket>, service: Arc<ServiceCore>, core:
         let app = FlowApp::Listener {
             socket: socket.clone(),
             source,
-            queue: queue.0,
-            dropped: queue.1,
+            queue,
         };
         let (service, core) = (service.clone(), core.clone());
         let (sources, tables) = (sources.clone(), tables.clone());
         tokio::spawn(
             async move {
-                serve_flow(app, source, (&service, &core), &tables).await;
-                // Its queue is closed now: the slot goes, and the source's next datagram
-                // opens a new flow.
-                lock(&sources).retain(|_, slot| !slot.queue.is_closed());
+                let served = serve_flow(app, source, (&service, &core), &tables).await;
+                ended(&sources, source, served, (&service, &core));
             }
             .instrument(span),
         );
@@ -85,42 +92,77 @@ pub(super) async fn run(socket: Arc<UdpSocket>, service: Arc<ServiceCore>, core:
 enum Dispatched {
     /// In its flow's queue, or dropped and counted by the flow for a full queue.
     Queued,
+    /// Dropped: its source's last flow was refused a moment ago.
+    Held,
     /// Dropped: a new source, and [`MAX_FLOWS`] flows open.
     Full,
     /// In the queue of a new flow, to be served.
-    New((mpsc::Receiver<Bytes>, Arc<AtomicU64>)),
+    New(flow_queue::Receiver),
 }
 
 /// Queues a datagram for its source's flow. A new flow's queue is returned for it to be
-/// served; a full queue, or a new source beyond [`MAX_FLOWS`], drops the datagram.
-fn dispatch(sources: &Sources, source: SocketAddr, datagram: Bytes) -> Dispatched {
+/// served; a full queue, a source held after a refusal, or a new source beyond
+/// [`MAX_FLOWS`], drops the datagram.
+fn dispatch(
+    sources: &Sources,
+    source: SocketAddr,
+    datagram: Bytes,
+    budget: &Arc<Budget>,
+) -> Dispatched {
     let mut sources = lock(sources);
     let datagram = match sources.get(&source) {
-        Some(slot) => match slot.queue.try_send(datagram) {
+        Some(Slot::Open(queue)) => match queue.push(datagram) {
             Ok(()) => return Dispatched::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                slot.dropped.fetch_add(1, Ordering::Relaxed);
-                return Dispatched::Queued;
-            }
             // The flow just ended: this datagram opens a new one.
-            Err(mpsc::error::TrySendError::Closed(datagram)) => datagram,
+            Err(datagram) => datagram,
         },
-        None => datagram,
+        Some(Slot::Refused(until)) if Instant::now() < *until => return Dispatched::Held,
+        Some(Slot::Refused(_)) | None => datagram,
     };
     sources.remove(&source);
     if sources.len() >= MAX_FLOWS {
         return Dispatched::Full;
     }
-    let (queue, receiver) = mpsc::channel(FLOW_QUEUE);
-    let _ = queue.try_send(datagram);
-    let dropped = Arc::new(AtomicU64::new(0));
-    let slot = Slot {
-        queue,
-        dropped: dropped.clone(),
-    };
-    sources.insert(source, slot);
-    Dispatched::New((receiver, dropped))
+    let (queue, receiver) = flow_queue::channel(budget.clone());
+    let _ = queue.push(datagram);
+    sources.insert(source, Slot::Open(queue));
+    Dispatched::New(receiver)
 }
+
+/// A flow has ended: what its queue dropped since the relay last looked is counted, and its
+/// slot goes (the source's next datagram opens a new flow), or is held after a refusal.
+fn ended(sources: &Sources, source: SocketAddr, served: Served, (service, core): Parts<'_>) {
+    let mut sources = lock(sources);
+    let Some(Slot::Open(queue)) = sources.get(&source) else {
+        return;
+    };
+    // A datagram since may already have opened the source's next flow.
+    if !queue.is_closed() {
+        return;
+    }
+    let dropped = queue.take_dropped();
+    core.registry
+        .count_dropped_datagrams(Some(&service.name), dropped);
+    match served {
+        Served::Refused => {
+            sources.insert(source, Slot::Refused(Instant::now() + REFUSED_HOLD));
+        }
+        Served::Ended => {
+            sources.remove(&source);
+        }
+    }
+}
+
+/// How serving a flow ended.
+enum Served {
+    /// Relayed, or given up for a reason that may pass (no connection to the server).
+    Ended,
+    /// No token, or the server refused it: asking again at once would be refused again.
+    Refused,
+}
+
+/// A flow's service and the client's core.
+type Parts<'a> = (&'a ServiceCore, &'a ClientCore);
 
 /// The datagrams of new sources dropped while the listener is full: counted each, said at
 /// most every [`FULL_WARNING_EVERY`].
@@ -132,7 +174,8 @@ struct Full {
 
 impl Full {
     fn dropped(&mut self, service: &ServiceCore, core: &ClientCore) {
-        core.registry.count_dropped_datagrams(Some(&service.name));
+        core.registry
+            .count_dropped_datagrams(Some(&service.name), 1);
         self.since_warning += 1;
         if self
             .warned_at
@@ -157,7 +200,7 @@ struct Tables {
 }
 
 impl Tables {
-    fn table_for(&self, connection: &Connection) -> Arc<FlowTable> {
+    fn table_for(&self, connection: &Connection, registry: &Arc<TunnelRegistry>) -> Arc<FlowTable> {
         let mut current = lock(&self.current);
         if let Some((id, table)) = current.as_ref()
             && *id == connection.stable_id()
@@ -165,7 +208,8 @@ impl Tables {
             return table.clone();
         }
         let table = Arc::new(FlowTable::default());
-        tokio::spawn(udp::read_datagrams(connection.clone(), table.clone()));
+        let reading = udp::read_datagrams(connection.clone(), table.clone(), registry.clone());
+        tokio::spawn(reading);
         *current = Some((connection.stable_id(), table.clone()));
         table
     }
@@ -176,47 +220,49 @@ impl Tables {
 async fn serve_flow(
     mut app: FlowApp,
     source: SocketAddr,
-    (service, core): (&ServiceCore, &ClientCore),
+    (service, core): Parts<'_>,
     tables: &Tables,
-) {
+) -> Served {
     let token = match service.source.token(&source.to_string()).await {
         Ok(token) => token,
-        Err(error) => return warn!("flow refused: no token: {error}"),
+        Err(error) => {
+            warn!("flow refused: no token: {error}");
+            return Served::Refused;
+        }
     };
     let wait = core.outage_wait;
     let ((mut send, mut recv), connection) =
         match tokio::time::timeout(wait, open_stream(&core.connector)).await {
             Ok(Ok(opened)) => opened,
-            Ok(Err(refused)) => return debug!("flow refused: {refused}"),
+            Ok(Err(refused)) => {
+                debug!("flow refused: {refused}");
+                return Served::Ended;
+            }
             Err(_) => {
-                return warn!(
-                    "flow closed: no connection or free stream to the server within {wait:?}"
-                );
+                warn!("flow closed: no connection or free stream to the server within {wait:?}");
+                return Served::Ended;
             }
         };
     let id = u64::from(send.id());
     tracing::Span::current().record("stream_id", tracing::field::display(send.id()));
     let protocol = Protocol::of(&connection);
     if protocol == Protocol::Legacy {
-        return refuse(
-            (&mut send, &mut recv),
-            &format!(
-                "the server speaks {}, and UDP flows need quic-tun/2",
-                protocol.describe()
-            ),
+        let why = format!(
+            "the server speaks {}, and UDP flows need quic-tun/2",
+            protocol.describe()
         );
+        return refuse((&mut send, &mut recv), &why);
     }
     let frame = match protocol.token_frame(&token) {
         Ok(frame) => frame,
         Err(error) => {
-            return refuse(
-                (&mut send, &mut recv),
-                &format!("the token source gave an unusable token: {error}"),
-            );
+            let why = format!("the token source gave an unusable token: {error}");
+            return refuse((&mut send, &mut recv), &why);
         }
     };
     if let Err(error) = send.write_all(&frame).await {
-        return warn!("flow closed: cannot send the token: {error}");
+        warn!("flow closed: cannot send the token: {error}");
+        return Served::Ended;
     }
     let registered = core.registry.register(Tunnel::new(TunnelSpec {
         stream_id: id,
@@ -228,31 +274,45 @@ async fn serve_flow(
         transport: service.transport,
     }));
     let tunnel = registered.tunnel();
-    let table = tables.table_for(&connection);
+    let table = tables.table_for(&connection, &core.registry);
     let Some(datagrams) = table.insert(id, tunnel.clone()) else {
-        return refuse(
+        refuse(
             (&mut send, &mut recv),
             &format!("{MAX_FLOWS} UDP flows open on the connection"),
         );
+        return Served::Ended;
     };
-    let answer = handshake::read_answer(&mut recv, protocol);
+    // The server answers once it has a socket for the flow: no dialling to wait for, but
+    // a server that never answers must not hold the flow.
+    let answer = tokio::time::timeout(wait, handshake::read_answer(&mut recv, protocol));
     let answer = udp::before_answer(&mut app, &mut send, tunnel, answer).await;
-    let refused = match answer {
-        Ok(Ok(answer)) if answer.status == crate::wire::Status::Ok => None,
-        Ok(Ok(answer)) => {
+    let (served, why) = match answer {
+        Ok(Ok(Ok(answer))) if answer.status == crate::wire::Status::Ok => (Served::Ended, None),
+        Ok(Ok(Ok(answer))) => {
             core.registry
                 .count_refused(answer.status, tunnel.service.as_ref());
-            Some(format!(
-                "flow refused: {}: {}",
-                answer.status, answer.reason
-            ))
+            let why = format!("flow refused: {}: {}", answer.status, answer.reason);
+            (Served::Refused, Some(why))
         }
-        Ok(Err(error)) => Some(format!("flow closed: no answer from the server: {error}")),
-        Err(error) => Some(format!("flow closed: cannot send to the server: {error}")),
+        Ok(Ok(Err(error))) => {
+            let why = format!("flow closed: no answer from the server: {error}");
+            (Served::Ended, Some(why))
+        }
+        Ok(Err(_)) => {
+            let why = format!("flow closed: no answer from the server within {wait:?}");
+            let _ = send.reset(ErrorCode::Done.varint());
+            let _ = recv.stop(ErrorCode::Done.varint());
+            (Served::Ended, Some(why))
+        }
+        Err(error) => {
+            let why = format!("flow closed: cannot send to the server: {error}");
+            (Served::Ended, Some(why))
+        }
     };
-    if let Some(why) = refused {
+    if let Some(why) = why {
         table.remove(id);
-        return warn!("{why}");
+        warn!("{why}");
+        return served;
     }
     debug!("flow open");
     let flow = Flow {
@@ -267,11 +327,13 @@ async fn serve_flow(
     let end = udp::relay(flow, tunnel).await;
     table.remove(id);
     info!("flow ended: {end}");
+    Served::Ended
 }
 
 /// Gives up a flow whose stream is open: our side reset, theirs stopped.
-fn refuse((send, recv): (&mut quinn::SendStream, &mut quinn::RecvStream), why: &str) {
+fn refuse((send, recv): (&mut quinn::SendStream, &mut quinn::RecvStream), why: &str) -> Served {
     warn!("flow refused: {why}");
     let _ = recv.stop(ErrorCode::Done.varint());
     let _ = send.reset(ErrorCode::Done.varint());
+    Served::Refused
 }

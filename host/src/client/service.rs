@@ -4,7 +4,8 @@
 //! Without a `services:` list the single-listener flags make one service named `default`.
 //! A service's name is what the REST API and the metrics show, so names are checked here:
 //! unique, and 1 to 32 of `a-z`, `0-9`, `_`, `-`. Listen addresses are unique too, except a
-//! TCP port 0, for which the kernel picks a different port each time.
+//! TCP or UDP port 0, for which the kernel picks a different port each time; `tcp:` and
+//! `udp:` on the same port are different listeners.
 
 use std::fmt;
 use std::str::FromStr;
@@ -85,7 +86,7 @@ pub fn check_unique<'a>(
         if seen.iter().any(|(n, _)| *n == name) {
             return Err(ServiceError::DuplicateName(name.to_string()));
         }
-        let kernel_picks = matches!(listen, Address::Tcp(hp) if hp.port == 0);
+        let kernel_picks = matches!(listen, Address::Tcp(hp) | Address::Udp(hp) if hp.port == 0);
         if let Some((other, _)) = seen.iter().find(|(_, l)| *l == listen && !kernel_picks) {
             return Err(ServiceError::DuplicateListen {
                 name: name.to_string(),
@@ -128,8 +129,13 @@ mod tests {
         let one: Address = "tcp:127.0.0.1:6500".parse().unwrap();
         let two: Address = "unix:/tmp/x.sock".parse().unwrap();
         let any: Address = "tcp:127.0.0.1:0".parse().unwrap();
+        let any_udp: Address = "udp:127.0.0.1:0".parse().unwrap();
+        let one_udp: Address = "udp:127.0.0.1:6500".parse().unwrap();
         assert_eq!(check_unique([(&a, &one), (&b, &two)]), Ok(()));
         assert_eq!(check_unique([(&a, &any), (&b, &any)]), Ok(()));
+        assert_eq!(check_unique([(&a, &any_udp), (&b, &any_udp)]), Ok(()));
+        assert_eq!(check_unique([(&a, &one), (&b, &one_udp)]), Ok(()));
+        assert!(check_unique([(&a, &one_udp), (&b, &one_udp)]).is_err());
         assert_eq!(
             check_unique([(&a, &one), (&a, &two)]),
             Err(ServiceError::DuplicateName("a".into()))

@@ -63,7 +63,8 @@ pub(super) async fn serve_connection(
         "connection established"
     );
     let flows = Arc::new(FlowTable::default());
-    tokio::spawn(read_datagrams(connection.clone(), flows.clone()).in_current_span());
+    let reading = read_datagrams(connection.clone(), flows.clone(), core.registry.clone());
+    tokio::spawn(reading.in_current_span());
     serve_streams(connection, core, bounds, flows).await;
 }
 

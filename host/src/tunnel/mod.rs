@@ -18,6 +18,7 @@ use crate::wire::Status;
 use crate::wire::addr::Address;
 
 pub mod app;
+pub mod flow_queue;
 pub mod relay;
 pub mod sniff;
 pub mod udp;
@@ -304,11 +305,15 @@ impl TunnelRegistry {
         }
     }
 
-    /// Counts datagrams dropped before any flow had them: a new source beyond the flow limit.
-    pub fn count_dropped_datagrams(&self, service: Option<&Arc<str>>) {
-        lock(&self.ended).dropped_datagrams += 1;
+    /// Counts datagrams dropped where no live tunnel counts them: a new source beyond the
+    /// flow limit or held after a refusal, a flow's queue before its relay began.
+    pub fn count_dropped_datagrams(&self, service: Option<&Arc<str>>, dropped: u64) {
+        if dropped == 0 {
+            return;
+        }
+        lock(&self.ended).dropped_datagrams += dropped;
         if let Some(service) = service {
-            self.with_service(service, |totals| totals.ended.dropped_datagrams += 1);
+            self.with_service(service, |totals| totals.ended.dropped_datagrams += dropped);
         }
     }
 

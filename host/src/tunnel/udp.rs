@@ -8,7 +8,8 @@
 //! finishes the stream; ending finishes our side, which ends it at the other end too.
 //!
 //! Everything a peer or an application can fill is bounded: [`MAX_FLOWS`] flows per
-//! connection, [`FLOW_QUEUE`] datagrams queued per flow; an overflow drops and counts.
+//! connection, and each flow's queue in datagrams and bytes ([`flow_queue`]); an overflow
+//! drops and counts.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,10 +22,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendDatagramError, SendStream};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Side, Tunnel};
+use super::flow_queue::{self, Budget};
+use super::{Side, Tunnel, TunnelRegistry};
 use crate::lock::lock;
 use crate::wire::ErrorCode;
 use crate::wire::handshake::HandshakeError;
@@ -32,8 +33,6 @@ use crate::wire::udp::{self, MAX_DATAGRAM};
 
 /// Flows one QUIC connection (server) or one listener (client) carries at once.
 pub const MAX_FLOWS: usize = 1024;
-/// Datagrams queued for one flow, each way, before further ones are dropped.
-pub const FLOW_QUEUE: usize = 256;
 
 /// The flows of one QUIC connection, by stream id: where its DATAGRAM frames go.
 #[derive(Debug, Default)]
@@ -41,23 +40,25 @@ pub struct FlowTable {
     flows: std::sync::Mutex<HashMap<u64, Entry>>,
     /// DATAGRAM frames for no known flow, or cut short.
     unknown: AtomicU64,
+    /// What the flows' queues hold together.
+    budget: Arc<Budget>,
 }
 
 #[derive(Debug)]
 struct Entry {
-    queue: mpsc::Sender<Bytes>,
+    queue: flow_queue::Sender,
     tunnel: Arc<Tunnel>,
 }
 
 impl FlowTable {
     /// Adds flow `id`, its DATAGRAM frames to be read from the receiver returned; `None`
     /// when the connection has [`MAX_FLOWS`] flows already.
-    pub fn insert(&self, id: u64, tunnel: Arc<Tunnel>) -> Option<mpsc::Receiver<Bytes>> {
+    pub fn insert(&self, id: u64, tunnel: Arc<Tunnel>) -> Option<flow_queue::Receiver> {
         let mut flows = lock(&self.flows);
         if flows.len() >= MAX_FLOWS {
             return None;
         }
-        let (queue, receiver) = mpsc::channel(FLOW_QUEUE);
+        let (queue, receiver) = flow_queue::channel(self.budget.clone());
         flows.insert(id, Entry { queue, tunnel });
         Some(receiver)
     }
@@ -66,22 +67,25 @@ impl FlowTable {
         lock(&self.flows).remove(&id);
     }
 
-    /// Hands a DATAGRAM frame to its flow; drops and counts it when the flow is unknown or
-    /// its queue is full.
-    pub fn deliver(&self, frame: Bytes) {
+    /// Hands a DATAGRAM frame to its flow; drops and counts it when its queue is full (on
+    /// the flow) or when the flow is unknown (here, and `false` is returned).
+    pub fn deliver(&self, frame: Bytes) -> bool {
         let Some((id, payload)) = udp::decode_datagram(frame) else {
             self.unknown.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         };
         let flows = lock(&self.flows);
-        let Some(entry) = flows.get(&id) else {
+        // Unknown, or ending.
+        let Some(Ok(entry)) = flows.get(&id).map(|e| e.queue.push(payload).map(|()| e)) else {
             self.unknown.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         };
-        if entry.queue.try_send(payload).is_err() {
-            let dropped = &entry.tunnel.counters.dropped_datagrams;
-            dropped.fetch_add(1, Ordering::Relaxed);
+        let dropped = entry.queue.take_dropped();
+        if dropped > 0 {
+            let counted = &entry.tunnel.counters.dropped_datagrams;
+            counted.fetch_add(dropped, Ordering::Relaxed);
         }
+        true
     }
 
     /// DATAGRAM frames dropped for naming no known flow.
@@ -98,10 +102,17 @@ impl FlowTable {
     }
 }
 
-/// Reads `connection`'s DATAGRAM frames into its flows until it closes.
-pub async fn read_datagrams(connection: Connection, table: Arc<FlowTable>) {
+/// Reads `connection`'s DATAGRAM frames into its flows until it closes; those for no known
+/// flow count in the registry's dropped datagrams.
+pub async fn read_datagrams(
+    connection: Connection,
+    table: Arc<FlowTable>,
+    registry: Arc<TunnelRegistry>,
+) {
     while let Ok(frame) = connection.read_datagram().await {
-        table.deliver(frame);
+        if !table.deliver(frame) {
+            registry.count_dropped_datagrams(None, 1);
+        }
     }
 }
 
@@ -109,13 +120,11 @@ pub async fn read_datagrams(connection: Connection, table: Arc<FlowTable>) {
 #[derive(Debug)]
 pub enum FlowApp {
     /// The client's: datagrams from one source address of the shared listener socket, queued
-    /// by the listener; replies go back to that address. `dropped` counts what the listener
-    /// dropped for a full queue.
+    /// by the listener (which counts what it drops there); replies go back to that address.
     Listener {
         socket: Arc<UdpSocket>,
         source: SocketAddr,
-        queue: mpsc::Receiver<Bytes>,
-        dropped: Arc<AtomicU64>,
+        queue: flow_queue::Receiver,
     },
     /// The server's: a socket of the flow's own, connected to the target.
     Connected(UdpSocket),
@@ -141,7 +150,7 @@ impl FlowApp {
     /// Drops the listener counted since the last call.
     fn take_dropped(&self) -> u64 {
         match self {
-            FlowApp::Listener { dropped, .. } => dropped.swap(0, Ordering::Relaxed),
+            FlowApp::Listener { queue, .. } => queue.take_dropped(),
             FlowApp::Connected(_) => 0,
         }
     }
@@ -184,7 +193,15 @@ pub async fn before_answer<F: Future>(
             datagram = app.recv() => match datagram {
                 Some(Ok(datagram)) => {
                     count_from_app(tunnel, Side::Client, &datagram);
-                    write_record(send, &datagram, tunnel).await?;
+                    match write_record(send, &datagram, tunnel).await {
+                        Ok(()) => {}
+                        // The server stops reading with "done" only when it refuses the
+                        // flow: its answer says why.
+                        Err(quinn::WriteError::Stopped(code)) if code == ErrorCode::Done.varint() => {
+                            return Ok(answer.await);
+                        }
+                        Err(error) => return Err(error),
+                    }
                 }
                 Some(Err(_)) => {}
                 // The listener is gone: only the answer is left to wait for.
@@ -200,7 +217,7 @@ pub struct Flow {
     pub send: SendStream,
     pub recv: RecvStream,
     /// Its DATAGRAM frames, from the connection's [`FlowTable`].
-    pub datagrams: mpsc::Receiver<Bytes>,
+    pub datagrams: flow_queue::Receiver,
     pub connection: Connection,
     pub side: Side,
     pub idle_timeout: Duration,
@@ -230,6 +247,7 @@ impl std::fmt::Display for FlowEnd {
 /// peer's end, reset otherwise.
 pub async fn relay(mut flow: Flow, tunnel: &Tunnel) -> FlowEnd {
     let end = relay_until_end(&mut flow, tunnel).await;
+    count_dropped(&flow, tunnel);
     match end {
         FlowEnd::Idle(_) | FlowEnd::PeerFinished => {
             let _ = flow.send.finish();
@@ -260,11 +278,7 @@ async fn relay_until_end(flow: &mut Flow, tunnel: &Tunnel) -> FlowEnd {
             () = &mut idle => return FlowEnd::Idle(flow.idle_timeout),
             () = tunnel.closed() => return FlowEnd::ClosedByOperator,
         };
-        let dropped = flow.app.take_dropped();
-        tunnel
-            .counters
-            .dropped_datagrams
-            .fetch_add(dropped, Ordering::Relaxed);
+        count_dropped(flow, tunnel);
         match event {
             Event::App(None) => return FlowEnd::Failed("the listener closed".into()),
             // ICMP port unreachable from the target surfaces here: not an end.
@@ -285,6 +299,15 @@ async fn relay_until_end(flow: &mut Flow, tunnel: &Tunnel) -> FlowEnd {
             Event::Record(Err(error)) => return FlowEnd::Failed(format!("flow stream: {error}")),
         }
         idle.as_mut().reset(Instant::now() + flow.idle_timeout);
+    }
+}
+
+/// Moves what the listener dropped for the flow into the tunnel's count.
+fn count_dropped(flow: &Flow, tunnel: &Tunnel) {
+    let dropped = flow.app.take_dropped();
+    if dropped > 0 {
+        let counted = &tunnel.counters.dropped_datagrams;
+        counted.fetch_add(dropped, Ordering::Relaxed);
     }
 }
 
@@ -396,6 +419,7 @@ impl RecordReader {
 mod tests {
     use super::*;
     use crate::tunnel::TunnelSpec;
+    use crate::tunnel::flow_queue::FLOW_DATAGRAMS;
 
     fn tunnel() -> Arc<Tunnel> {
         Arc::new(Tunnel::new(TunnelSpec {
@@ -418,7 +442,7 @@ mod tests {
         table.deliver(udp::encode_datagram(8, b"nobody's"));
         table.deliver(Bytes::from_static(&[0x40]));
         assert_eq!(queue.try_recv().unwrap(), Bytes::from_static(b"mine"));
-        assert!(queue.try_recv().is_err());
+        assert!(queue.try_recv().is_none());
         assert_eq!(table.unknown(), 2);
         table.remove(4);
         table.deliver(udp::encode_datagram(4, b"late"));
@@ -430,15 +454,15 @@ mod tests {
         let table = FlowTable::default();
         let flow = tunnel();
         let mut queue = table.insert(4, flow.clone()).unwrap();
-        for _ in 0..FLOW_QUEUE + 10 {
+        for _ in 0..FLOW_DATAGRAMS + 10 {
             table.deliver(udp::encode_datagram(4, b"x"));
         }
         assert_eq!(flow.counters.dropped_datagrams.load(Ordering::Relaxed), 10);
         let mut queued = 0;
-        while queue.try_recv().is_ok() {
+        while queue.try_recv().is_some() {
             queued += 1;
         }
-        assert_eq!(queued, FLOW_QUEUE);
+        assert_eq!(queued, FLOW_DATAGRAMS);
     }
 
     #[test]
