@@ -67,16 +67,17 @@ fn get_json(api: std::net::SocketAddr, path: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_services_carry_traffic_at_once_over_one_connection() {
+async fn four_services_carry_traffic_at_once_over_one_connection() {
     let echo = app_server_tcp(Behaviour::Echo).await;
     let digest = app_server_tcp(Behaviour::DigestAfterEof).await;
-    let udp = udp_echo().await;
+    let (udp, udp_2) = (udp_echo().await, udp_echo().await);
     let server = Launch::server().start().await;
     let yaml = format!(
         "services:\n\
          - name: web\n  listen-on: tcp:127.0.0.1:0\n  token-source: {}\n\
          - name: db_2\n  listen-on: tcp:127.0.0.1:0\n  token-source-plugin: Fixed\n  token-source: {}\n\
-         - name: dns\n  listen-on: udp:127.0.0.1:0\n  token-source: udp:{udp}\n",
+         - name: dns\n  listen-on: udp:127.0.0.1:0\n  token-source: udp:{udp}\n\
+         - name: ntp\n  listen-on: udp:127.0.0.1:0\n  token-source: udp:{udp_2}\n",
         echo.addr, digest.addr
     );
     let client = Launch::client().without("--listen-on").args([
@@ -89,7 +90,7 @@ async fn three_services_carry_traffic_at_once_over_one_connection() {
     let client = with_config(client, &yaml).start().await;
     let log = client.lines();
     let (web, db) = (service_addr(&log, "web"), service_addr(&log, "db_2"));
-    let dns = service_addr(&log, "dns");
+    let (dns, ntp) = (service_addr(&log, "dns"), service_addr(&log, "ntp"));
     let api = client.api.expect("the client's REST API");
 
     // Both tunnels open: the echo one has carried bytes both ways, the digest one waits.
@@ -125,7 +126,8 @@ async fn three_services_carry_traffic_at_once_over_one_connection() {
         [("db_2".into(), "tcp".into()), ("web".into(), "tcp".into())]
     );
 
-    // All three carry traffic at the same time: the rest of both streams, and datagrams.
+    // All four carry traffic at the same time: the rest of both streams, and datagrams of
+    // two UDP services, whose frames arrive on the one connection.
     let more = pattern(2 << 20, 3);
     let web_rest = async {
         let (mut reader, mut writer) = web_conn.into_split();
@@ -146,8 +148,9 @@ async fn three_services_carry_traffic_at_once_over_one_connection() {
         db_conn.read_to_end(&mut digest).await.unwrap();
         digest
     };
-    let flow = udp_exchange(&dns, 200);
-    let (back, digest_back, ()) = within(60, async { tokio::join!(web_rest, db_rest, flow) }).await;
+    let flows = async { tokio::join!(udp_exchange(&dns, 200), udp_exchange(&ntp, 200)) };
+    let (back, digest_back, ((), ())) =
+        within(60, async { tokio::join!(web_rest, db_rest, flows) }).await;
     assert!(back == more, "the echo service's second part differs");
     assert_eq!(digest_back, sha256(&sent));
 
@@ -159,7 +162,7 @@ async fn three_services_carry_traffic_at_once_over_one_connection() {
         "{connections}"
     );
     let metrics = http_get(api, "/metrics");
-    for service in ["web", "db_2", "dns"] {
+    for service in ["web", "db_2", "dns", "ntp"] {
         let total = format!("quictun_tunnels_total{{service=\"{service}\"}} 1");
         assert!(metrics.contains(&total), "{total}:\n{metrics}");
     }

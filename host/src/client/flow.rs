@@ -42,7 +42,6 @@ enum Slot {
 /// Receives the application's datagrams until the task is dropped.
 pub(super) async fn run(socket: Arc<UdpSocket>, service: Arc<ServiceCore>, core: Arc<ClientCore>) {
     let sources: Sources = Arc::default();
-    let tables = Arc::new(Tables::default());
     let budget = Arc::new(Budget::default());
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut full = Full::default();
@@ -77,10 +76,10 @@ pub(super) async fn run(socket: Arc<UdpSocket>, service: Arc<ServiceCore>, core:
             queue,
         };
         let (service, core) = (service.clone(), core.clone());
-        let (sources, tables) = (sources.clone(), tables.clone());
+        let sources = sources.clone();
         tokio::spawn(
             async move {
-                let served = serve_flow(app, source, (&service, &core), &tables).await;
+                let served = serve_flow(app, source, (&service, &core)).await;
                 ended(&sources, source, served, (&service, &core));
             }
             .instrument(span),
@@ -121,7 +120,12 @@ fn dispatch(
     };
     sources.remove(&source);
     if sources.len() >= MAX_FLOWS {
-        return Dispatched::Full;
+        // Holds that have passed make room; only when full, so a datagram costs no scan.
+        let now = Instant::now();
+        sources.retain(|_, slot| !matches!(slot, Slot::Refused(until) if *until <= now));
+        if sources.len() >= MAX_FLOWS {
+            return Dispatched::Full;
+        }
     }
     let (queue, receiver) = flow_queue::channel(budget.clone());
     let _ = queue.push(datagram);
@@ -193,9 +197,10 @@ impl Full {
     }
 }
 
-/// The flow table of the live connection, whose DATAGRAM frames a task reads into it.
+/// The flow table of the live connection, whose DATAGRAM frames one task reads into it: one
+/// for all the client's UDP services, since each frame is read once.
 #[derive(Default)]
-struct Tables {
+pub(super) struct Tables {
     current: Mutex<Option<(usize, Arc<FlowTable>)>>,
 }
 
@@ -217,12 +222,7 @@ impl Tables {
 
 /// Opens the flow, sends its first datagrams with the token, and relays it once the server
 /// has answered.
-async fn serve_flow(
-    mut app: FlowApp,
-    source: SocketAddr,
-    (service, core): Parts<'_>,
-    tables: &Tables,
-) -> Served {
+async fn serve_flow(mut app: FlowApp, source: SocketAddr, (service, core): Parts<'_>) -> Served {
     let token = match service.source.token(&source.to_string()).await {
         Ok(token) => token,
         Err(error) => {
@@ -274,7 +274,7 @@ async fn serve_flow(
         transport: service.transport,
     }));
     let tunnel = registered.tunnel();
-    let table = tables.table_for(&connection, &core.registry);
+    let table = core.flow_tables.table_for(&connection, &core.registry);
     let Some(datagrams) = table.insert(id, tunnel.clone()) else {
         refuse(
             (&mut send, &mut recv),
@@ -336,4 +336,42 @@ fn refuse((send, recv): (&mut quinn::SendStream, &mut quinn::RecvStream), why: &
     let _ = recv.stop(ErrorCode::Done.varint());
     let _ = send.reset(ErrorCode::Done.varint());
     Served::Refused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn holds_that_have_passed_make_room_for_new_sources() {
+        let sources: Sources = Arc::default();
+        let budget = Arc::new(Budget::default());
+        let passed = Instant::now() - Duration::from_secs(1);
+        let later = Instant::now() + REFUSED_HOLD;
+        for port in 0..MAX_FLOWS as u16 {
+            lock(&sources).insert(source(port), Slot::Refused(later));
+        }
+        let new = source(60_000);
+        let datagram = Bytes::from_static(b"x");
+        assert!(matches!(
+            dispatch(&sources, new, datagram.clone(), &budget),
+            Dispatched::Full
+        ));
+        assert!(matches!(
+            dispatch(&sources, source(7), datagram.clone(), &budget),
+            Dispatched::Held
+        ));
+        lock(&sources).insert(source(7), Slot::Refused(passed));
+        lock(&sources).insert(source(8), Slot::Refused(passed));
+        assert!(matches!(
+            dispatch(&sources, new, datagram.clone(), &budget),
+            Dispatched::New(_)
+        ));
+        // Both passed holds went; the new source took one place.
+        assert_eq!(lock(&sources).len(), MAX_FLOWS - 1);
+    }
 }

@@ -135,6 +135,8 @@ struct ClientCore {
     registry: Arc<TunnelRegistry>,
     outage_wait: Duration,
     udp_idle_timeout: Duration,
+    /// The UDP flows of the live connection, for all services.
+    flow_tables: flow::Tables,
     connector: Connector,
 }
 
@@ -168,6 +170,7 @@ impl Client {
             registry,
             outage_wait: config.outage_wait,
             udp_idle_timeout: config.transport.udp_idle_timeout,
+            flow_tables: flow::Tables::default(),
             connector,
         });
         Ok(Client {

@@ -63,8 +63,15 @@ impl FlowTable {
         Some(receiver)
     }
 
+    /// Removes flow `id`; what its queue dropped since the last frame, or still held, is
+    /// counted on the flow.
     pub fn remove(&self, id: u64) {
-        lock(&self.flows).remove(&id);
+        let Some(entry) = lock(&self.flows).remove(&id) else {
+            return;
+        };
+        let dropped = entry.queue.take_dropped();
+        let counted = &entry.tunnel.counters.dropped_datagrams;
+        counted.fetch_add(dropped, Ordering::Relaxed);
     }
 
     /// Hands a DATAGRAM frame to its flow; drops and counts it when its queue is full (on
@@ -74,6 +81,9 @@ impl FlowTable {
             self.unknown.fetch_add(1, Ordering::Relaxed);
             return false;
         };
+        // A copy of its own: the frame may share a larger receive buffer, which the flow's
+        // byte bound would not see.
+        let payload = Bytes::copy_from_slice(&payload);
         let flows = lock(&self.flows);
         // Unknown, or ending.
         let Some(Ok(entry)) = flows.get(&id).map(|e| e.queue.push(payload).map(|()| e)) else {
