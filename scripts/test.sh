@@ -3,7 +3,8 @@
 # runs the tier that needs nothing but a Rust toolchain; CONTRIBUTING.md).
 #
 # 1. Installs what the ignored tests need when it is missing: curl, python3, Chromium with
-#    chromedriver for the dashboard test, and dnsmasq and dig for the UDP application test
+#    chromedriver for the dashboard test, dnsmasq and dig for the UDP application test, and
+#    nginx with its stream module for the several-servers test
 #    (as root, with apt-get).
 # 2. Builds the plugin fixture made against another plugin-API version, a workspace of its own
 #    that cargo cannot build as a dependency, into the same target directory.
@@ -29,6 +30,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 [ -x "${QUICTUN_DNSMASQ:-/usr/sbin/dnsmasq}" ] || need+=(dnsmasq-base)
 [ -x "${QUICTUN_DIG:-/usr/bin/dig}" ] || need+=(bind9-dnsutils)
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 if [ "${QUICTUN_SKIP_BROWSER:-}" != 1 ]; then
     [ -x "${QUICTUN_CHROMIUM:-/usr/bin/chromium}" ] || need+=(chromium)
     [ -x "${QUICTUN_CHROMEDRIVER:-/usr/bin/chromedriver}" ] || need+=(chromium-driver)
