@@ -15,7 +15,7 @@ use std::time::Duration;
 use quictun_plugin_api::PluginError;
 use quinn::{Connection, ConnectionError, WriteError};
 
-use super::connector::{ConnectError, ConnectorConfig, Dialer};
+use super::dialer::{ConnectError, ConnectorConfig, Dialer};
 use crate::plugins::TokenSource;
 use crate::quic::{SetupError, TransportOptions};
 use crate::tls::{self, Identity, Verification};

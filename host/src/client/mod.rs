@@ -16,6 +16,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub mod check;
 pub mod connector;
+pub mod dialer;
 mod flow;
 pub mod service;
 
