@@ -339,6 +339,7 @@ async fn serve_app(
         client_app: Some(client_app),
         server_app: None,
         remote_endpoint: connection.remote_address(),
+        connection: connection.stable_id(),
         service: Some(service.name.clone()),
         transport: service.transport,
     }));
