@@ -9,7 +9,7 @@ use quictun::api::{self, ApiListen, ApiState};
 use quictun::cli::{self, CommonArgs, Endpoint, parse_duration};
 use quictun::client::check::{self, CheckConfig, TokenTest};
 use quictun::client::service::{DEFAULT_SERVICE, Service};
-use quictun::client::{Client, ClientConfig, ClientHandle};
+use quictun::client::{Client, ClientConfig, ClientHandle, ServerEndpoint};
 use quictun::plugins::TokenSource;
 use quictun::shutdown::Shutdown;
 use quictun::tls::{Fingerprint, Verification};
@@ -40,8 +40,11 @@ struct Args {
 
     /// The server endpoint's UDP address: HOST:PORT or [IPv6]:PORT, HOST an IP address or a
     /// DNS name (a tcp: or udp: prefix is ignored). Known hosts are keyed by it as written.
-    #[arg(long, value_name = "HOST:PORT", value_parser = cli::parse_endpoint)]
-    server_endpoint: Endpoint,
+    /// Repeat it for several servers of one service: the client uses one at a time, the first
+    /// at start; after a failure, or when the connection is lost, the next attempt goes to the
+    /// next server, and the client stays with the one that answers.
+    #[arg(long, value_name = "HOST:PORT", value_parser = cli::parse_endpoint, required = true)]
+    server_endpoint: Vec<Endpoint>,
 
     /// Token source plugin: a built-in name (Fixed, File or Http) or the path of a .so file
     /// [default: Fixed]. Refused with a services: list, whose services have their own.
@@ -85,7 +88,9 @@ struct Args {
     /// Check instead of serving: connect to the server once (verified as usual), print its
     /// certificate fingerprint, ALPN and round-trip time, send a test token from each
     /// service's token source and say whether the server accepts it, then exit: 0 when
-    /// connected and every token accepted, 1 otherwise. Nothing listens, so it can run beside a running client.
+    /// connected and every token accepted, 1 otherwise. With several --server-endpoint, each
+    /// is checked in turn and reported on, and it exits 0 only when every one works.
+    /// Nothing listens, so it can run beside a running client.
     #[arg(long, value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     check: bool,
@@ -128,10 +133,11 @@ fn verification(args: &Args) -> anyhow::Result<Verification> {
         warn!("--insecure-skip-verify: the server's identity is not checked");
         return Ok(Verification::Insecure);
     }
-    // The state directory is checked now, not at the first handshake.
+    // The state directory is checked now, not at the first handshake. Each server is
+    // remembered under its own endpoint (`Verification::for_endpoint`).
     Ok(Verification::FirstUse {
         known_hosts: args.common.state_dir()?.join("known_hosts"),
-        endpoint: args.server_endpoint.given.clone(),
+        endpoint: args.server_endpoint[0].given.clone(),
     })
 }
 
@@ -170,6 +176,15 @@ fn services(args: &Args) -> anyhow::Result<Vec<Service>> {
     cli::services::build(entries, dir)
 }
 
+/// Every `--server-endpoint`, in the order given.
+fn servers(args: &Args) -> Vec<ServerEndpoint> {
+    args.server_endpoint
+        .iter()
+        .cloned()
+        .map(Into::into)
+        .collect()
+}
+
 /// `--check`: one connection, a report on standard output, and one test token per service,
 /// from its token source for an application at its listener (or --check-app-addr).
 async fn check(
@@ -191,7 +206,7 @@ async fn check(
         });
     }
     let config = CheckConfig {
-        server: args.server_endpoint.address,
+        servers: servers(&args),
         tests,
         verification,
         identity: args.common.own_identity()?,
@@ -219,7 +234,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     let client = Client::bind(ClientConfig {
         services,
-        server: args.server_endpoint.address,
+        servers: servers(&args),
         verification,
         identity: args.common.own_identity()?,
         transport: args.common.transport(0),

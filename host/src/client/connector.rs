@@ -8,6 +8,11 @@
 //! no common protocol) is logged once at ERROR with what to do; while it lasts, application
 //! connections are refused at once, and it is retried every [`PERMANENT_RETRY`] or at once
 //! when asked ([`Connector::retry_now`], SIGHUP in the binary).
+//!
+//! With several servers (`--server-endpoint` repeated, SPEC §9 and §12), a failure of any
+//! kind, or the loss of the connection, sends the next attempt to the next server; the client
+//! stays with the one that answers. Applications are refused, and attempts slowed, only when
+//! every server has refused in a way retrying cannot fix.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +41,7 @@ enum State {
     /// The last attempt failed in a way retrying cannot fix; why, and what to do.
     Refused(String),
 }
+
 /// Hands out the live connection; owns the supervisor task.
 pub struct Connector {
     state: watch::Receiver<State>,
@@ -50,9 +56,15 @@ impl Connector {
         let (state_tx, state) = watch::channel(State::Connecting);
         let retry = Arc::new(Notify::new());
         let registry = Arc::new(ConnectionRegistry::default());
+        let max_backoff = config.max_backoff.max(FIRST_BACKOFF);
+        let dialer = Dialer::new(config, registry.clone());
+        let servers = dialer.server_count();
         let supervisor = Supervisor {
-            dialer: Dialer::new(config, registry.clone()),
+            dialer,
             state: state_tx,
+            max_backoff,
+            refused: vec![None; servers],
+            logged: vec![None; servers],
         };
         let supervisor = tokio::spawn(supervisor.run(retry.clone()));
         Connector {
@@ -114,62 +126,138 @@ impl Drop for Connector {
     }
 }
 
+/// Owns the connection: makes it, watches it, and makes it again, going through the servers
+/// in turn (see [`Dialer`]).
 struct Supervisor {
     dialer: Dialer,
     state: watch::Sender<State>,
+    max_backoff: Duration,
+    /// Per server: why it refused us in a way retrying cannot fix, since the last long pause.
+    /// When every server has, applications are refused and attempts slow down.
+    refused: Vec<Option<String>>,
+    /// Per server: the refusal last logged at ERROR, so that each is logged once.
+    logged: Vec<Option<String>>,
 }
 
 impl Supervisor {
     async fn run(mut self, retry: Arc<Notify>) {
         let mut backoff = FIRST_BACKOFF;
-        let max_backoff = self.dialer.config.max_backoff.max(FIRST_BACKOFF);
         loop {
-            // While refused, applications stay refused during the next attempt too.
-            if !matches!(*self.state.borrow(), State::Refused(_)) {
+            // While refused, applications stay refused during the next attempts too.
+            if !self.is_refused() {
                 self.state.send_replace(State::Connecting);
             }
+            let index = self.dialer.current_index();
             match self.dialer.connect().await {
                 Ok(connection) => {
                     backoff = FIRST_BACKOFF;
-                    self.dialer.registry.watch(&connection);
-                    self.state.send_replace(State::Up(connection.clone()));
-                    let reason = connection.closed().await;
-                    warn!(server = %self.dialer.config.server, "connection to the server lost: {reason}; reconnecting");
-                    self.state
-                        .send_replace(State::Down(format!("connection lost: {reason}")));
+                    (self.refused[index], self.logged[index]) = (None, None);
+                    self.serve(connection).await;
                 }
                 Err(failure) if failure.is_permanent() => {
                     let reason = match failure.fix() {
                         Some(fix) => format!("{failure}; {fix}"),
                         None => failure.to_string(),
                     };
-                    // Logged once: the same refusal again is only a debug line.
-                    let again =
-                        matches!(&*self.state.borrow(), State::Refused(last) if *last == reason);
-                    if !again {
-                        error!(
-                            "{reason} (application connections are refused meanwhile; next \
-                             attempt in {PERMANENT_RETRY:?}, or at once on SIGHUP)"
-                        );
-                    } else {
-                        debug!("still refused: {reason}");
+                    self.refused[index] = Some(reason.clone());
+                    if self.refused.iter().all(Option::is_some) {
+                        self.refuse_all(&retry).await;
+                        backoff = FIRST_BACKOFF;
+                        continue;
                     }
-                    self.state.send_replace(State::Refused(reason));
-                    backoff = FIRST_BACKOFF;
-                    tokio::select! {
-                        () = tokio::time::sleep(PERMANENT_RETRY) => {}
-                        () = retry.notified() => info!("retrying the connection to the server now"),
+                    let pause = jitter(backoff);
+                    self.log_refusal(index, &reason, pause);
+                    if !self.is_refused() {
+                        self.state.send_replace(State::Down(reason));
                     }
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(self.max_backoff);
                 }
                 Err(failure) => {
+                    (self.refused[index], self.logged[index]) = (None, None);
                     let pause = jitter(backoff);
-                    warn!("{failure}; next attempt in {pause:?}");
+                    warn!("{}", self.after(&failure, Some(pause)));
                     self.state.send_replace(State::Down(failure.to_string()));
                     tokio::time::sleep(pause).await;
-                    backoff = (backoff * 2).min(max_backoff);
+                    backoff = (backoff * 2).min(self.max_backoff);
                 }
             }
         }
+    }
+
+    /// Publishes the connection until it is lost; the next attempt goes to the next server.
+    async fn serve(&mut self, connection: Connection) {
+        let server = self.dialer.current().clone();
+        self.dialer.registry().watch(&connection);
+        self.state.send_replace(State::Up(connection.clone()));
+        let reason = connection.closed().await;
+        self.dialer.switch();
+        let lost = format!("connection to server {server} lost: {reason}");
+        match self.dialer.server_count() {
+            1 => warn!(%server, "connection to the server lost: {reason}; reconnecting"),
+            _ => warn!(%server, "{}", self.after(&lost, None)),
+        }
+        self.state
+            .send_replace(State::Down(format!("connection lost: {reason}")));
+    }
+
+    /// Every server refused us in a way retrying cannot fix: applications are refused, said
+    /// once at ERROR, until the next attempt, in [`PERMANENT_RETRY`] or when asked.
+    async fn refuse_all(&mut self, retry: &Notify) {
+        let reasons: Vec<&str> = self.refused.iter().flatten().map(String::as_str).collect();
+        let reason = match reasons[..] {
+            [one] => one.to_owned(),
+            _ => format!("every server refused: {}", reasons.join("; ")),
+        };
+        // Logged once: the same refusal again is only a debug line.
+        let again = matches!(&*self.state.borrow(), State::Refused(last) if *last == reason);
+        if !again {
+            error!(
+                "{reason} (application connections are refused meanwhile; next attempt in \
+                 {PERMANENT_RETRY:?}, or at once on SIGHUP)"
+            );
+        } else {
+            debug!("still refused: {reason}");
+        }
+        self.logged.clone_from(&self.refused);
+        self.state.send_replace(State::Refused(reason));
+        tokio::select! {
+            () = tokio::time::sleep(PERMANENT_RETRY) => {}
+            () = retry.notified() => info!("retrying the connection to the server now"),
+        }
+        // Each server gets an attempt again before the next long pause.
+        self.refused.fill(None);
+    }
+
+    /// One server of several refused us: said once at ERROR, with the server tried next.
+    fn log_refusal(&mut self, index: usize, reason: &str, pause: Duration) {
+        if self.logged[index].as_deref() == Some(reason) {
+            return debug!("still refused: {reason}");
+        }
+        error!("{}", self.after(&reason, Some(pause)));
+        self.logged[index] = Some(reason.to_owned());
+    }
+
+    /// What a failure leads to, for its log line: with several servers, the switch to the
+    /// next one.
+    fn after(&self, failure: &dyn std::fmt::Display, pause: Option<Duration>) -> String {
+        let next = pause.map(|p| format!("next attempt in {p:?}"));
+        match (self.dialer.server_count(), next) {
+            (1, Some(next)) => format!("{failure}; {next}"),
+            (1, None) => failure.to_string(),
+            (_, Some(next)) => format!(
+                "switching to server {} after: {failure} ({next})",
+                self.dialer.current()
+            ),
+            (_, None) => format!(
+                "switching to server {} after: {failure}",
+                self.dialer.current()
+            ),
+        }
+    }
+
+    fn is_refused(&self) -> bool {
+        matches!(*self.state.borrow(), State::Refused(_))
     }
 }
 

@@ -2,14 +2,14 @@
 //! and `--check` share, and why an attempt failed ([`ConnectError`]), with what retrying can
 //! and cannot fix.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, ConnectionError, Endpoint};
-use tracing::info;
+use quinn::{Connection, ConnectionError};
+use tracing::{debug, info};
 
-use crate::quic;
+use super::sockets::Sockets;
 use crate::quic::connections::{ConnectionRegistry, HandshakeFailure};
 use crate::tls;
 use crate::wire::addr::{Host, HostPort};
@@ -157,56 +157,156 @@ fn list(failures: &[(SocketAddr, ConnectError)]) -> String {
     each.join("; ")
 }
 
+/// A server the client may use, as written: known hosts are keyed by this text (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEndpoint {
+    /// The text as the user wrote it.
+    pub given: String,
+    pub address: HostPort,
+}
+
+impl From<HostPort> for ServerEndpoint {
+    fn from(address: HostPort) -> Self {
+        ServerEndpoint {
+            given: address.to_string(),
+            address,
+        }
+    }
+}
+
+impl From<SocketAddr> for ServerEndpoint {
+    fn from(addr: SocketAddr) -> Self {
+        HostPort::from(addr).into()
+    }
+}
+
+/// The address, as errors and log lines name the server.
+impl std::fmt::Display for ServerEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.address.fmt(f)
+    }
+}
+
+/// One server and how to connect to it: its own QUIC settings, since each is checked
+/// against its own known host.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub endpoint: ServerEndpoint,
+    pub quic: quinn::ClientConfig,
+}
+
 /// Settings of the connector.
 #[derive(Debug, Clone)]
 pub struct ConnectorConfig {
-    pub server: HostPort,
-    pub quic: quinn::ClientConfig,
+    /// The servers in the order given; at least one.
+    pub servers: Vec<ServerSettings>,
     pub handshake_timeout: Duration,
     pub max_backoff: Duration,
 }
 
-/// Makes connections to the server one attempt at a time, from one UDP endpoint per address
-/// family: the supervisor's reconnections and the client's one-shot check (`--check`) alike.
+/// Makes connections to the servers one attempt at a time, from the client's [`Sockets`]: the
+/// supervisor's reconnections and the client's one-shot check (`--check`) alike.
+///
+/// Each attempt goes to one server, the current one; after a failure the current one is the
+/// next in the list (SPEC §9, §12), so the next attempt never goes back to the server that
+/// just failed while there is another, and a server that answers stays current.
 ///
 /// A server name may resolve to several addresses (an AAAA and an A record, say), not all of
-/// them reachable from here. Each attempt uses one: the one that worked last, or after a
-/// failure the next one in the list, so a dead first address costs one attempt, not all.
+/// them reachable from here. Each attempt to a server uses one: the one that worked last, or
+/// after a failure the next one in the list, so a dead first address costs one attempt, not all.
 pub struct Dialer {
-    pub(super) config: ConnectorConfig,
-    /// IPv4, IPv6; each opened on first use.
-    endpoints: [Option<Endpoint>; 2],
-    /// Index into the server's addresses for the next attempt.
+    servers: Vec<Target>,
+    /// Index of the server the next attempt goes to.
+    current: usize,
+    handshake_timeout: Duration,
+    sockets: Arc<Sockets>,
+    registry: Arc<ConnectionRegistry>,
+}
+
+/// A server and where its next attempt starts.
+struct Target {
+    settings: ServerSettings,
+    /// Index into the server's addresses for its next attempt.
     next: usize,
-    pub(super) registry: Arc<ConnectionRegistry>,
 }
 
 impl Dialer {
     /// A dialer counting handshake failures in `registry`. No socket is opened yet.
     pub fn new(config: ConnectorConfig, registry: Arc<ConnectionRegistry>) -> Dialer {
+        let servers = config
+            .servers
+            .into_iter()
+            .map(|settings| Target { settings, next: 0 })
+            .collect();
         Dialer {
-            config,
-            endpoints: [None, None],
-            next: 0,
+            servers,
+            current: 0,
+            handshake_timeout: config.handshake_timeout,
+            sockets: Arc::default(),
             registry,
         }
     }
 
-    /// One attempt: resolves the server and completes the handshake within the time-out.
-    pub async fn connect(&mut self) -> Result<Connection, ConnectError> {
-        let addrs = self.resolve().await?;
-        self.connect_among(&addrs).await
+    /// The client's UDP sockets, to move them when the network changes.
+    pub fn sockets(&self) -> Arc<Sockets> {
+        self.sockets.clone()
     }
 
-    /// Tries each of the server's addresses in turn until one completes a handshake: for the
-    /// one-shot check, which has no next attempt.
-    pub async fn connect_any(&mut self) -> Result<Connection, ConnectError> {
-        let addrs = self.resolve().await?;
+    /// How many servers there are to choose from.
+    pub fn server_count(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// The server the next attempt goes to.
+    pub fn current(&self) -> &ServerEndpoint {
+        &self.servers[self.current].settings.endpoint
+    }
+
+    /// Its place in the list, from 0.
+    pub fn current_index(&self) -> usize {
+        self.current
+    }
+
+    /// Where the connections made are counted.
+    pub fn registry(&self) -> &Arc<ConnectionRegistry> {
+        &self.registry
+    }
+
+    /// The next attempt goes to the next server: after a failure, or when the connection
+    /// made to the current one was lost.
+    pub fn switch(&mut self) {
+        self.current = (self.current + 1) % self.servers.len();
+    }
+
+    /// One attempt to the current server: resolves it and completes the handshake within the
+    /// time-out. After a failure the next attempt goes to the next server.
+    pub async fn connect(&mut self) -> Result<Connection, ConnectError> {
+        debug!(server = %self.current(), "connecting to server");
+        let attempt = async {
+            let addrs = self.resolve(self.current).await?;
+            self.connect_among(&addrs).await
+        };
+        let result = attempt.await;
+        if result.is_err() {
+            self.switch();
+        }
+        result
+    }
+
+    /// Tries each address of the server at `index` in turn until one completes a handshake:
+    /// for the one-shot check, which has no next attempt.
+    pub async fn connect_any(&mut self, index: usize) -> Result<Connection, ConnectError> {
+        self.current = index;
+        let addrs = self.resolve(index).await?;
         self.try_each(&addrs).await
     }
 
-    async fn resolve(&self) -> Result<Vec<SocketAddr>, ConnectError> {
-        let server = &self.config.server;
+    fn server(&self) -> &HostPort {
+        &self.current().address
+    }
+
+    async fn resolve(&self, index: usize) -> Result<Vec<SocketAddr>, ConnectError> {
+        let server = &self.servers[index].settings.endpoint.address;
         server
             .resolve()
             .await
@@ -228,32 +328,33 @@ impl Dialer {
             }
         }
         Err(ConnectError::NoneAnswered {
-            server: self.config.server.clone(),
+            server: self.server().clone(),
             failures,
         })
     }
 
-    /// One attempt to one of `addrs`, the server's addresses (see [`Dialer`]).
+    /// One attempt to one of `addrs`, the current server's addresses (see [`Dialer`]).
     async fn connect_among(&mut self, addrs: &[SocketAddr]) -> Result<Connection, ConnectError> {
-        let server = self.config.server.clone();
+        let server = self.server().clone();
         if addrs.is_empty() {
             return Err(ConnectError::NoAddress { server });
         }
-        let index = self.next % addrs.len();
+        let index = self.servers[self.current].next % addrs.len();
         match self.connect_to(addrs[index]).await {
             Ok(connection) => {
-                self.next = index;
+                self.servers[self.current].next = index;
                 Ok(connection)
             }
             Err(error) if addrs.len() > 1 => {
-                self.next = index + 1;
+                let next = index + 1;
+                self.servers[self.current].next = next;
                 Err(ConnectError::Address {
                     attempt: Box::new(Attempt {
                         server,
                         addr: addrs[index],
                         position: index + 1,
                         count: addrs.len(),
-                        next: addrs[self.next % addrs.len()],
+                        next: addrs[next % addrs.len()],
                     }),
                     source: Box::new(error),
                 })
@@ -262,21 +363,24 @@ impl Dialer {
         }
     }
 
-    /// Completes a handshake with the server at `addr` within the time-out.
+    /// Completes a handshake with the current server at `addr` within the time-out.
     async fn connect_to(&mut self, addr: SocketAddr) -> Result<Connection, ConnectError> {
-        let server = self.config.server.clone();
+        let settings = &self.servers[self.current].settings;
+        let server = settings.endpoint.address.clone();
         let name = match &server.host {
             Host::Name(name) => name.clone(),
             Host::Ip(ip) => ip.to_string(),
         };
         let connecting = self
-            .endpoint_for(addr)?
-            .connect_with(self.config.quic.clone(), addr, &name)
+            .sockets
+            .endpoint_for(addr)
+            .map_err(ConnectError::Socket)?
+            .connect_with(settings.quic.clone(), addr, &name)
             .map_err(|source| ConnectError::Start {
                 server: server.clone(),
                 source,
             })?;
-        let limit = self.config.handshake_timeout;
+        let limit = self.handshake_timeout;
         let connection = match self.registry.handshake(connecting, limit).await {
             Ok(connection) => connection,
             Err(HandshakeFailure::Failed(source)) => {
@@ -303,32 +407,16 @@ impl Dialer {
     /// Waits up to `bound` for closed connections to finish closing, so the server hears of
     /// it before the process exits.
     pub async fn wait_idle(&self, bound: Duration) {
-        let idle = async {
-            for endpoint in self.endpoints.iter().flatten() {
-                endpoint.wait_idle().await;
-            }
-        };
-        let _ = tokio::time::timeout(bound, idle).await;
-    }
-
-    /// The client's UDP endpoint for the server address's family, opened on first use.
-    fn endpoint_for(&mut self, server: SocketAddr) -> Result<Endpoint, ConnectError> {
-        let (slot, local) = match server {
-            SocketAddr::V4(_) => (0, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
-            SocketAddr::V6(_) => (1, SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))),
-        };
-        if let Some(endpoint) = &self.endpoints[slot] {
-            return Ok(endpoint.clone());
-        }
-        let endpoint = quic::endpoint(local, None).map_err(ConnectError::Socket)?;
-        self.endpoints[slot] = Some(endpoint.clone());
-        Ok(endpoint)
+        self.sockets.wait_idle(bound).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
+    use crate::quic;
     use crate::tls::Identity;
     use crate::tls::{self, Verification};
 
@@ -336,8 +424,8 @@ mod tests {
     /// IPv6, as when a host has an AAAA record but no IPv6 route): the first attempt fails on
     /// it and says what the next one tries, the next attempt connects to the second address
     /// from an endpoint of the other family, and later attempts stay with it.
-    #[tokio::test]
-    async fn a_dead_first_address_costs_one_attempt() {
+    /// A QUIC server on loopback that accepts every connection and holds it until closed.
+    fn live_server() -> SocketAddr {
         let identity = Identity::self_signed(&["localhost"]).unwrap();
         let crypto = tls::server_crypto(identity, tls::ClientAuth::Off).unwrap();
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
@@ -353,22 +441,70 @@ mod tests {
                 });
             }
         });
-        let dead = SocketAddr::from((Ipv6Addr::LOCALHOST, live.port()));
-        let config = ConnectorConfig {
-            server: HostPort {
-                host: Host::Name("tunnel.test".into()),
-                port: live.port(),
-            },
-            quic: crate::client::quic_config(
-                &Verification::Insecure,
-                None,
-                &quic::TransportOptions::default(),
-            )
-            .unwrap(),
+        live
+    }
+
+    /// A connector's settings for `servers`, without a certificate check, with a short
+    /// handshake time-out.
+    fn config(servers: &[ServerEndpoint]) -> ConnectorConfig {
+        let quic = crate::client::quic_config(
+            &Verification::Insecure,
+            None,
+            &quic::TransportOptions::default(),
+        )
+        .unwrap();
+        let servers = servers
+            .iter()
+            .map(|endpoint| ServerSettings {
+                endpoint: endpoint.clone(),
+                quic: quic.clone(),
+            })
+            .collect();
+        ConnectorConfig {
+            servers,
             handshake_timeout: Duration::from_millis(300),
             max_backoff: Duration::from_secs(1),
-        };
-        let mut dialer = Dialer::new(config, Arc::default());
+        }
+    }
+
+    /// Two servers, the first with nothing answering behind it (a bound socket that reads
+    /// nothing): the first attempt fails there, the next goes to the second server and
+    /// connects, later attempts stay with it, and after it is lost the next goes back to the
+    /// first.
+    #[tokio::test]
+    async fn after_a_failure_the_next_attempt_goes_to_the_next_server() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = ServerEndpoint::from(silent.local_addr().unwrap());
+        let live = ServerEndpoint::from(live_server());
+        let mut dialer = Dialer::new(config(&[dead.clone(), live.clone()]), Arc::default());
+        assert_eq!(dialer.current(), &dead);
+        let error = dialer.connect().await.unwrap_err();
+        assert!(error.to_string().contains(&dead.given), "{error}");
+        assert_eq!(dialer.current(), &live);
+        for _ in 0..2 {
+            let connection = dialer.connect().await.unwrap();
+            assert_eq!(connection.remote_address().to_string(), live.given);
+            assert_eq!(dialer.current(), &live);
+            connection.close(0u32.into(), b"");
+        }
+        dialer.switch();
+        assert_eq!(dialer.current(), &dead);
+    }
+
+    /// A server whose name resolves to two addresses, the first with nothing behind it (here
+    /// IPv6, as when a host has an AAAA record but no IPv6 route): the first attempt fails on
+    /// it and says what the next one tries, the next attempt connects to the second address
+    /// from an endpoint of the other family, and later attempts stay with it.
+    #[tokio::test]
+    async fn a_dead_first_address_costs_one_attempt() {
+        let live = live_server();
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let dead = SocketAddr::from((Ipv6Addr::LOCALHOST, live.port()));
+        let server = ServerEndpoint::from(HostPort {
+            host: Host::Name("tunnel.test".into()),
+            port: live.port(),
+        });
+        let mut dialer = Dialer::new(config(std::slice::from_ref(&server)), Arc::default());
         let addrs = [dead, live];
 
         let error = dialer.connect_among(&addrs).await.unwrap_err();
@@ -388,7 +524,7 @@ mod tests {
 
         // The one-shot check tries both addresses in one call, and names each when none
         // answers.
-        let mut check = Dialer::new(dialer.config.clone(), Arc::default());
+        let mut check = Dialer::new(config(&[server]), Arc::default());
         let connection = check.try_each(&addrs).await.unwrap();
         assert_eq!(connection.remote_address(), live);
         connection.close(0u32.into(), b"");

@@ -238,7 +238,7 @@ pub async fn start_client_custom(
             listen,
             source,
         }],
-        server: server.into(),
+        servers: vec![server.into()],
         verification: Verification::Insecure,
         identity: None,
         transport: transport(),
