@@ -25,6 +25,11 @@ use tracing::{info, warn};
 /// When something does not work, run it first with the same flags plus --check: it connects
 /// once, prints the server's certificate fingerprint, the protocol, the round-trip time and
 /// whether the server accepts a test token, and exits 0 only when all of that worked.
+///
+/// With several --server-endpoint, the client uses one server at a time and moves to the next
+/// when it fails or the connection is lost. Signals: SIGHUP retries at once after a refusal
+/// that retrying alone cannot fix; SIGUSR1 moves the connection to a new local UDP socket
+/// after this host's network changed (the connection and its tunnels stay).
 #[derive(Debug, Parser)]
 #[command(
     name = "quictun-client",
@@ -251,6 +256,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     let handle = client.handle();
     tokio::spawn(retry_on_hangup(handle.clone()));
+    tokio::spawn(rebind_on_usr1(handle.clone()));
     // Dropping `run` closes the listener (and removes a UNIX socket file).
     Shutdown::new(args.common.drain_timeout)
         .run(client.run(), handle)
@@ -269,5 +275,22 @@ async fn retry_on_hangup(client: ClientHandle) {
     while hangups.recv().await.is_some() {
         info!("SIGHUP: retrying the connection to the server");
         client.retry_now();
+    }
+}
+
+/// SIGUSR1 moves the connection to a new local UDP socket, for when this host's network
+/// changed (a new address, a VPN, a NAT that dropped its mapping): the connection and its
+/// tunnels stay, and the server sees them come from the new address.
+async fn rebind_on_usr1(client: ClientHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut signals = match signal(SignalKind::user_defined1()) {
+        Ok(signals) => signals,
+        Err(error) => return warn!("SIGUSR1 will not move the connection: {error}"),
+    };
+    while signals.recv().await.is_some() {
+        info!("SIGUSR1: moving the connection to a new local UDP socket");
+        if let Err(error) = client.rebind() {
+            warn!("path change failed, the connection stays on its socket: {error}");
+        }
     }
 }

@@ -13,6 +13,9 @@
 //! kind, or the loss of the connection, sends the next attempt to the next server; the client
 //! stays with the one that answers. Applications are refused, and attempts slowed, only when
 //! every server has refused in a way retrying cannot fix.
+//!
+//! The connection can also move to a new local socket while it lives ([`Connector::rebind`],
+//! SIGUSR1 in the binary), for when this host's network changed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 pub use super::dialer::{ConnectError, ConnectorConfig, Dialer};
+use super::sockets::{Moved, Sockets};
 use crate::quic::connections::ConnectionRegistry;
 
 /// First pause after a failed attempt; it doubles up to the configured maximum.
@@ -47,6 +51,7 @@ pub struct Connector {
     state: watch::Receiver<State>,
     retry: Arc<Notify>,
     registry: Arc<ConnectionRegistry>,
+    sockets: Arc<Sockets>,
     supervisor: JoinHandle<()>,
 }
 
@@ -58,6 +63,7 @@ impl Connector {
         let registry = Arc::new(ConnectionRegistry::default());
         let max_backoff = config.max_backoff.max(FIRST_BACKOFF);
         let dialer = Dialer::new(config, registry.clone());
+        let sockets = dialer.sockets();
         let servers = dialer.server_count();
         let supervisor = Supervisor {
             dialer,
@@ -71,6 +77,7 @@ impl Connector {
             state,
             retry,
             registry,
+            sockets,
             supervisor,
         }
     }
@@ -105,6 +112,25 @@ impl Connector {
     /// Ends the pause after a failure that retrying cannot fix: the next attempt starts now.
     pub fn retry_now(&self) {
         self.retry.notify_one();
+    }
+
+    /// Moves the client to new local UDP sockets, for when this host's network changed
+    /// (SIGUSR1 in the binary): the connection stays and reaches the server from the new
+    /// port (QUIC connection migration). Logged as a path change, and counted on the
+    /// connection (`/connections`).
+    pub fn rebind(&self) -> std::io::Result<()> {
+        let moved = self.sockets.rebind()?;
+        if moved.is_empty() {
+            info!("path change: no UDP socket is open yet, nothing to move");
+            return Ok(());
+        }
+        for Moved { from, to } in &moved {
+            info!(%from, %to, "path change: the connection moves to a new local UDP socket");
+        }
+        if let Some(connection) = self.current() {
+            self.registry.moved_locally(&connection);
+        }
+        Ok(())
     }
 
     pub fn registry(&self) -> Arc<ConnectionRegistry> {

@@ -91,6 +91,12 @@ impl ClientHandle {
     pub fn retry_now(&self) {
         self.core.connector.retry_now();
     }
+
+    /// Moves the connection to the server to a new local UDP socket, for when this host's
+    /// network changed (the binary does it on SIGUSR1): the connection and its tunnels stay.
+    pub fn rebind(&self) -> std::io::Result<()> {
+        self.core.connector.rebind()
+    }
 }
 
 impl Drain for ClientHandle {
