@@ -7,8 +7,9 @@
 //! - a server that refuses for good is passed over; only when every one refuses are
 //!   applications refused at once;
 //! - a NAT rebinding (a relay that moves to a new source port mid-transfer) and a deliberate
-//!   move to a new socket (SIGUSR1) keep the connection and every byte, and both are seen on
-//!   the server as one path change of that one connection;
+//!   move to a new socket (SIGUSR1) keep the connection and every byte of a 64 MiB echo, most
+//!   of which crosses after the move, and both are seen on the server as one path change of
+//!   that one connection;
 //! - `--check` with two servers reports each and fails naming the dead one.
 //!
 //! Client time-outs are short (keep-alive 200 ms, idle time-out 1 s), so a dead server is
@@ -55,13 +56,14 @@ async fn echo_once(app: &Address, data: &[u8], limit: Duration) -> Option<Vec<u8
     echoed.ok()?.ok()
 }
 
-/// Sends `data` through `conn` while reading what comes back; `midway` runs once, when
-/// `at` bytes have come back. Returns what came back.
+/// Sends `data` through `conn` while reading what comes back; when `at` bytes have come back,
+/// reading pauses until `midway` is done, so what it does happens with most of the transfer
+/// still to cross. Returns what came back.
 async fn echo_with(
     conn: TcpStream,
     data: Arc<Vec<u8>>,
     at: usize,
-    midway: impl FnOnce(),
+    midway: impl std::future::Future<Output = ()>,
 ) -> Vec<u8> {
     let (mut reader, mut writer) = conn.into_split();
     let sent = data.clone();
@@ -81,7 +83,7 @@ async fn echo_with(
         received.extend_from_slice(&buf[..n]);
         if received.len() >= at {
             if let Some(midway) = midway.take() {
-                midway();
+                midway.await;
             }
         }
     }
@@ -402,7 +404,9 @@ async fn server_with_api() -> (process::Running, SocketAddr) {
     (server, api)
 }
 
-const TRANSFER: usize = 32 << 20;
+/// More than the client can hold between QUIC and the application (a 16 MiB stream window,
+/// socket buffers), so most of it crosses the connection after the path changed.
+const TRANSFER: usize = 64 << 20;
 /// Where in the transfer the path changes.
 const MIDWAY: usize = 8 << 20;
 
@@ -427,13 +431,10 @@ async fn a_nat_rebinding_mid_transfer_keeps_the_connection_and_every_byte() {
     let conn = connect_tcp(&client.app_addr()).await;
     let started = Instant::now();
     let new = std::sync::OnceLock::new();
-    let echoed = within(
-        120,
-        echo_with(conn, data.clone(), MIDWAY, || {
-            new.set(relay.rebind()).unwrap();
-        }),
-    )
-    .await;
+    let rebind = async {
+        new.set(relay.rebind()).unwrap();
+    };
+    let echoed = within(120, echo_with(conn, data.clone(), MIDWAY, rebind)).await;
     let new = *new.get().unwrap();
     eprintln!(
         "{} MiB echoed in {:?}; the relay moved from {old} to {new} after {} MiB",
@@ -466,6 +467,9 @@ async fn a_nat_rebinding_mid_transfer_keeps_the_connection_and_every_byte() {
     assert!(!client.log().contains("lost"), "{}", client.log());
 }
 
+/// What the client logs when it moved to a new socket.
+const MOVED: &str = "path change: the connection moves to a new local UDP socket";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_moves_the_client_to_a_new_socket_mid_transfer_on_the_same_connection() {
     let app = app_server_tcp(Behaviour::Echo).await;
@@ -488,11 +492,17 @@ async fn sigusr1_moves_the_client_to_a_new_socket_mid_transfer_on_the_same_conne
     let data = Arc::new(pattern(TRANSFER, 7));
     let conn = connect_tcp(&client.app_addr()).await;
     let started = Instant::now();
-    let echoed = within(
-        120,
-        echo_with(conn, data.clone(), MIDWAY, || client.signal("USR1")),
-    )
-    .await;
+    // The move is done when the client says so; the transfer goes on afterwards.
+    let moves = async {
+        client.signal("USR1");
+        wait_until(LIMIT, || {
+            let said = client.lines().iter().any(|l| l.contains(MOVED));
+            std::future::ready(said)
+        })
+        .await
+        .expect("the client moved to a new socket");
+    };
+    let echoed = within(120, echo_with(conn, data.clone(), MIDWAY, moves)).await;
     eprintln!(
         "{} MiB echoed in {:?}, SIGUSR1 after {} MiB",
         TRANSFER >> 20,
@@ -506,12 +516,7 @@ async fn sigusr1_moves_the_client_to_a_new_socket_mid_transfer_on_the_same_conne
         data.len()
     );
 
-    let moved = client
-        .line(
-            "path change: the connection moves to a new local UDP socket",
-            LIMIT,
-        )
-        .await;
+    let moved = client.line(MOVED, LIMIT).await;
     let (from, to): (SocketAddr, SocketAddr) = (
         field_of(&moved, "from").parse().unwrap(),
         field_of(&moved, "to").parse().unwrap(),
