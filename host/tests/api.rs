@@ -725,7 +725,7 @@ async fn handshake_failures_are_counted_by_reason() {
             listen: local_tcp(),
             source,
         }],
-        server: server.addr.into(),
+        servers: vec![server.addr.into()],
         verification: Verification::Pinned(wrong.parse().unwrap()),
         identity: None,
         transport: transport(),

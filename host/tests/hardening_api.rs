@@ -42,6 +42,7 @@ fn register_tunnel(tunnels: &Arc<TunnelRegistry>) -> Registered {
         client_app: None,
         server_app: Some("tcp:127.0.0.1:22".into()),
         remote_endpoint: "127.0.0.1:50000".parse().unwrap(),
+        connection: 0,
         service: None,
         transport: quictun::tunnel::Transport::Tcp,
     }))

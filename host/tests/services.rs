@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use quictun::wire::addr::Address;
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
@@ -57,13 +56,6 @@ fn service_addr(log: &[String], service: &str) -> Address {
     let start = line.find(" listen=").expect("a listen field") + " listen=".len();
     let value = line[start..].split_whitespace().next().unwrap();
     value.trim_matches('"').parse().expect("a listen address")
-}
-
-/// The JSON body of `GET path` on the REST API.
-fn get_json(api: std::net::SocketAddr, path: &str) -> Value {
-    let answer = http_get(api, path);
-    let body = answer.split_once("\r\n\r\n").expect("a body").1;
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

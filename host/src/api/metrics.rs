@@ -157,6 +157,15 @@ fn connections(out: &mut Exposition, state: &ApiState) {
     for (c, (remote, id)) in live.iter().zip(&labels) {
         out.sample(name, &[("remote", remote), ("id", id)], c.lost_packets);
     }
+    let name = "quictun_connection_path_changes_total";
+    out.family(
+        name,
+        "counter",
+        "Path changes of each QUIC connection (the peer's address, or the client's own socket).",
+    );
+    for (c, (remote, id)) in live.iter().zip(&labels) {
+        out.sample(name, &[("remote", remote), ("id", id)], c.path_changes);
+    }
 }
 
 /// The text being built.

@@ -237,6 +237,11 @@ struct ConnectionView {
     /// The receive window the server gave this connection (its share of `--max-buffered`).
     #[serde(skip_serializing_if = "Option::is_none")]
     receive_window: Option<u64>,
+    /// How often the connection's path changed (the peer's address, or the client's own
+    /// socket), and when it last did (RFC 3339, absent before the first change).
+    path_changes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_path_change: Option<String>,
 }
 
 /// An error answer: a status and `{"message": ...}`.
@@ -303,7 +308,7 @@ async fn list_connections(State(state): State<ApiState>) -> Json<Vec<ConnectionV
     let views = state.connections.list().into_iter().map(|c| {
         let open_tunnels = tunnels
             .iter()
-            .filter(|t| t.remote_endpoint == c.remote)
+            .filter(|t| t.connection == c.stable_id)
             .count();
         connection_view(c, open_tunnels)
     });
@@ -396,6 +401,8 @@ fn connection_view(c: ConnectionInfo, open_tunnels: usize) -> ConnectionView {
         congestion_events: c.congestion_events,
         open_tunnels,
         receive_window: c.receive_window,
+        path_changes: c.path_changes,
+        last_path_change: c.last_path_change.map(rfc3339),
     }
 }
 

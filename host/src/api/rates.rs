@@ -114,6 +114,7 @@ mod tests {
             client_app: Some("127.0.0.1:40000".into()),
             server_app: None,
             remote_endpoint: "127.0.0.1:7500".parse().unwrap(),
+            connection: 0,
             service: Some("default".into()),
             transport: crate::tunnel::Transport::Tcp,
         }))

@@ -9,7 +9,7 @@ use quictun::api::{self, ApiListen, ApiState};
 use quictun::cli::{self, CommonArgs, Endpoint, parse_duration};
 use quictun::client::check::{self, CheckConfig, TokenTest};
 use quictun::client::service::{DEFAULT_SERVICE, Service};
-use quictun::client::{Client, ClientConfig, ClientHandle};
+use quictun::client::{Client, ClientConfig, ClientHandle, ServerEndpoint};
 use quictun::plugins::TokenSource;
 use quictun::shutdown::Shutdown;
 use quictun::tls::{Fingerprint, Verification};
@@ -25,6 +25,11 @@ use tracing::{info, warn};
 /// When something does not work, run it first with the same flags plus --check: it connects
 /// once, prints the server's certificate fingerprint, the protocol, the round-trip time and
 /// whether the server accepts a test token, and exits 0 only when all of that worked.
+///
+/// With several --server-endpoint, the client uses one server at a time and moves to the next
+/// when it fails or the connection is lost. Signals: SIGHUP retries at once after a refusal
+/// that retrying alone cannot fix; SIGUSR1 moves the connection to a new local UDP socket
+/// after this host's network changed (the connection and its tunnels stay).
 #[derive(Debug, Parser)]
 #[command(
     name = "quictun-client",
@@ -40,8 +45,11 @@ struct Args {
 
     /// The server endpoint's UDP address: HOST:PORT or [IPv6]:PORT, HOST an IP address or a
     /// DNS name (a tcp: or udp: prefix is ignored). Known hosts are keyed by it as written.
-    #[arg(long, value_name = "HOST:PORT", value_parser = cli::parse_endpoint)]
-    server_endpoint: Endpoint,
+    /// Repeat it for several servers of one service: the client uses one at a time, the first
+    /// at start; after a failure, or when the connection is lost, the next attempt goes to the
+    /// next server, and the client stays with the one that answers.
+    #[arg(long, value_name = "HOST:PORT", value_parser = cli::parse_endpoint, required = true)]
+    server_endpoint: Vec<Endpoint>,
 
     /// Token source plugin: a built-in name (Fixed, File or Http) or the path of a .so file
     /// [default: Fixed]. Refused with a services: list, whose services have their own.
@@ -85,7 +93,9 @@ struct Args {
     /// Check instead of serving: connect to the server once (verified as usual), print its
     /// certificate fingerprint, ALPN and round-trip time, send a test token from each
     /// service's token source and say whether the server accepts it, then exit: 0 when
-    /// connected and every token accepted, 1 otherwise. Nothing listens, so it can run beside a running client.
+    /// connected and every token accepted, 1 otherwise. With several --server-endpoint, each
+    /// is checked in turn and reported on, and it exits 0 only when every one works.
+    /// Nothing listens, so it can run beside a running client.
     #[arg(long, value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     check: bool,
@@ -128,10 +138,11 @@ fn verification(args: &Args) -> anyhow::Result<Verification> {
         warn!("--insecure-skip-verify: the server's identity is not checked");
         return Ok(Verification::Insecure);
     }
-    // The state directory is checked now, not at the first handshake.
+    // The state directory is checked now, not at the first handshake. Each server is
+    // remembered under its own endpoint (`Verification::for_endpoint`).
     Ok(Verification::FirstUse {
         known_hosts: args.common.state_dir()?.join("known_hosts"),
-        endpoint: args.server_endpoint.given.clone(),
+        endpoint: args.server_endpoint[0].given.clone(),
     })
 }
 
@@ -170,6 +181,15 @@ fn services(args: &Args) -> anyhow::Result<Vec<Service>> {
     cli::services::build(entries, dir)
 }
 
+/// Every `--server-endpoint`, in the order given.
+fn servers(args: &Args) -> Vec<ServerEndpoint> {
+    args.server_endpoint
+        .iter()
+        .cloned()
+        .map(Into::into)
+        .collect()
+}
+
 /// `--check`: one connection, a report on standard output, and one test token per service,
 /// from its token source for an application at its listener (or --check-app-addr).
 async fn check(
@@ -191,7 +211,7 @@ async fn check(
         });
     }
     let config = CheckConfig {
-        server: args.server_endpoint.address,
+        servers: servers(&args),
         tests,
         verification,
         identity: args.common.own_identity()?,
@@ -219,7 +239,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     let client = Client::bind(ClientConfig {
         services,
-        server: args.server_endpoint.address,
+        servers: servers(&args),
         verification,
         identity: args.common.own_identity()?,
         transport: args.common.transport(0),
@@ -236,6 +256,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     let handle = client.handle();
     tokio::spawn(retry_on_hangup(handle.clone()));
+    tokio::spawn(rebind_on_usr1(handle.clone()));
     // Dropping `run` closes the listener (and removes a UNIX socket file).
     Shutdown::new(args.common.drain_timeout)
         .run(client.run(), handle)
@@ -254,5 +275,22 @@ async fn retry_on_hangup(client: ClientHandle) {
     while hangups.recv().await.is_some() {
         info!("SIGHUP: retrying the connection to the server");
         client.retry_now();
+    }
+}
+
+/// SIGUSR1 moves the connection to a new local UDP socket, for when this host's network
+/// changed (a new address, a VPN, a NAT that dropped its mapping): the connection and its
+/// tunnels stay, and the server sees them come from the new address.
+async fn rebind_on_usr1(client: ClientHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut signals = match signal(SignalKind::user_defined1()) {
+        Ok(signals) => signals,
+        Err(error) => return warn!("SIGUSR1 will not move the connection: {error}"),
+    };
+    while signals.recv().await.is_some() {
+        info!("SIGUSR1: moving the connection to a new local UDP socket");
+        if let Err(error) = client.rebind() {
+            warn!("path change failed, the connection stays on its socket: {error}");
+        }
     }
 }

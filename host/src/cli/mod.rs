@@ -242,6 +242,15 @@ pub fn parse_endpoint(value: &str) -> Result<Endpoint, String> {
     })
 }
 
+impl From<Endpoint> for crate::client::ServerEndpoint {
+    fn from(endpoint: Endpoint) -> Self {
+        crate::client::ServerEndpoint {
+            given: endpoint.given,
+            address: endpoint.address,
+        }
+    }
+}
+
 impl Endpoint {
     /// The first socket address the endpoint stands for (a DNS name resolved); `flag` names
     /// it in the error.

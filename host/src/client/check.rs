@@ -3,6 +3,10 @@
 //! protocol agreed on, the round-trip time) and one test token sent the way a tunnel sends it,
 //! then a clean close. What to run first when a tunnel does not work.
 //!
+//! With several servers (`--server-endpoint` repeated), each is checked in turn, in the order
+//! given, each with its own connection and report; the check succeeds only when every one
+//! works, since the client may be sent to any of them.
+//!
 //! The test token goes on a stream of its own with no application bytes after it and the
 //! stream finished at once: a server that accepts it dials the target (it must, to answer),
 //! and the target sees the connection end straight away.
@@ -15,11 +19,11 @@ use std::time::Duration;
 use quictun_plugin_api::PluginError;
 use quinn::{Connection, ConnectionError, WriteError};
 
-use super::connector::{ConnectError, ConnectorConfig, Dialer};
+use super::dialer::{ConnectError, ConnectorConfig, Dialer, ServerEndpoint};
 use crate::plugins::TokenSource;
 use crate::quic::{SetupError, TransportOptions};
 use crate::tls::{self, Identity, Verification};
-use crate::wire::addr::{Address, HostPort};
+use crate::wire::addr::Address;
 use crate::wire::handshake::{self, HandshakeError, Protocol, negotiated_alpn};
 use crate::wire::{Answer, ErrorCode, Status, WireError};
 
@@ -64,6 +68,12 @@ pub enum CheckError {
     /// With several services: each one that failed, by name.
     #[error("{}", several(.0))]
     Services(Vec<(String, CheckError)>),
+    /// With several servers: each one that failed, and how many were checked.
+    #[error("{} of {} servers failed: {}", .failed.len(), .checked, servers_failed(.failed))]
+    Servers {
+        failed: Vec<(ServerEndpoint, CheckError)>,
+        checked: usize,
+    },
     #[error("cannot write the report: {0}")]
     Report(#[from] std::io::Error),
 }
@@ -76,10 +86,23 @@ fn several(failed: &[(String, CheckError)]) -> String {
     each.join("; ")
 }
 
+/// Each failed server's error, named by the server unless the error already names it.
+fn servers_failed(failed: &[(ServerEndpoint, CheckError)]) -> String {
+    let each: Vec<String> = failed
+        .iter()
+        .map(|(server, error)| match error {
+            CheckError::Connect(_) => error.to_string(),
+            _ => format!("server {server}: {error}"),
+        })
+        .collect();
+    each.join("; ")
+}
+
 /// What the check needs, already parsed.
 #[derive(Debug)]
 pub struct CheckConfig {
-    pub server: HostPort,
+    /// The servers, each checked in turn: at least one.
+    pub servers: Vec<ServerEndpoint>,
     /// One test token per service, on the one connection.
     pub tests: Vec<TokenTest>,
     pub verification: Verification,
@@ -100,29 +123,74 @@ pub struct TokenTest {
     pub token: Option<String>,
 }
 
-/// Connects once (trying each of the server's addresses until one answers), writes the
-/// report to `out`, and succeeds only when the server accepts every service's test token.
-/// The report holds what was found and, last, `token accepted` (with several services, each
-/// service's lines start `service NAME: `); anything that failed (no connection, a refused
-/// token) is the error only, never also a line of the report. A failure to connect is the
-/// error the client logs, for each address tried.
+/// Connects once to each server (trying each of its addresses until one answers), writes the
+/// report to `out`, and succeeds only when every server accepts every service's test token.
+/// A server's report holds what was found and, last, `token accepted` (with several services,
+/// each service's lines start `service NAME: `). With one server, anything that failed (no
+/// connection, a refused token) is the error only, never also a line of the report; a failure
+/// to connect is the error the client logs, for each address tried. With several, each
+/// server's report ends with `failed: ` and why when it failed, and the error names each
+/// server that failed.
 pub async fn run(mut config: CheckConfig, out: &mut impl Write) -> Result<(), CheckError> {
     let identity = config.identity.take();
-    let quic = super::quic_config(&config.verification, identity, &config.transport)?;
+    let servers = super::server_settings(
+        &config.servers,
+        &config.verification,
+        identity,
+        &config.transport,
+    )?;
     let mut dialer = Dialer::new(
         ConnectorConfig {
-            server: config.server.clone(),
-            quic,
+            servers,
             handshake_timeout: config.handshake_timeout,
             max_backoff: Duration::ZERO,
         },
         Arc::default(),
     );
-    let connection = dialer.connect_any().await?;
-    report(&config.server, &connection, out)?;
-    let verdict = test_tokens(&config.tests, &connection, out).await;
-    connection.close(ErrorCode::Done.varint(), b"check done");
+    let verdict = match config.servers.len() {
+        1 => check_server(&mut dialer, 0, &config.tests, out).await,
+        _ => check_each(&mut dialer, &config, out).await,
+    };
     dialer.wait_idle(CLOSE_WAIT).await;
+    verdict
+}
+
+/// Checks every server in turn; each failure is kept, named by its server.
+async fn check_each(
+    dialer: &mut Dialer,
+    config: &CheckConfig,
+    out: &mut impl Write,
+) -> Result<(), CheckError> {
+    let mut failed = Vec::new();
+    for (index, server) in config.servers.iter().enumerate() {
+        if let Err(error) = check_server(dialer, index, &config.tests, out).await {
+            if let CheckError::Report(error) = error {
+                return Err(CheckError::Report(error));
+            }
+            writeln!(out, "server {server}: failed: {error}")?;
+            failed.push((server.clone(), error));
+        }
+    }
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(CheckError::Servers {
+            failed,
+            checked: config.servers.len(),
+        }),
+    }
+}
+
+/// Connects to the server at `index`, reports on the connection and tests the tokens on it.
+async fn check_server(
+    dialer: &mut Dialer,
+    index: usize,
+    tests: &[TokenTest],
+    out: &mut impl Write,
+) -> Result<(), CheckError> {
+    let connection = dialer.connect_any(index).await?;
+    report(dialer.current(), &connection, out)?;
+    let verdict = test_tokens(tests, &connection, out).await;
+    connection.close(ErrorCode::Done.varint(), b"check done");
     verdict
 }
 
@@ -152,7 +220,11 @@ pub async fn app_addr_for(listen: &Address) -> Result<String, CheckError> {
 }
 
 /// The lines about the connection itself.
-fn report(server: &HostPort, connection: &Connection, out: &mut impl Write) -> std::io::Result<()> {
+fn report(
+    server: &ServerEndpoint,
+    connection: &Connection,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     let fingerprint = tls::peer_fingerprint(connection)
         .map(|f| f.to_string())
         .unwrap_or_else(|| "unknown (the server showed no certificate)".into());

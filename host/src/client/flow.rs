@@ -270,6 +270,7 @@ async fn serve_flow(mut app: FlowApp, source: SocketAddr, (service, core): Parts
         client_app: Some(source.to_string()),
         server_app: None,
         remote_endpoint: connection.remote_address(),
+        connection: connection.stable_id(),
         service: Some(service.name.clone()),
         transport: service.transport,
     }));

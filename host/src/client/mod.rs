@@ -16,8 +16,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub mod check;
 pub mod connector;
+pub mod dialer;
 mod flow;
 pub mod service;
+mod sockets;
 
 use crate::plugins::{Discriminator, TokenSource};
 use crate::quic::connections::ConnectionRegistry;
@@ -29,9 +31,11 @@ use crate::tunnel::relay::{self, End, log_end};
 use crate::tunnel::sniff::Sniffer;
 use crate::tunnel::{Side, Transport, Tunnel, TunnelRegistry, TunnelSpec};
 use crate::wire::ErrorCode;
-use crate::wire::addr::{Address, HostPort};
+use crate::wire::addr::Address;
 use crate::wire::handshake::Protocol;
 use connector::{Connector, ConnectorConfig};
+pub use dialer::ServerEndpoint;
+use dialer::ServerSettings;
 use service::Service;
 
 /// Everything the client needs, already checked.
@@ -39,7 +43,8 @@ use service::Service;
 pub struct ClientConfig {
     /// The listeners, each with its token source: at least one (see [`service::check_unique`]).
     pub services: Vec<Service>,
-    pub server: HostPort,
+    /// The servers, tried in turn (SPEC §9): at least one.
+    pub servers: Vec<ServerEndpoint>,
     pub verification: Verification,
     /// The client's certificate, for servers that require one.
     pub identity: Option<Identity>,
@@ -57,7 +62,7 @@ pub struct ClientConfig {
 /// A client with its application listeners bound.
 pub struct Client {
     listeners: Vec<ServiceListener>,
-    server: HostPort,
+    servers: Vec<ServerEndpoint>,
     core: Arc<ClientCore>,
 }
 
@@ -85,6 +90,12 @@ impl ClientHandle {
     /// (the binary does it on SIGHUP).
     pub fn retry_now(&self) {
         self.core.connector.retry_now();
+    }
+
+    /// Moves the connection to the server to a new local UDP socket, for when this host's
+    /// network changed (the binary does it on SIGUSR1): the connection and its tunnels stay.
+    pub fn rebind(&self) -> std::io::Result<()> {
+        self.core.connector.rebind()
     }
 }
 
@@ -158,10 +169,14 @@ impl Client {
                 }),
             });
         }
-        let quic = quic_config(&config.verification, config.identity, &config.transport)?;
+        let servers = server_settings(
+            &config.servers,
+            &config.verification,
+            config.identity,
+            &config.transport,
+        )?;
         let connector = Connector::start(ConnectorConfig {
-            server: config.server.clone(),
-            quic,
+            servers,
             handshake_timeout: config.handshake_timeout,
             max_backoff: config.reconnect_max_backoff,
         });
@@ -175,7 +190,7 @@ impl Client {
         });
         Ok(Client {
             listeners,
-            server: config.server,
+            servers: config.servers,
             core,
         })
     }
@@ -220,7 +235,8 @@ impl Client {
             info!(%service, %listen, "service ready");
         }
         let listen: Vec<String> = addrs.iter().map(|(_, a)| a.to_string()).collect();
-        info!(listen = %listen.join(","), server = %self.server, "client ready");
+        let servers: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
+        info!(listen = %listen.join(","), server = %servers.join(","), "client ready");
         // Polled in place, not spawned: dropping `run` drops the listeners at once. The
         // loops never end, so each is polled whenever any is woken.
         let mut accepting: Vec<_> = self
@@ -268,6 +284,29 @@ async fn accept_loop(service: ServiceListener, core: Arc<ClientCore>) {
             }
         }
     }
+}
+
+/// Each server's QUIC settings: its own verification (trust on first use keys each by its
+/// endpoint as written), our own certificate if any, and the transport options.
+pub(crate) fn server_settings(
+    servers: &[ServerEndpoint],
+    verification: &Verification,
+    identity: Option<Identity>,
+    transport: &TransportOptions,
+) -> Result<Vec<ServerSettings>, SetupError> {
+    if servers.is_empty() {
+        return Err(SetupError::NoServer);
+    }
+    servers
+        .iter()
+        .map(|endpoint| {
+            let verification = verification.for_endpoint(&endpoint.given);
+            Ok(ServerSettings {
+                endpoint: endpoint.clone(),
+                quic: quic_config(&verification, identity.clone(), transport)?,
+            })
+        })
+        .collect()
 }
 
 /// The QUIC client settings: the server's verification, our own certificate if any, and the
@@ -341,6 +380,7 @@ async fn serve_app(
         client_app: Some(client_app),
         server_app: None,
         remote_endpoint: connection.remote_address(),
+        connection: connection.stable_id(),
         service: Some(service.name.clone()),
         transport: service.transport,
     }));

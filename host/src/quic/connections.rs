@@ -3,16 +3,26 @@
 //!
 //! A connection is listed from the end of its handshake until it closes. Its RTT, congestion
 //! window and losses are read from quinn when asked, never copied on the data path.
+//!
+//! Its path is watched too: a peer whose address changes (a NAT rebinding, a client that moved
+//! to another network or socket) keeps its connection (QUIC connection migration), and quinn
+//! follows it. quinn says so through no event, so the registry compares each connection's
+//! remote address with the last one seen, every [`PATH_SAMPLE`] and whenever the connections
+//! are listed, and logs each change once, `path changed from A to B`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use quinn::{Connection, ConnectionError};
+use tracing::info;
 
 use crate::lock::lock;
+
+/// How often the connections' remote addresses are compared with the last ones seen.
+pub const PATH_SAMPLE: Duration = Duration::from_secs(1);
 
 /// One endpoint's connections.
 #[derive(Debug, Default)]
@@ -21,6 +31,8 @@ pub struct ConnectionRegistry {
     /// The last id given out: ids are ours, counted from 1, never a memory address.
     last_id: AtomicUsize,
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// Whether the task that watches paths runs.
+    sampling: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -28,13 +40,44 @@ struct Entry {
     connection: Connection,
     created_at: SystemTime,
     receive_window: Option<u64>,
+    path: Path,
+}
+
+/// Where a connection's packets go, and how often that changed.
+#[derive(Debug, Clone, Copy)]
+struct Path {
+    remote: SocketAddr,
+    changes: u64,
+    last_change: Option<SystemTime>,
+}
+
+impl Path {
+    fn new(remote: SocketAddr) -> Path {
+        Path {
+            remote,
+            changes: 0,
+            last_change: None,
+        }
+    }
+
+    fn changed(&mut self) {
+        self.changes += 1;
+        self.last_change = Some(SystemTime::now());
+    }
 }
 
 /// A snapshot of one connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     pub id: usize,
+    /// quinn's id of the connection, which tunnels name ([`crate::tunnel::Tunnel::connection`]).
+    pub stable_id: usize,
+    /// Where its packets go now.
     pub remote: SocketAddr,
+    /// How often its path changed: the peer's address (a NAT rebinding, a migration), or on
+    /// the client, its own socket ([`ConnectionRegistry::moved_locally`]).
+    pub path_changes: u64,
+    pub last_path_change: Option<SystemTime>,
     pub created_at: SystemTime,
     pub rtt: Duration,
     pub congestion_window: u64,
@@ -60,8 +103,10 @@ impl ConnectionRegistry {
             connection: connection.clone(),
             created_at: SystemTime::now(),
             receive_window,
+            path: Path::new(connection.remote_address()),
         };
         lock(&self.live).insert(id, entry);
+        self.watch_paths();
         ListedConnection {
             registry: self.clone(),
             id,
@@ -78,14 +123,50 @@ impl ConnectionRegistry {
         });
     }
 
+    /// Counts a change of this endpoint's own side of `connection`'s path: the client moved
+    /// it to a new local socket. The peer's side is watched by the registry itself.
+    pub fn moved_locally(&self, connection: &Connection) {
+        let mut live = lock(&self.live);
+        let stable_id = connection.stable_id();
+        let entry = live
+            .values_mut()
+            .find(|e| e.connection.stable_id() == stable_id);
+        if let Some(entry) = entry {
+            entry.path.changed();
+        }
+    }
+
+    /// Notices every connection whose peer's address changed since last seen.
+    pub fn sample_paths(&self) {
+        for (&id, entry) in lock(&self.live).iter_mut() {
+            sample_path(id, entry);
+        }
+    }
+
+    /// Starts the task that samples paths every [`PATH_SAMPLE`], once, if there is a
+    /// runtime to run it; it ends when the registry is dropped.
+    fn watch_paths(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.sampling.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        runtime.spawn(watch_paths(Arc::downgrade(self)));
+    }
+
     pub fn list(&self) -> Vec<ConnectionInfo> {
         let mut all: Vec<ConnectionInfo> = lock(&self.live)
-            .iter()
+            .iter_mut()
             .map(|(&id, entry)| {
+                sample_path(id, entry);
                 let stats = entry.connection.stats();
                 ConnectionInfo {
                     id,
-                    remote: entry.connection.remote_address(),
+                    stable_id: entry.connection.stable_id(),
+                    remote: entry.path.remote,
+                    path_changes: entry.path.changes,
+                    last_path_change: entry.path.last_change,
                     created_at: entry.created_at,
                     rtt: stats.path.rtt,
                     congestion_window: stats.path.cwnd,
@@ -133,6 +214,31 @@ impl ConnectionRegistry {
             .map(|(&k, &v)| (k, v))
             .collect()
     }
+}
+
+/// Samples the paths of `registry` until it is dropped.
+async fn watch_paths(registry: Weak<ConnectionRegistry>) {
+    let mut tick = tokio::time::interval(PATH_SAMPLE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        registry.sample_paths();
+    }
+}
+
+/// Notices whether the peer of the connection listed as `id` is at a new address, and logs
+/// each change once.
+fn sample_path(id: usize, entry: &mut Entry) {
+    let remote = entry.connection.remote_address();
+    if remote == entry.path.remote {
+        return;
+    }
+    let from = std::mem::replace(&mut entry.path.remote, remote);
+    entry.path.changed();
+    info!(connection = id, remote_endpoint = %remote, "path changed from {from} to {remote}");
 }
 
 /// Why a handshake did not complete.

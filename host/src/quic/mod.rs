@@ -112,6 +112,8 @@ pub enum SetupError {
     IdleTimeout(Duration),
     #[error("cannot listen on {what}: {source}")]
     Listen { what: String, source: io::Error },
+    #[error("no server endpoint given")]
+    NoServer,
 }
 
 impl TransportOptions {

@@ -41,6 +41,7 @@ pub(super) async fn serve_flow(
         client_app: None,
         server_app: Some(target.to_string()),
         remote_endpoint: connection.remote_address(),
+        connection: connection.stable_id(),
         service: None,
         transport: Transport::Udp,
     }));

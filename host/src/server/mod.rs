@@ -129,6 +129,9 @@ impl Server {
         let crypto = tls::server_crypto(config.identity, config.client_auth)?;
         let mut server_config = quinn::ServerConfig::with_crypto(crypto);
         server_config.transport_config(Arc::new(handshake_transport(&config.transport).build()?));
+        // A client whose address changes (a NAT rebinding, a new network) keeps its connection
+        // and its tunnels (SPEC §12). quinn's default; said here so it stays so.
+        server_config.migration(true);
         let endpoint = match &config.reset_key {
             Some(key) => quic::server_endpoint(config.listen, server_config, key),
             None => quic::endpoint(config.listen, Some(server_config)),

@@ -93,6 +93,7 @@ pub(super) async fn serve_stream(
         client_app: None,
         server_app: Some(target.to_string()),
         remote_endpoint,
+        connection: connection.stable_id(),
         service: None,
         transport: Transport::of(&target),
     }));

@@ -63,6 +63,15 @@ pub struct Identity {
     pub key: PrivateKeyDer<'static>,
 }
 
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
 impl Identity {
     /// Reads a PEM certificate chain and private key (PKCS#8, PKCS#1 RSA or SEC1 EC; ECDSA,
     /// Ed25519 and RSA keys).

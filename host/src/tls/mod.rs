@@ -109,6 +109,20 @@ pub enum Verification {
     Pki(rustls::RootCertStore),
 }
 
+impl Verification {
+    /// The verification of the server written `endpoint`: trust on first use remembers each
+    /// server under its own endpoint; the other checks apply to every server alike.
+    pub fn for_endpoint(&self, endpoint: &str) -> Verification {
+        match self {
+            Verification::FirstUse { known_hosts, .. } => Verification::FirstUse {
+                known_hosts: known_hosts.clone(),
+                endpoint: endpoint.to_owned(),
+            },
+            other => other.clone(),
+        }
+    }
+}
+
 /// The client's QUIC crypto; with `identity`, the client presents it (mutual TLS).
 pub fn client_crypto(
     verification: &Verification,

@@ -118,7 +118,10 @@ pub struct Tunnel {
     pub client_app: Option<String>,
     /// The server application's address (server side only).
     pub server_app: Option<String>,
+    /// The peer's address when the tunnel opened (its connection may have moved since).
     pub remote_endpoint: SocketAddr,
+    /// quinn's stable id of the QUIC connection the tunnel rides.
+    pub connection: usize,
     /// The client's service this tunnel came in on (client side only).
     pub service: Option<Arc<str>>,
     pub transport: Transport,
@@ -144,6 +147,8 @@ pub struct TunnelSpec {
     pub client_app: Option<String>,
     pub server_app: Option<String>,
     pub remote_endpoint: SocketAddr,
+    /// quinn's stable id of the QUIC connection.
+    pub connection: usize,
     /// The client's service (client side only).
     pub service: Option<Arc<str>>,
     pub transport: Transport,
@@ -158,6 +163,7 @@ impl Tunnel {
             client_app: spec.client_app,
             server_app: spec.server_app,
             remote_endpoint: spec.remote_endpoint,
+            connection: spec.connection,
             service: spec.service,
             transport: spec.transport,
             created_at: SystemTime::now(),
@@ -427,6 +433,7 @@ mod tests {
             client_app: None,
             server_app: Some("tcp:127.0.0.1:22".into()),
             remote_endpoint: "127.0.0.1:5000".parse().unwrap(),
+            connection: 0,
             service: None,
             transport: Transport::Tcp,
         }

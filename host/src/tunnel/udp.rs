@@ -438,6 +438,7 @@ mod tests {
             client_app: None,
             server_app: None,
             remote_endpoint: "127.0.0.1:1".parse().unwrap(),
+            connection: 0,
             service: None,
             transport: crate::tunnel::Transport::Udp,
         }))

@@ -238,7 +238,7 @@ pub async fn start_client_custom(
             listen,
             source,
         }],
-        server: server.into(),
+        servers: vec![server.into()],
         verification: Verification::Insecure,
         identity: None,
         transport: transport(),
@@ -586,6 +586,13 @@ pub fn initials(server: SocketAddr, count: usize) -> Vec<Vec<u8>> {
             datagram
         })
         .collect()
+}
+
+/// The JSON body of `GET path` on a REST API.
+pub fn get_json(api: SocketAddr, path: &str) -> serde_json::Value {
+    let answer = http_get(api, path);
+    let body = answer.split_once("\r\n\r\n").expect("a body").1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
 }
 
 /// `GET path` over a plain TCP connection, as curl would send it.

@@ -249,6 +249,13 @@ impl Running {
         assert!(status.success(), "kill -s {signal} {}", self.pid());
     }
 
+    /// Kills the process (SIGKILL, by its PID) and waits for it to end: a server that
+    /// vanishes without a word, as when its machine dies.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits for the process to end; its exit code.
     pub async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
         let ended = wait_until(limit, || {
