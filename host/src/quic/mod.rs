@@ -14,6 +14,7 @@ use quinn::{Endpoint, EndpointConfig, IdleTimeout, TokioRuntime, TransportConfig
 use quinn_proto::HashedConnectionIdGenerator;
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub mod cluster_key;
 pub mod connections;
 
 /// Requested UDP socket buffer size, each way.
