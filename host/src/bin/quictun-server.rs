@@ -8,6 +8,7 @@ use clap::Parser;
 use quictun::api::{self, ApiListen, ApiState};
 use quictun::cli::{self, CommonArgs, Endpoint, parse_duration};
 use quictun::plugins::TokenParser;
+use quictun::quic::keys::KeySource;
 use quictun::server::policy::Policy;
 use quictun::server::{Limits, Server, ServerConfig};
 use quictun::shutdown::Shutdown;
@@ -122,7 +123,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         discriminators: args.common.discriminators()?,
         policy: policy.clone(),
         client_auth,
-        reset_key: Some(tls::load_or_create_reset_key(&state_dir)?),
+        keys: KeySource::StateDir(tls::load_or_create_reset_key(&state_dir)?),
+        server_id: None,
     })?;
     if let ApiListen(Some(listen)) = &args.httpd_listen_on {
         let state = ApiState::new(Side::Server, server.registry(), server.connections())

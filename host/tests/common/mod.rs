@@ -181,7 +181,8 @@ pub fn start_server_custom(
         discriminators: discriminators(),
         policy: quictun::server::policy::Policy::any(),
         client_auth: quictun::tls::ClientAuth::Off,
-        reset_key: None,
+        keys: Default::default(),
+        server_id: None,
     };
     adjust(&mut config);
     let server = Server::bind(config).expect("bind server");
