@@ -119,6 +119,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         limits: Limits {
             max_handshakes_per_address: args.max_handshakes_per_address as usize,
             max_buffered: args.max_buffered,
+            ..Limits::default()
         },
         discriminators: args.common.discriminators()?,
         policy: policy.clone(),

@@ -65,6 +65,9 @@ pub struct Limits {
     pub max_handshakes_per_address: usize,
     /// Bytes of receive windows and send buffers committed to all connections together.
     pub max_buffered: u64,
+    /// Handshakes in progress from which a new client must first prove its address (QUIC
+    /// Retry): [`admission::RETRY_THRESHOLD`]; 0 asks it of every client.
+    pub retry_threshold: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +75,7 @@ impl Default for Limits {
         Limits {
             max_handshakes_per_address: 32,
             max_buffered: 1024 * 1024 * 1024,
+            retry_threshold: admission::RETRY_THRESHOLD,
         }
     }
 }
@@ -152,10 +156,13 @@ impl Server {
             connect_timeout: config.connect_timeout,
             max_streams: config.transport.max_streams,
             udp_idle_timeout: config.transport.udp_idle_timeout,
-            admission: Arc::new(Admission::new(
-                config.limits.max_handshakes_per_address,
-                config.max_connections,
-            )),
+            admission: Arc::new(
+                Admission::new(
+                    config.limits.max_handshakes_per_address,
+                    config.max_connections,
+                )
+                .retry_from(config.limits.retry_threshold),
+            ),
             budget: Arc::new(BufferBudget::new(config.limits.max_buffered)),
         });
         Ok(Server { endpoint, core })
