@@ -204,7 +204,9 @@ impl Server {
                 Verdict::Accept(slot) => {
                     let span = info_span!("connection", remote_endpoint = %remote);
                     let serve = connection::serve_connection(incoming, slot, core.clone());
-                    tokio::spawn(serve.instrument(span));
+                    // In the accept loop's span too: where a filter turns the connection's
+                    // span off, its events still carry the server's (its server_id).
+                    tokio::spawn(serve.instrument(span).in_current_span());
                 }
                 Verdict::Retry if incoming.may_retry() => {
                     let _ = incoming.retry();
