@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod relay;
 pub mod spice;
 
 // Not every test binary starts the binaries.
