@@ -32,7 +32,8 @@ fn server(
         discriminators: Vec::new(),
         policy,
         client_auth,
-        reset_key: None,
+        keys: Default::default(),
+        server_id: None,
     })
     .unwrap();
     (server.local_addr().unwrap(), tokio::spawn(server.run()))
@@ -327,7 +328,8 @@ async fn idle_connections_hit_the_limit_and_the_server_stays_responsive() {
         discriminators: Vec::new(),
         policy: Policy::any(),
         client_auth: ClientAuth::Off,
-        reset_key: None,
+        keys: Default::default(),
+        server_id: None,
     })
     .unwrap();
     let (addr, connections) = (server.local_addr().unwrap(), server.connections());

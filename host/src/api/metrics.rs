@@ -1,6 +1,9 @@
 //! `GET /metrics`: the endpoint's counters in the Prometheus text format, version 0.0.4.
 //!
-//! Rendered from the registries on each scrape; nothing is kept between scrapes.
+//! Rendered from the registries on each scrape; nothing is kept between scrapes. A server
+//! given `--server-id` puts a `server_id` label on every sample (SPEC §12), first, so the
+//! series of several instances scraped into one Prometheus stay apart whatever the scrape
+//! configuration adds.
 
 use std::fmt::{Display, Write};
 
@@ -16,9 +19,12 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Renders every metric of the endpoint.
 pub fn render(state: &ApiState) -> String {
     let mut out = Exposition::default();
+    if let Some(id) = state.server_id {
+        out.constant.push(("server_id", id.to_string()));
+    }
     tunnels(&mut out, state);
     connections(&mut out, state);
-    out.0
+    out.text
 }
 
 fn tunnels(out: &mut Exposition, state: &ApiState) {
@@ -168,27 +174,31 @@ fn connections(out: &mut Exposition, state: &ApiState) {
     }
 }
 
-/// The text being built.
+/// The text being built, and the labels every sample carries before its own.
 #[derive(Default)]
-struct Exposition(String);
+struct Exposition {
+    text: String,
+    constant: Labels,
+}
 
 // Writing to a String cannot fail, so the results of `write!` are ignored.
 impl Exposition {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
-        self.0.push_str(name);
+        self.text.push_str(name);
+        let constant = self.constant.iter().map(|(k, v)| (*k, v.as_str()));
+        let labels: Vec<String> = constant
+            .chain(labels.iter().copied())
+            .map(|(key, value)| format!("{key}=\"{}\"", escape(value)))
+            .collect();
         if !labels.is_empty() {
-            let labels: Vec<String> = labels
-                .iter()
-                .map(|(key, value)| format!("{key}=\"{}\"", escape(value)))
-                .collect();
-            let _ = write!(self.0, "{{{}}}", labels.join(","));
+            let _ = write!(self.text, "{{{}}}", labels.join(","));
         }
-        let _ = writeln!(self.0, " {value}");
+        let _ = writeln!(self.text, " {value}");
     }
 
     fn sample_owned(&mut self, name: &str, labels: &Labels, value: impl Display) {
@@ -216,9 +226,23 @@ mod tests {
         out.sample("quictun_x_total", &[], 3);
         out.sample("quictun_x_total", &[("a", "1"), ("b", "q\"\\\n")], 0.25);
         assert_eq!(
-            out.0,
+            out.text,
             "# HELP quictun_x_total Some things.\n# TYPE quictun_x_total counter\n\
              quictun_x_total 3\nquictun_x_total{a=\"1\",b=\"q\\\"\\\\\\n\"} 0.25\n"
+        );
+    }
+
+    #[test]
+    fn constant_labels_come_first_on_every_sample() {
+        let mut out = Exposition {
+            constant: vec![("server_id", "7".into())],
+            ..Exposition::default()
+        };
+        out.sample("quictun_a", &[], 1);
+        out.sample("quictun_b", &[("reason", "tls")], 2);
+        assert_eq!(
+            out.text,
+            "quictun_a{server_id=\"7\"} 1\nquictun_b{server_id=\"7\",reason=\"tls\"} 2\n"
         );
     }
 }

@@ -34,7 +34,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{Instrument, info};
 use uuid::Uuid;
 
 use crate::quic::SetupError;
@@ -58,6 +58,8 @@ pub struct ApiState {
     pub connections: Arc<ConnectionRegistry>,
     pub rates: Arc<Rates>,
     pub options: ApiOptions,
+    /// The server's `--server-id`, a label of every metric when given (SPEC §12).
+    pub server_id: Option<u8>,
 }
 
 /// Who may reach the API and how its connections are bounded.
@@ -107,7 +109,14 @@ impl ApiState {
             connections,
             rates,
             options: ApiOptions::default(),
+            server_id: None,
         }
+    }
+
+    /// Labels every metric with the server's `--server-id`, when it has one.
+    pub fn with_server_id(mut self, server_id: Option<u8>) -> ApiState {
+        self.server_id = server_id;
+        self
     }
 
     /// Answers requests naming `hosts` too, besides loopback.
@@ -150,7 +159,8 @@ pub async fn start(listen: &HostPort, state: ApiState) -> Result<SocketAddr, Set
     for host in state.options.allowed_hosts.iter() {
         info!(%host, "REST API also answers requests for this host (--httpd-allowed-host)");
     }
-    tokio::spawn(serve(listener, state));
+    // In the caller's span: a server's API logs carry its server_id too.
+    tokio::spawn(serve(listener, state).in_current_span());
     Ok(local)
 }
 

@@ -1,6 +1,7 @@
 //! quictun-server: accepts tunnels from quictun-client over QUIC and relays each to the
 //! application its token names.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,13 +9,15 @@ use clap::Parser;
 use quictun::api::{self, ApiListen, ApiState};
 use quictun::cli::{self, CommonArgs, Endpoint, parse_duration};
 use quictun::plugins::TokenParser;
+use quictun::quic::cluster_key::ClusterKey;
+use quictun::quic::keys::KeySource;
 use quictun::server::policy::Policy;
 use quictun::server::{Limits, Server, ServerConfig};
 use quictun::shutdown::Shutdown;
 use quictun::tls;
 use quictun::tls::{ClientAuth, Identity};
 use quictun::tunnel::Side;
-use tracing::{info, warn};
+use tracing::{Instrument, error_span, info, warn};
 
 /// Server endpoint of quic-tun: carries TCP and UNIX-socket connections and UDP flows over one
 /// QUIC connection per client and relays each to the application its token names.
@@ -82,6 +85,20 @@ struct Args {
     #[arg(long, value_name = "RULE")]
     allow_target: Vec<String>,
 
+    /// This instance's id among several behind one load balancer (0-255): carried in byte 1
+    /// of every connection ID it issues, so a CID-aware balancer can route by it, and in the
+    /// server_id label of the metrics and field of the logs (docs/SCALING.md).
+    #[arg(long, value_name = "N")]
+    server_id: Option<u8>,
+
+    /// File of the secret that the instances of one service share: 64 or more hex digits,
+    /// readable by the server's user alone (mode 600). The stateless-reset, connection-ID and
+    /// Retry token keys are derived from it instead of the state directory's, so any instance
+    /// resets another's stale connections at once and accepts its Retry tokens. Write one
+    /// with `(umask 077; quictun-server --generate cluster-key > FILE)`.
+    #[arg(long, value_name = "FILE")]
+    cluster_key_file: Option<PathBuf>,
+
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -93,10 +110,21 @@ fn main() -> ExitCode {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     cli::init_logging(&args.common)?;
+    // With --server-id, every line the server logs carries it (SPEC §12). At the error
+    // level, so that no --log-level that lets a line through turns the span off.
+    let span = match args.server_id {
+        Some(id) => error_span!("server", server_id = id),
+        None => tracing::Span::none(),
+    };
+    serve_as(args).instrument(span).await
+}
+
+async fn serve_as(args: Args) -> anyhow::Result<()> {
     let policy = target_policy(&args.allow_target)?;
     let listen = args.listen_on.resolve_first("--listen-on").await?;
     let client_auth = client_auth(&args.common)?;
     let state_dir = args.common.state_dir()?;
+    let keys = key_source(args.cluster_key_file.as_deref(), &state_dir)?;
     let identity = match args.common.own_identity()? {
         Some(identity) => identity,
         None => Identity::load_or_create(&state_dir)?,
@@ -118,15 +146,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         limits: Limits {
             max_handshakes_per_address: args.max_handshakes_per_address as usize,
             max_buffered: args.max_buffered,
+            ..Limits::default()
         },
         discriminators: args.common.discriminators()?,
         policy: policy.clone(),
         client_auth,
-        reset_key: Some(tls::load_or_create_reset_key(&state_dir)?),
+        keys,
+        server_id: args.server_id,
     })?;
     if let ApiListen(Some(listen)) = &args.httpd_listen_on {
         let state = ApiState::new(Side::Server, server.registry(), server.connections())
-            .allowing_hosts(args.common.httpd_allowed_host.clone());
+            .allowing_hosts(args.common.httpd_allowed_host.clone())
+            .with_server_id(args.server_id);
         api::start(listen, state).await?;
     }
     if policy.is_open() {
@@ -139,6 +170,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .run(server.run(), handle)
         .await;
     Ok(())
+}
+
+/// The cluster key when a file is given, else the state directory's stateless-reset key.
+fn key_source(cluster_key_file: Option<&Path>, state_dir: &Path) -> anyhow::Result<KeySource> {
+    let Some(file) = cluster_key_file else {
+        return Ok(KeySource::StateDir(tls::load_or_create_reset_key(
+            state_dir,
+        )?));
+    };
+    let key = ClusterKey::load(file)?;
+    info!(file = %file.display(), "cluster key loaded: reset, connection ID and Retry keys derived from it");
+    Ok(KeySource::Cluster(key))
 }
 
 /// Which client certificates to ask for: `--ca-file` requires them (as

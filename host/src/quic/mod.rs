@@ -11,10 +11,15 @@ use std::time::Duration;
 
 use quinn::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig};
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, TokioRuntime, TransportConfig, VarInt};
-use quinn_proto::HashedConnectionIdGenerator;
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub mod cid;
+pub mod cluster_key;
 pub mod connections;
+pub mod keys;
+
+use cid::ServerCids;
+use keys::EndpointKeys;
 
 /// Requested UDP socket buffer size, each way.
 const UDP_BUFFER: usize = 8 * 1024 * 1024;
@@ -110,6 +115,8 @@ pub enum SetupError {
     Tls(#[from] rustls::Error),
     #[error("--idle-timeout {0:?} is too long")]
     IdleTimeout(Duration),
+    #[error("cannot draw random bytes for the server's keys from the operating system")]
+    Random,
     #[error("cannot listen on {what}: {source}")]
     Listen { what: String, source: io::Error },
     #[error("no server endpoint given")]
@@ -166,27 +173,22 @@ pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> io::Re
     endpoint_with(addr, server, EndpointConfig::default())
 }
 
-/// A serving QUIC endpoint whose stateless-reset key is `reset_key`. Kept across restarts,
-/// the key lets a restarted server reset its clients' stale connections at once, so they
-/// reconnect without waiting for an idle time-out.
+/// A serving QUIC endpoint with `keys` ([`keys`]), issuing connection IDs that carry
+/// `server_id` ([`cid`]). The server's [`quinn::ServerConfig`] must seal Retry tokens with
+/// `keys.retry`.
+///
+/// A stateless-reset key and CID key that outlive the process (a state directory's, a
+/// cluster's) let it reset the stale connections of its predecessor or of another instance
+/// at once, so their clients reconnect without waiting for an idle time-out.
 pub fn server_endpoint(
     addr: SocketAddr,
     server: quinn::ServerConfig,
-    reset_key: &[u8],
+    keys: EndpointKeys,
+    server_id: Option<u8>,
 ) -> io::Result<Endpoint> {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
-    let mut config = EndpointConfig::new(Arc::new(key));
-    // Connection IDs carry a check keyed by this value; a restarted server must recognise its
-    // predecessor's IDs as its own to answer them with a stateless reset, so the key is
-    // derived from the kept secret too.
-    let cid_key = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key),
-        b"quictun connection id key",
-    );
-    let mut cid_key_bytes = [0u8; 8];
-    cid_key_bytes.copy_from_slice(&cid_key.as_ref()[..8]);
-    let cid_key = u64::from_le_bytes(cid_key_bytes);
-    config.cid_generator(move || Box::new(HashedConnectionIdGenerator::from_key(cid_key)));
+    let mut config = EndpointConfig::new(Arc::new(keys.reset));
+    let cid_key = keys.cid;
+    config.cid_generator(move || Box::new(ServerCids::new(cid_key.clone(), server_id)));
     endpoint_with(addr, Some(server), config)
 }
 

@@ -41,6 +41,7 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Admission {
     per_address: usize,
+    retry_threshold: usize,
     max_connections: usize,
     established: AtomicUsize,
     in_progress: Arc<InProgress>,
@@ -72,17 +73,25 @@ impl Admission {
     pub fn new(per_address: usize, max_connections: usize) -> Admission {
         Admission {
             per_address,
+            retry_threshold: RETRY_THRESHOLD,
             max_connections,
             established: AtomicUsize::new(0),
             in_progress: Arc::default(),
         }
     }
 
+    /// Asks clients to prove their address once `threshold` handshakes are in progress
+    /// (instead of [`RETRY_THRESHOLD`]); 0 asks every client.
+    pub fn retry_from(mut self, threshold: usize) -> Admission {
+        self.retry_threshold = threshold;
+        self
+    }
+
     /// Judges a new connection attempt from `remote`; `validated` is whether the client has
     /// already proved its address (it answered a Retry).
     pub fn judge(&self, remote: SocketAddr, validated: bool) -> Verdict {
         let total = self.in_progress.total.load(Ordering::Relaxed);
-        if total >= RETRY_THRESHOLD && !validated {
+        if total >= self.retry_threshold && !validated {
             return Verdict::Retry;
         }
         if total >= MAX_HANDSHAKES {
@@ -234,6 +243,16 @@ mod tests {
             admission.handshake_timeout(Duration::from_secs(10)),
             Duration::from_secs(10)
         );
+    }
+
+    #[test]
+    fn a_retry_threshold_of_zero_asks_every_client_to_prove_its_address() {
+        let admission = Admission::new(10, 10).retry_from(0);
+        assert!(matches!(
+            admission.judge(addr("127.0.0.1:1"), false),
+            Verdict::Retry
+        ));
+        let _slot = accepted(admission.judge(addr("127.0.0.1:1"), true));
     }
 
     #[test]

@@ -96,7 +96,8 @@ async fn serve_streams(
             open,
             flows.clone(),
         );
-        tokio::spawn(stream.instrument(span));
+        // In the connection's span too, for a filter that turns the tunnel's off.
+        tokio::spawn(stream.instrument(span).in_current_span());
     }
 }
 

@@ -21,6 +21,7 @@ mod stream;
 
 use crate::plugins::{Discriminator, TokenParser};
 use crate::quic::connections::ConnectionRegistry;
+use crate::quic::keys::{EndpointKeys, KeySource};
 use crate::quic::{self, SetupError, TransportOptions, Windows};
 use crate::shutdown::Drain;
 use crate::tls::ClientAuth;
@@ -51,8 +52,10 @@ pub struct ServerConfig {
     pub policy: Policy,
     /// Which client certificates are asked for (mutual TLS).
     pub client_auth: ClientAuth,
-    /// The stateless-reset key, kept across restarts; a random one when `None`.
-    pub reset_key: Option<Vec<u8>>,
+    /// Where the stateless-reset, connection-ID and Retry token keys come from.
+    pub keys: KeySource,
+    /// `--server-id`: carried by every connection ID this server issues (SPEC §12).
+    pub server_id: Option<u8>,
 }
 
 /// Bounds on hostile traffic (SPEC §7).
@@ -62,6 +65,9 @@ pub struct Limits {
     pub max_handshakes_per_address: usize,
     /// Bytes of receive windows and send buffers committed to all connections together.
     pub max_buffered: u64,
+    /// Handshakes in progress from which a new client must first prove its address (QUIC
+    /// Retry): [`admission::RETRY_THRESHOLD`]; 0 asks it of every client.
+    pub retry_threshold: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +75,7 @@ impl Default for Limits {
         Limits {
             max_handshakes_per_address: 32,
             max_buffered: 1024 * 1024 * 1024,
+            retry_threshold: admission::RETRY_THRESHOLD,
         }
     }
 }
@@ -127,19 +134,17 @@ impl Server {
             info!(%fingerprint, "server certificate");
         }
         let crypto = tls::server_crypto(config.identity, config.client_auth)?;
-        let mut server_config = quinn::ServerConfig::with_crypto(crypto);
+        let keys = EndpointKeys::new(&config.keys).map_err(|_| SetupError::Random)?;
+        let mut server_config = quinn::ServerConfig::new(crypto, keys.retry.clone());
         server_config.transport_config(Arc::new(handshake_transport(&config.transport).build()?));
         // A client whose address changes (a NAT rebinding, a new network) keeps its connection
         // and its tunnels (SPEC §12). quinn's default; said here so it stays so.
         server_config.migration(true);
-        let endpoint = match &config.reset_key {
-            Some(key) => quic::server_endpoint(config.listen, server_config, key),
-            None => quic::endpoint(config.listen, Some(server_config)),
-        }
-        .map_err(|source| SetupError::Listen {
-            what: format!("udp {}", config.listen),
-            source,
-        })?;
+        let endpoint = quic::server_endpoint(config.listen, server_config, keys, config.server_id)
+            .map_err(|source| SetupError::Listen {
+                what: format!("udp {}", config.listen),
+                source,
+            })?;
         let core = Arc::new(ServerCore {
             draining: AtomicBool::new(false),
             parser: config.parser,
@@ -151,10 +156,13 @@ impl Server {
             connect_timeout: config.connect_timeout,
             max_streams: config.transport.max_streams,
             udp_idle_timeout: config.transport.udp_idle_timeout,
-            admission: Arc::new(Admission::new(
-                config.limits.max_handshakes_per_address,
-                config.max_connections,
-            )),
+            admission: Arc::new(
+                Admission::new(
+                    config.limits.max_handshakes_per_address,
+                    config.max_connections,
+                )
+                .retry_from(config.limits.retry_threshold),
+            ),
             budget: Arc::new(BufferBudget::new(config.limits.max_buffered)),
         });
         Ok(Server { endpoint, core })
@@ -196,7 +204,9 @@ impl Server {
                 Verdict::Accept(slot) => {
                     let span = info_span!("connection", remote_endpoint = %remote);
                     let serve = connection::serve_connection(incoming, slot, core.clone());
-                    tokio::spawn(serve.instrument(span));
+                    // In the accept loop's span too: where a filter turns the connection's
+                    // span off, its events still carry the server's (its server_id).
+                    tokio::spawn(serve.instrument(span).in_current_span());
                 }
                 Verdict::Retry if incoming.may_retry() => {
                     let _ = incoming.retry();

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod relay;
 pub mod spice;
 
 // Not every test binary starts the binaries.
@@ -181,7 +182,8 @@ pub fn start_server_custom(
         discriminators: discriminators(),
         policy: quictun::server::policy::Policy::any(),
         client_auth: quictun::tls::ClientAuth::Off,
-        reset_key: None,
+        keys: Default::default(),
+        server_id: None,
     };
     adjust(&mut config);
     let server = Server::bind(config).expect("bind server");

@@ -39,6 +39,14 @@ const SERVER: Extra = Extra {
             "Run from the configuration file the systemd unit uses:",
             "quictun-server --config /etc/quictun/quictun-server.yaml",
         ),
+        (
+            "Write a cluster key that only its owner may read, once for all instances of a service:",
+            "(umask 077; quictun-server --generate cluster-key > /etc/quictun/cluster.key)",
+        ),
+        (
+            "Run instance 1 of several behind a UDP load balancer (docs/SCALING.md): every instance has the same certificate and cluster key, and an id of its own:",
+            "quictun-server --server-id 1 --cluster-key-file /etc/quictun/cluster.key --cert-file /etc/quictun/server.pem --key-file /etc/quictun/server.key --allow-target 10.0.0.0/8:22",
+        ),
     ],
     files: &[
         STATE[0],
