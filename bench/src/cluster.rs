@@ -17,6 +17,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -369,6 +370,8 @@ impl Nginx {
         let conf_path = dir.0.join("nginx.conf");
         fs::write(&conf_path, conf).map_err(|e| format!("nginx.conf: {e}"))?;
         let child = Command::new(NGINX)
+            // A process group of its own, so its workers can be stopped with it.
+            .process_group(0)
             .arg("-p")
             .arg(&dir.0)
             .arg("-c")
@@ -405,7 +408,19 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// A fast shutdown (SIGTERM: the master stops its workers), then SIGKILL to the whole
+    /// group in case the master could not.
     fn drop(&mut self) {
+        let group = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &group]).status();
+        let stopped = wait_for(Duration::from_secs(2), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !stopped {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+        }
         stop([&mut self.child]);
     }
 }

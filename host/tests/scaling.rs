@@ -10,6 +10,7 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,6 +46,8 @@ impl Nginx {
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, nginx_conf(&dir.0, listen, upstreams)).unwrap();
         let child = Command::new(NGINX)
+            // A process group of its own, so its workers can be stopped with it.
+            .process_group(0)
             .arg("-p")
             .arg(&dir.0)
             .arg("-c")
@@ -66,8 +69,20 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// A fast shutdown (SIGTERM: the master stops its workers), then SIGKILL to the whole
+    /// group in case the master could not.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &group]).status();
+        let stopped = (0..40).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !stopped {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+        }
         let _ = self.child.wait();
     }
 }
@@ -245,35 +260,35 @@ async fn three_instances_behind_nginx_serve_a_dozen_clients_and_survive_one_dyin
     assert!(killed.success());
     let died = Instant::now();
 
-    // Every client's next tunnel works within 3 s: those of the dead instance reconnect
-    // through another (a stateless reset from the shared key, then a new handshake).
-    let mut slowest = Duration::ZERO;
-    for (n, client) in clients.iter().enumerate() {
-        let started = Instant::now();
-        echo_through(client, 64 << 10, 100 + n as u64).await;
-        slowest = slowest.max(started.elapsed());
-    }
+    // The dead instance's clients hear of it from another instance: their next packet (a
+    // keep-alive, every 500 ms) reaches it through nginx and is answered with a stateless
+    // reset the shared key makes valid; they reconnect at once. The others are untouched.
+    let reconnected = |c: &Running| c.log().matches("connected to server").count() == 2;
+    let all_back = wait_until(Duration::from_secs(3), || {
+        let back = clients.iter().filter(|c| reconnected(c)).count();
+        std::future::ready(back == lost)
+    })
+    .await;
     let recovered = died.elapsed();
-    println!("all 12 clients tunnel again {recovered:?} after the kill (slowest {slowest:?})");
-    assert!(slowest < Duration::from_secs(3), "slowest {slowest:?}");
-    let reconnected: Vec<String> = clients
-        .iter()
-        .filter_map(|c| {
-            let log = c.log();
-            let line = log
-                .lines()
-                .find(|l| l.contains("connection to the server lost"))?;
-            Some(line.to_owned())
-        })
-        .collect();
-    assert_eq!(
-        reconnected.len(),
-        lost,
-        "only the dead instance's clients reconnect"
+    assert!(
+        all_back.is_ok(),
+        "not all {lost} clients reconnected within 3 s"
     );
-    for line in &reconnected {
-        // Told at once by another instance, not left to the idle time-out.
-        assert!(line.contains("reset"), "{line}");
+    println!("the dead instance's {lost} clients reconnected {recovered:?} after the kill");
+    for client in &clients {
+        let log = client.log();
+        match log
+            .lines()
+            .find(|l| l.contains("connection to the server lost"))
+        {
+            // Told at once by another instance, not left to the idle time-out (5 s).
+            Some(line) => assert!(line.contains("reset"), "{line}"),
+            None => assert!(!reconnected(client), "reconnected without a loss:\n{log}"),
+        }
+    }
+    // Every client's next application connection goes through, byte for byte.
+    for (n, client) in clients.iter().enumerate() {
+        echo_through(client, 64 << 10, 100 + n as u64).await;
     }
     let held: Vec<usize> = instances.iter().map(connections).collect();
     assert_eq!(held.iter().sum::<usize>(), 12, "{held:?}");
