@@ -17,7 +17,7 @@ use super::{ClientCore, ServiceCore, open_stream};
 use crate::lock::lock;
 use crate::tunnel::flow_queue::{self, Budget};
 use crate::tunnel::udp::{self, Flow, FlowApp, FlowTable, MAX_FLOWS};
-use crate::tunnel::{Side, Tunnel, TunnelRegistry, TunnelSpec};
+use crate::tunnel::{Side, TunnelRegistry};
 use crate::wire::ErrorCode;
 use crate::wire::handshake::{self, Protocol};
 use crate::wire::udp::MAX_DATAGRAM;
@@ -264,16 +264,7 @@ async fn serve_flow(mut app: FlowApp, source: SocketAddr, (service, core): Parts
         warn!("flow closed: cannot send the token: {error}");
         return Served::Ended;
     }
-    let registered = core.registry.register(Tunnel::new(TunnelSpec {
-        stream_id: id,
-        side: Side::Client,
-        client_app: Some(source.to_string()),
-        server_app: None,
-        remote_endpoint: connection.remote_address(),
-        connection: connection.stable_id(),
-        service: Some(service.name.clone()),
-        transport: service.transport,
-    }));
+    let registered = service.register(&core.registry, id, source.to_string(), &connection);
     let tunnel = registered.tunnel();
     let table = core.flow_tables.table_for(&connection, &core.registry);
     let Some(datagrams) = table.insert(id, tunnel.clone()) else {

@@ -29,7 +29,7 @@ use crate::tls::{self, Identity, Verification};
 use crate::tunnel::app::{AppListener, AppStream};
 use crate::tunnel::relay::{self, End, log_end};
 use crate::tunnel::sniff::Sniffer;
-use crate::tunnel::{Side, Transport, Tunnel, TunnelRegistry, TunnelSpec};
+use crate::tunnel::{Registered, Side, Transport, Tunnel, TunnelRegistry, TunnelSpec};
 use crate::wire::ErrorCode;
 use crate::wire::addr::Address;
 use crate::wire::handshake::Protocol;
@@ -77,6 +77,28 @@ struct ServiceCore {
     name: Arc<str>,
     source: TokenSource,
     transport: Transport,
+}
+
+impl ServiceCore {
+    /// Lists a tunnel (or UDP flow) of this service, from `client_app`, on `connection`.
+    fn register(
+        &self,
+        registry: &Arc<TunnelRegistry>,
+        stream_id: u64,
+        client_app: String,
+        connection: &Connection,
+    ) -> Registered {
+        registry.register(Tunnel::new(TunnelSpec {
+            stream_id,
+            side: Side::Client,
+            client_app: Some(client_app),
+            server_app: None,
+            remote_endpoint: connection.remote_address(),
+            connection: connection.stable_id(),
+            service: Some(self.name.clone()),
+            transport: self.transport,
+        }))
+    }
 }
 
 /// Shuts a client down.
@@ -374,16 +396,8 @@ async fn serve_app(
         warn!("connection closed: cannot send the token: {error}");
         return app.reset();
     }
-    let registered = core.registry.register(Tunnel::new(TunnelSpec {
-        stream_id: u64::from(send.id()),
-        side: Side::Client,
-        client_app: Some(client_app),
-        server_app: None,
-        remote_endpoint: connection.remote_address(),
-        connection: connection.stable_id(),
-        service: Some(service.name.clone()),
-        transport: service.transport,
-    }));
+    let stream_id = u64::from(send.id());
+    let registered = service.register(&core.registry, stream_id, client_app, &connection);
     let tunnel = registered.tunnel();
     let sniffer = Sniffer::start(&core.discriminators, tunnel.clone());
     let end = relay::relay(app, send, recv, tunnel, Some(protocol), sniffer.as_ref()).await;
