@@ -5,6 +5,7 @@ use std::fs;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::Child;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Ends processes this tool started (by their own pid) and reaps them.
 pub fn stop<const N: usize>(children: [&mut Child; N]) {
@@ -44,9 +45,15 @@ impl TempDir {
         TempDir::named("tunnel")
     }
 
+    /// A new directory whose name holds `name`, unique in this process (several servers of
+    /// one suite each get their own state directory).
     pub fn named(name: &str) -> Result<TempDir, String> {
-        let path =
-            std::env::temp_dir().join(format!("quictun-bench-{}-{name}", std::process::id()));
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "quictun-bench-{}-{n}-{name}",
+            std::process::id()
+        ));
         fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         Ok(TempDir(path))
     }
