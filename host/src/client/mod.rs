@@ -147,9 +147,21 @@ impl Listener {
     async fn bind(addr: &Address) -> std::io::Result<Listener> {
         match addr {
             Address::Udp(host_port) => {
+                // The QUIC sockets' large buffers: one socket takes every flow's datagrams,
+                // and a burst must wait in it, not be dropped by the kernel.
                 let addrs = host_port.resolve().await?;
-                let socket = tokio::net::UdpSocket::bind(&addrs[..]).await?;
-                Ok(Listener::Udp(Arc::new(socket)))
+                let mut last = None;
+                for addr in addrs {
+                    match crate::quic::udp_socket(addr) {
+                        Ok(socket) => {
+                            socket.set_nonblocking(true)?;
+                            let socket = tokio::net::UdpSocket::from_std(socket)?;
+                            return Ok(Listener::Udp(Arc::new(socket)));
+                        }
+                        Err(error) => last = Some(error),
+                    }
+                }
+                Err(last.unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into()))
             }
             _ => AppListener::bind(addr).await.map(Listener::Stream),
         }
