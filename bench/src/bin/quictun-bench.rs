@@ -25,7 +25,7 @@ use quictun_bench::cc::{self, Scenario, Sender};
 use quictun_bench::hostile;
 use quictun_bench::linkem::{Link, LinkConfig};
 use quictun_bench::mode;
-use quictun_bench::process::{TempDir, free_port, status_kib, stop};
+use quictun_bench::process::{TempDir, cpu_seconds, free_port, status_kib, stop};
 
 const BUF: usize = 256 * 1024;
 
@@ -450,55 +450,6 @@ fn idle_helper(addr: SocketAddr, count: usize) -> Result<(), String> {
     io::stdout().flush().map_err(|e| e.to_string())?;
     let _ = io::stdin().read_to_end(&mut Vec::new());
     Ok(())
-}
-
-/// utime + stime of the processes and their descendants (sshd works in a child), in seconds.
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    with_descendants(pids)
-        .iter()
-        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name, which ends with the last ')'.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .sum()
-}
-
-fn with_descendants(pids: &[u32]) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let ppid = stat[stat.rfind(')')? + 2..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((pid, ppid))
-        })
-        .collect();
-    let mut all = pids.to_vec();
-    let mut i = 0;
-    while i < all.len() {
-        let parent = all[i];
-        all.extend(
-            parents
-                .iter()
-                .filter(|(_, p)| *p == parent)
-                .map(|(c, _)| *c),
-        );
-        i += 1;
-    }
-    all
 }
 
 fn raise_nofile() {
