@@ -1,11 +1,13 @@
 //! Benchmarks for quic-tun: `linkem`, a user-space link emulator that puts direct TCP and the
 //! QUIC tunnel over the same emulated lossy, rate-limited, delayed link; `cc`, congestion
-//! controllers on it; `hostile`, the server under hostile traffic on loopback; `process`, what
-//! the tools need from the processes they start.
+//! controllers on it; `hostile`, the server under hostile traffic on loopback; `udp`, UDP flows
+//! through the tunnel on loopback and on the link; `process`, what the tools need from the
+//! processes they start.
 pub mod cc;
 pub mod hostile;
 pub mod linkem;
 pub mod process;
+pub mod udp;
 
 /// The first byte of a benchmark connection or stream picks what the far end does, for
 /// quictun-bench's target and quinn-peer's server alike; a sink or source byte is followed
