@@ -11,7 +11,9 @@
 //! emulated 20 ms, 100 Mbit/s link (cc-bench's flows) and time to first byte over it.
 //! Hostile suite (`--suite hostile`): the release server under floods of handshakes and
 //! pending tokens, tunnels into stalled targets and stalled REST clients
-//! (`quictun_bench::hostile`). Prints a table and writes JSON.
+//! (`quictun_bench::hostile`). UDP suite (`--suite udp`): UDP flows through the tunnel on
+//! loopback and, unless `--no-link`, on the emulated link beside a bulk TCP tunnel
+//! (`quictun_bench::udp`). Prints a table and writes JSON.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -26,6 +28,7 @@ use quictun_bench::hostile;
 use quictun_bench::linkem::{Link, LinkConfig};
 use quictun_bench::mode;
 use quictun_bench::process::{TempDir, cpu_seconds, free_port, status_kib, stop};
+use quictun_bench::udp;
 
 const BUF: usize = 256 * 1024;
 
@@ -39,12 +42,15 @@ struct Args {
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
     /// Where the JSON results go [default: bench/results/loopback.json, link.json,
-    /// ceiling.json or hostile.json after the suite].
+    /// ceiling.json, hostile.json or udp.json after the suite].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Which measurements: loopback, or the emulated link (needs root, `ip`, /dev/net/tun).
     #[arg(long, value_enum, default_value = "loopback")]
     suite: Suite,
+    /// UDP suite: the loopback part only (the emulated-link part needs root).
+    #[arg(long)]
+    no_link: bool,
     /// Internal: hold N idle tunnels through ADDR (the application side of the idle test).
     #[arg(long, hide = true, value_name = "ADDR")]
     idle_helper: Option<SocketAddr>,
@@ -65,6 +71,9 @@ enum Suite {
     Ceiling,
     /// The server under hostile traffic on loopback (about three minutes).
     Hostile,
+    /// UDP flows through the tunnel: loopback, then the emulated link (root; about two
+    /// minutes in all).
+    Udp,
 }
 
 fn main() {
@@ -76,6 +85,7 @@ fn main() {
         (None, None, Suite::Link) => link_suite(args),
         (None, None, Suite::Ceiling) => ceiling_suite(args),
         (None, None, Suite::Hostile) => hostile_suite(args),
+        (None, None, Suite::Udp) => udp_suite(args),
     };
     if let Err(error) = result {
         eprintln!("quictun-bench: {error}");
@@ -218,6 +228,26 @@ fn hostile_suite(args: Args) -> Result<(), String> {
     let out = args
         .out
         .unwrap_or_else(|| "bench/results/hostile.json".into());
+    write_results(&out, &report.json(&context))
+}
+
+/// UDP flows through the tunnel (SPEC §11, issue #19).
+fn udp_suite(args: Args) -> Result<(), String> {
+    let load_before = loadavg();
+    let options = udp::Options {
+        bin_dir: args.bin_dir.clone(),
+        quick: args.quick,
+        link: !args.no_link,
+    };
+    let report = udp::run(&options)?;
+    print!("{}", report.table());
+    let load_after = loadavg();
+    println!("load average before / after: {load_before} / {load_after}");
+    let context = format!(
+        "\"unix_time\":{},\"loadavg_before\":\"{load_before}\",\"loadavg_after\":\"{load_after}\"",
+        unix_time()
+    );
+    let out = args.out.unwrap_or_else(|| "bench/results/udp.json".into());
     write_results(&out, &report.json(&context))
 }
 
