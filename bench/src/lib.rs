@@ -1,11 +1,12 @@
 //! Benchmarks for quic-tun: `linkem`, a user-space link emulator that puts direct TCP and the
 //! QUIC tunnel over the same emulated lossy, rate-limited, delayed link; `cc`, congestion
 //! controllers on it; `hostile`, the server under hostile traffic on loopback; `udp`, UDP flows
-//! through the tunnel on loopback and on the link; `process`, what the tools need from the
-//! processes they start.
+//! through the tunnel on loopback and on the link; `peer`, the bare quinn connection to compare
+//! with; `process`, what the tools need from the processes they start.
 pub mod cc;
 pub mod hostile;
 pub mod linkem;
+pub mod peer;
 pub mod process;
 pub mod udp;
 

@@ -18,7 +18,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use std::{fs, thread};
 
@@ -27,6 +27,7 @@ use quictun_bench::cc::{self, Scenario, Sender};
 use quictun_bench::hostile;
 use quictun_bench::linkem::{Link, LinkConfig};
 use quictun_bench::mode;
+use quictun_bench::peer::{QuinnPeer, peer_binary};
 use quictun_bench::process::{TempDir, cpu_seconds, free_port, status_kib, stop};
 use quictun_bench::udp;
 
@@ -124,10 +125,7 @@ fn run(args: Args) -> Result<(), String> {
         measure("tunnel", tunnel.addr, &tunnel.pids(), bytes, samples)
             .map_err(|e| format!("tunnel: {e}"))?,
     );
-    record(
-        peer.measure(bytes, samples)
-            .map_err(|e| format!("bare quinn: {e}"))?,
-    );
+    record(measure_peer(&mut peer, bytes, samples).map_err(|e| format!("bare quinn: {e}"))?);
     record(
         measure("tcp relay", relay.addr, &relay.pids(), bytes, samples)
             .map_err(|e| format!("tcp relay: {e}"))?,
@@ -1028,128 +1026,24 @@ fn run_quiet(command: &mut Command) -> Result<(), String> {
     }
 }
 
-/// Where quinn-peer is: next to this binary (both are built by `cargo build -p quictun-bench`).
-fn peer_binary() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("quinn-peer")))
-        .unwrap_or_else(|| PathBuf::from("quinn-peer"))
-}
-
-/// A bare quinn stream: `quinn-peer server` and `quinn-peer client` (one connection, made
-/// once), driven through the client's standard input.
-struct QuinnPeer {
-    server: Child,
-    client: Child,
-    commands: ChildStdin,
-    answers: BufReader<ChildStdout>,
-}
-
-impl QuinnPeer {
-    fn start(binary: &Path) -> Result<QuinnPeer, String> {
-        let spawn = |args: &[&str]| {
-            Command::new(binary)
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .map_err(|e| {
-                    format!(
-                        "cannot run {} (cargo build --release -p quictun-bench): {e}",
-                        binary.display()
-                    )
-                })
-        };
-        let mut server = spawn(&["server", "--listen", "127.0.0.1:0"])?;
-        let mut first = String::new();
-        if let Some(out) = server.stdout.take() {
-            let _ = BufReader::new(out).read_line(&mut first);
-        }
-        let addr = first
-            .trim()
-            .strip_prefix("listening ")
-            .ok_or_else(|| format!("quinn-peer server did not start: {first:?}"))?
-            .to_string();
-        let mut client = match spawn(&["client", "--server", &addr]) {
-            Ok(client) => client,
-            Err(e) => {
-                stop([&mut server]);
-                return Err(e);
-            }
-        };
-        let commands = client.stdin.take().ok_or("no stdin")?;
-        let answers = BufReader::new(client.stdout.take().ok_or("no stdout")?);
-        let mut peer = QuinnPeer {
-            server,
-            client,
-            commands,
-            answers,
-        };
-        let mut line = String::new();
-        peer.answers
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        if line.trim() != "connected" {
-            return Err(format!("quinn-peer client did not connect: {line:?}"));
-        }
-        Ok(peer)
-    }
-
-    /// Sends one command; the numbers of its `ok` answer.
-    fn ask(&mut self, command: &str) -> io::Result<Vec<f64>> {
-        writeln!(self.commands, "{command}")?;
-        self.commands.flush()?;
-        let mut line = String::new();
-        self.answers.read_line(&mut line)?;
-        let mut words = line.split_whitespace();
-        if words.next() != Some("ok") {
-            return Err(io::Error::other(format!(
-                "quinn-peer: {command}: {:?}",
-                line.trim()
-            )));
-        }
-        words
-            .map(|w| {
-                w.parse()
-                    .map_err(|_| io::Error::other(format!("bad number {w:?}")))
-            })
-            .collect()
-    }
-
-    fn gbps(&mut self, way: &str, bytes: u64, streams: u64) -> io::Result<f64> {
-        let seconds = self.ask(&format!("transfer {way} {bytes} {streams}"))?;
-        let seconds = seconds.first().copied().unwrap_or(f64::NAN);
-        Ok((bytes / streams * streams) as f64 * 8.0 / seconds / 1e9)
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        vec![self.client.id(), self.server.id()]
-    }
-
-    /// The same measurements as [`measure`], over QUIC streams instead of TCP connections.
-    fn measure(&mut self, bytes: u64, samples: usize) -> io::Result<Row> {
-        let pids = self.pids();
-        let cpu_before = cpu_seconds(&pids);
-        let up1 = self.gbps("up", bytes, 1)?;
-        let cpu_after = cpu_seconds(&pids);
-        let down1 = self.gbps("down", bytes, 1)?;
-        let up8 = self.gbps("up", bytes, 8)?;
-        let down8 = self.gbps("down", bytes, 8)?;
-        let gib = bytes as f64 / f64::from(1u32 << 30);
-        Ok(Row {
-            name: "bare quinn".to_string(),
-            gbps: [up1, down1, up8, down8],
-            ttfb_ms: percentiles(self.ask(&format!("ttfb {samples}"))?),
-            echo_ms: percentiles(self.ask(&format!("echo {}", samples * 5))?),
-            cpu_s_per_gib: Some((cpu_after - cpu_before) / gib),
-        })
-    }
-}
-
-impl Drop for QuinnPeer {
-    fn drop(&mut self) {
-        stop([&mut self.client, &mut self.server]);
-    }
+/// The same measurements as [`measure`], over a bare quinn connection's streams instead of
+/// TCP connections.
+fn measure_peer(peer: &mut QuinnPeer, bytes: u64, samples: usize) -> io::Result<Row> {
+    let pids = peer.pids();
+    let cpu_before = cpu_seconds(&pids);
+    let up1 = peer.gbps("up", bytes, 1)?;
+    let cpu_after = cpu_seconds(&pids);
+    let down1 = peer.gbps("down", bytes, 1)?;
+    let up8 = peer.gbps("up", bytes, 8)?;
+    let down8 = peer.gbps("down", bytes, 8)?;
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    Ok(Row {
+        name: "bare quinn".to_string(),
+        gbps: [up1, down1, up8, down8],
+        ttfb_ms: percentiles(peer.ask(&format!("ttfb {samples}"))?),
+        echo_ms: percentiles(peer.ask(&format!("echo {}", samples * 5))?),
+        cpu_s_per_gib: Some((cpu_after - cpu_before) / gib),
+    })
 }
 
 /// stunnel in client mode in front of stunnel in server mode (TLS 1.3, AES-128-GCM, an
