@@ -207,7 +207,7 @@ fn quick_udp_run_reports_round_trips_and_flows() {
     // The link part needs root and namespaces: left out, as the link suite has no smoke test.
     let (json, stdout) = quick_run(&["--suite", "udp", "--no-link"]);
     let loopback = &json["loopback"];
-    for path in ["direct", "tunnel"] {
+    for path in ["direct", "tunnel", "bare_quinn"] {
         let rtt = &loopback["round_trip"][path];
         assert_eq!(rtt["sent"].as_u64(), Some(200), "{path}: {rtt}\n{stdout}");
         assert!(

@@ -1,5 +1,6 @@
 //! The loopback part of the UDP suite: round trips of 64-byte datagrams to the echoing target,
-//! directly and through the tunnel, in alternating blocks; then one flow of each of
+//! directly and through the tunnel, and of DATAGRAM frames over a bare quinn connection (the
+//! floor of any quinn tunnel), in alternating blocks; then one flow of each of
 //! [`SIZES`] into the counting target, directly and through the tunnel, the sender keeping
 //! [`WINDOW`] datagrams in flight: datagrams per second, loss, and the endpoints' CPU time per
 //! million datagrams delivered.
@@ -14,6 +15,7 @@ use super::senders::{self, Sent};
 use super::snmp::UdpCounters;
 use super::target::{Sunk, Target};
 use super::{DRAIN, Options, PATIENCE, PING_SIZE, Plan};
+use crate::peer::{QuinnPeer, peer_binary};
 use crate::process::cpu_seconds;
 
 /// Datagrams a sender keeps beyond the highest one the target has received.
@@ -25,6 +27,9 @@ pub const SIZES: [usize; 2] = [64, 1200];
 pub struct Loopback {
     pub direct_rtt: Pings,
     pub tunnel_rtt: Pings,
+    /// DATAGRAM frames echoed over a bare quinn connection (quinn-peer): the floor of any
+    /// quinn tunnel's round trip.
+    pub quinn_rtt: Pings,
     pub flows: Vec<Flow>,
 }
 
@@ -74,15 +79,26 @@ pub fn run(options: &Options, plan: &Plan) -> Result<Loopback, String> {
     let through = connected(tunnel.udp).map_err(|e| format!("tunnel socket: {e}"))?;
     ping::wait_echo(&through, PATIENCE)
         .map_err(|e| format!("the tunnel: {e}; client log: {}", tunnel.log_tail("client")))?;
-    let (mut direct_rtt, mut tunnel_rtt) = (Pings::default(), Pings::default());
+    let mut peer = QuinnPeer::start(&peer_binary())?;
+    let [mut direct_rtt, mut tunnel_rtt, mut quinn_rtt] = <[Pings; 3]>::default();
+    // Alternating blocks, so that a machine whose speed drifts affects all three alike.
+    let block = plan.loopback_pings / 2;
     for _ in 0..2 {
         for (socket, pings) in [(&direct, &mut direct_rtt), (&through, &mut tunnel_rtt)] {
             let every = Duration::from_millis(1);
-            let block = ping::ping(socket, plan.loopback_pings / 2, every, PING_SIZE)
+            let series = ping::ping(socket, block, every, PING_SIZE)
                 .map_err(|e| format!("round trips: {e}"))?;
-            pings.extend(block);
+            pings.extend(series);
         }
+        let rtt_ms = peer
+            .ask(&format!("datagrams {block} {PING_SIZE}"))
+            .map_err(|e| format!("bare quinn round trips: {e}"))?;
+        quinn_rtt.extend(Pings {
+            sent: block,
+            rtt_ms,
+        });
     }
+    drop(peer);
     tunnel.check_alive()?;
     let mut flows = Vec::new();
     for payload in SIZES {
@@ -103,6 +119,7 @@ pub fn run(options: &Options, plan: &Plan) -> Result<Loopback, String> {
     Ok(Loopback {
         direct_rtt,
         tunnel_rtt,
+        quinn_rtt,
         flows,
     })
 }
@@ -136,9 +153,10 @@ fn windowed_flow(
 impl Loopback {
     pub fn text(&self) -> String {
         let mut out = format!(
-            "loopback round trips, 64 B: direct {}; tunnel {}\n",
+            "loopback round trips, 64 B: direct {}; tunnel {}; bare quinn {}\n",
             self.direct_rtt.text(),
-            self.tunnel_rtt.text()
+            self.tunnel_rtt.text(),
+            self.quinn_rtt.text()
         );
         for flow in &self.flows {
             out.push_str(&format!(
@@ -159,10 +177,11 @@ impl Loopback {
     pub fn json(&self, plan: &Plan) -> String {
         let flows: Vec<String> = self.flows.iter().map(Flow::json).collect();
         format!(
-            "{{\"round_trip\":{{\"size\":64,\"direct\":{},\"tunnel\":{}}},\
+            "{{\"round_trip\":{{\"size\":64,\"direct\":{},\"tunnel\":{},\"bare_quinn\":{}}},\
              \"window\":{WINDOW},\"flow_seconds\":{},\"flows\":[{}]}}",
             self.direct_rtt.json(),
             self.tunnel_rtt.json(),
+            self.quinn_rtt.json(),
             plan.flow.as_secs_f64(),
             flows.join(",")
         )
