@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::delay::{Spread, json_ms};
 use super::senders::set_timer_slack_1ns;
-use super::target::{STAMP, Stamp, now_ns};
+use super::target::{STAMP, Stamp, large_buffers, now_ns};
 use crate::mode;
 
 /// Round trips of echoed datagrams.
@@ -67,6 +67,7 @@ pub fn ping(socket: &UdpSocket, count: u64, interval: Duration, size: usize) -> 
     // Replies to anything sent before (an earlier series, `wait_echo`) carry another run.
     static SERIES: AtomicU8 = AtomicU8::new(0);
     let run = SERIES.fetch_add(1, Ordering::Relaxed) % 255 + 1;
+    large_buffers(socket);
     let receiver = socket.try_clone()?;
     receiver.set_read_timeout(Some(Duration::from_millis(50)))?;
     let done = Arc::new(AtomicBool::new(false));

@@ -98,9 +98,11 @@ pub struct Sunk {
 }
 
 impl Target {
-    /// Serves on `socket` (bound by the caller, in whichever namespace) on a thread of its own.
+    /// Serves on `socket` (bound by the caller, in whichever namespace; its buffers raised) on
+    /// a thread of its own.
     pub fn start(socket: UdpSocket) -> io::Result<Target> {
         let addr = socket.local_addr()?;
+        large_buffers(&socket);
         socket.set_read_timeout(Some(Duration::from_millis(100)))?;
         let shared = Arc::new(Shared::default());
         let serving = shared.clone();
@@ -215,6 +217,14 @@ fn sink(shared: &Shared, stamp: Stamp, received_ns: u64) {
     {
         waiter.unpark();
     }
+}
+
+/// Socket buffers as large as the machine allows (4 MiB here), so that the measuring side is
+/// never where a datagram is dropped.
+pub fn large_buffers(socket: &UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
