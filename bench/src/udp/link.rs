@@ -4,7 +4,8 @@
 //! server, the UDP target and the bulk transfer's sink in B. Round trips of small datagrams,
 //! 20 a second: directly, through the tunnel alone (the base), and through the tunnel while a
 //! bulk TCP transfer through the same client fills the link (with direct ones at the same
-//! time, which show the link's queue alone); and the paced stream ([`super::paced`]).
+//! time, which show the link's queue alone); and the paced stream ([`super::paced`]) through
+//! the tunnel, then directly.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::thread;
@@ -39,6 +40,8 @@ pub struct OverLink {
     /// The bulk phase's data direction on the link.
     pub bulk_link: DirStats,
     pub paced: Paced,
+    /// The same stream sent directly: what the link and this machine do to it.
+    pub paced_direct: Paced,
 }
 
 /// Runs the link part (root: namespaces and TUN devices) against the release endpoints in
@@ -80,7 +83,8 @@ pub fn run(options: &Options, plan: &Plan) -> Result<OverLink, String> {
     let direct_rtt = ping(&direct)?;
     let base_rtt = ping(&through)?;
     tunnel.check_alive()?;
-    let paced = paced::run(&link, &target, &through, plan.paced);
+    let paced = paced::run(&link, &target, ("tunnel", &through), plan.paced);
+    let paced_direct = paced::run(&link, &target, ("direct", &direct), plan.paced);
     tunnel.check_alive()?;
     // Beside the bulk transfer, direct round trips at the same time show what the link's
     // queue alone adds.
@@ -104,6 +108,7 @@ pub fn run(options: &Options, plan: &Plan) -> Result<OverLink, String> {
         bulk_mbps,
         bulk_link,
         paced,
+        paced_direct,
     })
 }
 
@@ -160,7 +165,7 @@ impl OverLink {
              direct at the same time {}\n  link A to B meanwhile: {}\n",
             self.direct_rtt.text(),
             self.base_rtt.text(),
-            self.paced.text(),
+            self.paced.text() + &self.paced_direct.text(),
             self.bulk_mbps,
             self.bulk_rtt.text(),
             self.bulk_direct_rtt.text(),
@@ -172,15 +177,20 @@ impl OverLink {
         format!(
             "{{\"config\":{{\"rtt_ms\":20,\"rate_bps\":{RATE_BPS},\"queue_ms\":{},\"loss\":{LOSS},\
              \"seed\":1}},\"round_trip\":{{\"size\":64,\"interval_ms\":50,\"direct\":{},\"base\":{},\
-             \"beside_bulk\":{},\"direct_beside_bulk\":{}}},\"bulk_mbit_s\":{:.2},\"bulk_link_a_to_b\":{},\"paced\":{}}}",
+             \"beside_bulk\":{},\"direct_beside_bulk\":{},\"series_ms\":{{\"base\":{},\
+             \"beside_bulk\":{},\"direct_beside_bulk\":{}}}}},\"bulk_mbit_s\":{:.2},\"bulk_link_a_to_b\":{},\"paced\":{},\"paced_direct\":{}}}",
             QUEUE.as_millis(),
             self.direct_rtt.json(),
             self.base_rtt.json(),
             self.bulk_rtt.json(),
             self.bulk_direct_rtt.json(),
+            self.base_rtt.series_json(),
+            self.bulk_rtt.series_json(),
+            self.bulk_direct_rtt.series_json(),
             self.bulk_mbps,
             dir_json(&self.bulk_link),
-            self.paced.json()
+            self.paced.json(),
+            self.paced_direct.json()
         )
     }
 }

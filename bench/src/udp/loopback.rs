@@ -96,6 +96,7 @@ pub fn run(options: &Options, plan: &Plan) -> Result<Loopback, String> {
         quinn_rtt.extend(Pings {
             sent: block,
             rtt_ms,
+            seqs: Vec::new(),
         });
     }
     drop(peer);

@@ -23,8 +23,10 @@ use crate::linkem::{DirStats, Link};
 pub const RATE_BPS: u64 = 50_000_000;
 pub const PAYLOAD: usize = 1200;
 
-/// The stream through the tunnel.
+/// The stream, through the tunnel or directly.
 pub struct Paced {
+    /// `tunnel` or `direct`.
+    pub path: &'static str,
     pub sent: Sent,
     pub sunk: Sunk,
     /// Its data direction (A to B) on the link.
@@ -34,9 +36,14 @@ pub struct Paced {
     pub sockets: [UdpCounters; 2],
 }
 
-/// Sends the stream through `socket` (connected to the client's UDP listener in A) for
-/// `duration`, into `target`.
-pub fn run(link: &Link, target: &Target, socket: &UdpSocket, duration: Duration) -> Paced {
+/// Sends the stream through `socket` (in A, connected to the client's UDP listener, or to the
+/// target for `direct`) for `duration`, into `target`.
+pub fn run(
+    link: &Link,
+    target: &Target,
+    (path, socket): (&'static str, &UdpSocket),
+    duration: Duration,
+) -> Paced {
     let counters = || {
         [
             link.run_in_a(UdpCounters::read),
@@ -51,6 +58,7 @@ pub fn run(link: &Link, target: &Target, socket: &UdpSocket, duration: Duration)
     let sunk = target.end_run();
     let sockets_after = counters();
     Paced {
+        path,
         sent,
         sunk,
         link: difference(&link.stats().a_to_b, &link_before),
@@ -81,10 +89,11 @@ impl Paced {
     pub fn text(&self) -> String {
         let d = self.delays();
         format!(
-            "link paced stream, {} Mbit/s of {PAYLOAD}-byte datagrams for {:.1} s: delivered \
+            "link paced stream {}, {} Mbit/s of {PAYLOAD}-byte datagrams for {:.1} s: delivered \
              {:.2} % ({:.1} Mbit/s), {} reordered\n  one-way delay {}, jitter (RFC 3550) {:.3} ms; \
              after the first second {}, p99 - p50 {} ms, jitter {:.3} ms; first second's worst \
              {} ms\n  link A to B: {}; socket buffer drops in A {}, in B {}\n",
+            self.path,
             RATE_BPS / 1_000_000,
             self.sent.seconds,
             self.delivered() * 100.0,

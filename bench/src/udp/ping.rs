@@ -20,6 +20,8 @@ pub struct Pings {
     pub sent: u64,
     /// Milliseconds, in the order the replies came.
     pub rtt_ms: Vec<f64>,
+    /// The sequence number of each of `rtt_ms` (empty when not known).
+    pub seqs: Vec<u64>,
 }
 
 impl Pings {
@@ -27,10 +29,26 @@ impl Pings {
         self.sent.saturating_sub(self.rtt_ms.len() as u64)
     }
 
-    /// Another series' samples added to these.
+    /// Another series' samples added to these (without sequence numbers: they would repeat).
     pub fn extend(&mut self, other: Pings) {
         self.sent += other.sent;
         self.rtt_ms.extend(other.rtt_ms);
+        self.seqs.clear();
+    }
+
+    /// Each datagram's round trip in the order they were sent, `null` for a lost one, as JSON.
+    pub fn series_json(&self) -> String {
+        let mut series = vec![None; self.sent as usize];
+        for (&seq, &ms) in self.seqs.iter().zip(&self.rtt_ms) {
+            if let Some(slot) = series.get_mut(seq as usize) {
+                *slot = Some(ms);
+            }
+        }
+        let series: Vec<String> = series
+            .iter()
+            .map(|ms| ms.map_or("null".into(), |ms| format!("{ms:.2}")))
+            .collect();
+        format!("[{}]", series.join(","))
     }
 
     pub fn spread(&self) -> Spread {
@@ -89,18 +107,19 @@ pub fn ping(socket: &UdpSocket, count: u64, interval: Duration, size: usize) -> 
     }
     thread::sleep(Duration::from_secs(1));
     done.store(true, Ordering::Relaxed);
-    let rtt_ms = replies
+    let (rtt_ms, seqs) = replies
         .join()
         .map_err(|_| io::Error::other("the reply thread panicked"))?;
     Ok(Pings {
         sent: count,
         rtt_ms,
+        seqs,
     })
 }
 
-fn collect_replies(socket: &UdpSocket, run: u8, stop: &AtomicBool) -> Vec<f64> {
+fn collect_replies(socket: &UdpSocket, run: u8, stop: &AtomicBool) -> (Vec<f64>, Vec<u64>) {
     let mut buf = vec![0u8; 65_536];
-    let mut rtt_ms = Vec::new();
+    let (mut rtt_ms, mut seqs) = (Vec::new(), Vec::new());
     while !stop.load(Ordering::Relaxed) {
         let Ok(len) = socket.recv(&mut buf) else {
             continue;
@@ -108,9 +127,10 @@ fn collect_replies(socket: &UdpSocket, run: u8, stop: &AtomicBool) -> Vec<f64> {
         let ours = |s: &Stamp| s.mode == mode::ECHO && s.run == run;
         if let Some(stamp) = Stamp::read(&buf[..len]).filter(ours) {
             rtt_ms.push(now_ns().saturating_sub(stamp.sent_ns) as f64 / 1e6);
+            seqs.push(stamp.seq);
         }
     }
-    rtt_ms
+    (rtt_ms, seqs)
 }
 
 /// Sends an echo datagram (of run 0) through `socket` every 50 ms until one comes back (the
@@ -162,6 +182,10 @@ mod tests {
         socket.send(&stray).unwrap();
         let pings = ping(&socket, 5, Duration::from_millis(2), 64).unwrap();
         assert_eq!((pings.sent, pings.lost(), pings.rtt_ms.len()), (5, 0, 5));
+        let mut seqs = pings.seqs.clone();
+        seqs.sort_unstable();
+        assert_eq!(seqs, [0, 1, 2, 3, 4]);
+        assert_eq!(pings.series_json().matches(',').count(), 4);
         assert!(
             pings.rtt_ms.iter().all(|&ms| ms > 0.0 && ms < 1000.0),
             "{pings:?}"
