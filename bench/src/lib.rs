@@ -1,13 +1,16 @@
 //! Benchmarks for quic-tun: `linkem`, a user-space link emulator that puts direct TCP and the
 //! QUIC tunnel over the same emulated lossy, rate-limited, delayed link; `cc`, congestion
 //! controllers on it; `hostile`, the server under hostile traffic on loopback; `cluster`,
-//! several server instances behind nginx; `process`, what the tools need from the processes
-//! they start.
+//! several server instances behind nginx; `udp`, UDP flows through the tunnel on loopback and
+//! on the link; `peer`, the bare quinn connection to compare with; `process`, what the tools
+//! need from the processes they start.
 pub mod cc;
 pub mod cluster;
 pub mod hostile;
 pub mod linkem;
+pub mod peer;
 pub mod process;
+pub mod udp;
 
 /// The first byte of a benchmark connection or stream picks what the far end does, for
 /// quictun-bench's target and quinn-peer's server alike; a sink or source byte is followed

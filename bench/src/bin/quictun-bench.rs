@@ -13,12 +13,14 @@
 //! pending tokens, tunnels into stalled targets and stalled REST clients
 //! (`quictun_bench::hostile`). Cluster suite (`--suite cluster`, needs nginx): instances
 //! behind nginx's stream module, recovery after one dies, throughput and the cost of a client
-//! (`quictun_bench::cluster`). Prints a table and writes JSON.
+//! (`quictun_bench::cluster`). UDP suite (`--suite udp`): UDP flows through the tunnel on
+//! loopback and, unless `--no-link`, on the emulated link beside a bulk TCP tunnel
+//! (`quictun_bench::udp`). Prints a table and writes JSON.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use std::{fs, thread};
 
@@ -26,8 +28,9 @@ use clap::{Parser, ValueEnum};
 use quictun_bench::cc::{self, Scenario, Sender};
 use quictun_bench::linkem::{Link, LinkConfig};
 use quictun_bench::mode;
-use quictun_bench::process::{TempDir, free_port, status_kib, stop};
-use quictun_bench::{cluster, hostile};
+use quictun_bench::peer::{QuinnPeer, peer_binary};
+use quictun_bench::process::{TempDir, cpu_seconds, free_port, status_kib, stop};
+use quictun_bench::{cluster, hostile, udp};
 
 const BUF: usize = 256 * 1024;
 
@@ -41,12 +44,15 @@ struct Args {
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
     /// Where the JSON results go [default: bench/results/loopback.json, link.json,
-    /// ceiling.json or hostile.json after the suite].
+    /// ceiling.json, hostile.json or udp.json after the suite].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Which measurements: loopback, or the emulated link (needs root, `ip`, /dev/net/tun).
     #[arg(long, value_enum, default_value = "loopback")]
     suite: Suite,
+    /// UDP suite: the loopback part only (the emulated-link part needs root).
+    #[arg(long)]
+    no_link: bool,
     /// Internal: hold N idle tunnels through ADDR (the application side of the idle test).
     #[arg(long, hide = true, value_name = "ADDR")]
     idle_helper: Option<SocketAddr>,
@@ -69,6 +75,9 @@ enum Suite {
     Hostile,
     /// Several server instances behind nginx (needs nginx and its stream module).
     Cluster,
+    /// UDP flows through the tunnel: loopback, then the emulated link (root; about two
+    /// minutes in all).
+    Udp,
 }
 
 fn main() {
@@ -81,6 +90,7 @@ fn main() {
         (None, None, Suite::Ceiling) => ceiling_suite(args),
         (None, None, Suite::Hostile) => hostile_suite(args),
         (None, None, Suite::Cluster) => cluster_suite(args),
+        (None, None, Suite::Udp) => udp_suite(args),
     };
     if let Err(error) = result {
         eprintln!("quictun-bench: {error}");
@@ -119,10 +129,7 @@ fn run(args: Args) -> Result<(), String> {
         measure("tunnel", tunnel.addr, &tunnel.pids(), bytes, samples)
             .map_err(|e| format!("tunnel: {e}"))?,
     );
-    record(
-        peer.measure(bytes, samples)
-            .map_err(|e| format!("bare quinn: {e}"))?,
-    );
+    record(measure_peer(&mut peer, bytes, samples).map_err(|e| format!("bare quinn: {e}"))?);
     record(
         measure("tcp relay", relay.addr, &relay.pids(), bytes, samples)
             .map_err(|e| format!("tcp relay: {e}"))?,
@@ -205,49 +212,64 @@ fn ceiling_suite(args: Args) -> Result<(), String> {
 /// The server under hostile traffic (SPEC §7; figures for docs/SECURITY.md).
 fn hostile_suite(args: Args) -> Result<(), String> {
     raise_nofile();
-    let load_before = loadavg();
     let echo_target = start_target().map_err(|e| format!("cannot start the target: {e}"))?;
     let options = hostile::Options {
         bin_dir: args.bin_dir.clone(),
         echo_target,
         quick: args.quick,
     };
-    let report = hostile::run(&options)?;
-    print!("{}", report.table());
-    let load_after = loadavg();
-    println!("load average before / after: {load_before} / {load_after}");
-    let context = format!(
-        "\"unix_time\":{},\"loadavg_before\":\"{load_before}\",\"loadavg_after\":\"{load_after}\"",
-        unix_time()
-    );
-    let out = args
-        .out
-        .unwrap_or_else(|| "bench/results/hostile.json".into());
-    write_results(&out, &report.json(&context))
+    report_suite(args.out, "bench/results/hostile.json", || {
+        let report = hostile::run(&options)?;
+        Ok((report.table(), move |context: &str| report.json(context)))
+    })
 }
 
 /// Several instances behind nginx (SPEC §12; figures for docs/SCALING.md).
 fn cluster_suite(args: Args) -> Result<(), String> {
     raise_nofile();
-    let load_before = loadavg();
     let echo_target = start_target().map_err(|e| format!("cannot start the target: {e}"))?;
     let options = cluster::Options {
         bin_dir: args.bin_dir.clone(),
         echo_target,
         quick: args.quick,
     };
-    let report = cluster::run(&options)?;
-    print!("{}", report.table());
+    report_suite(args.out, "bench/results/cluster.json", || {
+        let report = cluster::run(&options)?;
+        Ok((report.table(), move |context: &str| report.json(context)))
+    })
+}
+
+/// UDP flows through the tunnel (SPEC §11, issue #19).
+fn udp_suite(args: Args) -> Result<(), String> {
+    let options = udp::Options {
+        bin_dir: args.bin_dir.clone(),
+        quick: args.quick,
+        link: !args.no_link,
+    };
+    report_suite(args.out, "bench/results/udp.json", || {
+        let report = udp::run(&options)?;
+        Ok((report.table(), move |context: &str| report.json(context)))
+    })
+}
+
+/// Runs a suite of the library: prints its table and the machine's load around it, and
+/// writes its JSON (given the time and load as context) to `out` or `default_out`.
+fn report_suite<J: FnOnce(&str) -> String>(
+    out: Option<PathBuf>,
+    default_out: &str,
+    run: impl FnOnce() -> Result<(String, J), String>,
+) -> Result<(), String> {
+    let load_before = loadavg();
+    let (table, json) = run()?;
+    print!("{table}");
     let load_after = loadavg();
     println!("load average before / after: {load_before} / {load_after}");
     let context = format!(
         "\"unix_time\":{},\"loadavg_before\":\"{load_before}\",\"loadavg_after\":\"{load_after}\"",
         unix_time()
     );
-    let out = args
-        .out
-        .unwrap_or_else(|| "bench/results/cluster.json".into());
-    write_results(&out, &report.json(&context))
+    let out = out.unwrap_or_else(|| default_out.into());
+    write_results(&out, &json(&context))
 }
 
 fn write_results(out: &Path, json: &str) -> Result<(), String> {
@@ -479,55 +501,6 @@ fn idle_helper(addr: SocketAddr, count: usize) -> Result<(), String> {
     io::stdout().flush().map_err(|e| e.to_string())?;
     let _ = io::stdin().read_to_end(&mut Vec::new());
     Ok(())
-}
-
-/// utime + stime of the processes and their descendants (sshd works in a child), in seconds.
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    with_descendants(pids)
-        .iter()
-        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name, which ends with the last ')'.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .sum()
-}
-
-fn with_descendants(pids: &[u32]) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let ppid = stat[stat.rfind(')')? + 2..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((pid, ppid))
-        })
-        .collect();
-    let mut all = pids.to_vec();
-    let mut i = 0;
-    while i < all.len() {
-        let parent = all[i];
-        all.extend(
-            parents
-                .iter()
-                .filter(|(_, p)| *p == parent)
-                .map(|(c, _)| *c),
-        );
-        i += 1;
-    }
-    all
 }
 
 fn raise_nofile() {
@@ -1076,128 +1049,24 @@ fn run_quiet(command: &mut Command) -> Result<(), String> {
     }
 }
 
-/// Where quinn-peer is: next to this binary (both are built by `cargo build -p quictun-bench`).
-fn peer_binary() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("quinn-peer")))
-        .unwrap_or_else(|| PathBuf::from("quinn-peer"))
-}
-
-/// A bare quinn stream: `quinn-peer server` and `quinn-peer client` (one connection, made
-/// once), driven through the client's standard input.
-struct QuinnPeer {
-    server: Child,
-    client: Child,
-    commands: ChildStdin,
-    answers: BufReader<ChildStdout>,
-}
-
-impl QuinnPeer {
-    fn start(binary: &Path) -> Result<QuinnPeer, String> {
-        let spawn = |args: &[&str]| {
-            Command::new(binary)
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .map_err(|e| {
-                    format!(
-                        "cannot run {} (cargo build --release -p quictun-bench): {e}",
-                        binary.display()
-                    )
-                })
-        };
-        let mut server = spawn(&["server", "--listen", "127.0.0.1:0"])?;
-        let mut first = String::new();
-        if let Some(out) = server.stdout.take() {
-            let _ = BufReader::new(out).read_line(&mut first);
-        }
-        let addr = first
-            .trim()
-            .strip_prefix("listening ")
-            .ok_or_else(|| format!("quinn-peer server did not start: {first:?}"))?
-            .to_string();
-        let mut client = match spawn(&["client", "--server", &addr]) {
-            Ok(client) => client,
-            Err(e) => {
-                stop([&mut server]);
-                return Err(e);
-            }
-        };
-        let commands = client.stdin.take().ok_or("no stdin")?;
-        let answers = BufReader::new(client.stdout.take().ok_or("no stdout")?);
-        let mut peer = QuinnPeer {
-            server,
-            client,
-            commands,
-            answers,
-        };
-        let mut line = String::new();
-        peer.answers
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        if line.trim() != "connected" {
-            return Err(format!("quinn-peer client did not connect: {line:?}"));
-        }
-        Ok(peer)
-    }
-
-    /// Sends one command; the numbers of its `ok` answer.
-    fn ask(&mut self, command: &str) -> io::Result<Vec<f64>> {
-        writeln!(self.commands, "{command}")?;
-        self.commands.flush()?;
-        let mut line = String::new();
-        self.answers.read_line(&mut line)?;
-        let mut words = line.split_whitespace();
-        if words.next() != Some("ok") {
-            return Err(io::Error::other(format!(
-                "quinn-peer: {command}: {:?}",
-                line.trim()
-            )));
-        }
-        words
-            .map(|w| {
-                w.parse()
-                    .map_err(|_| io::Error::other(format!("bad number {w:?}")))
-            })
-            .collect()
-    }
-
-    fn gbps(&mut self, way: &str, bytes: u64, streams: u64) -> io::Result<f64> {
-        let seconds = self.ask(&format!("transfer {way} {bytes} {streams}"))?;
-        let seconds = seconds.first().copied().unwrap_or(f64::NAN);
-        Ok((bytes / streams * streams) as f64 * 8.0 / seconds / 1e9)
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        vec![self.client.id(), self.server.id()]
-    }
-
-    /// The same measurements as [`measure`], over QUIC streams instead of TCP connections.
-    fn measure(&mut self, bytes: u64, samples: usize) -> io::Result<Row> {
-        let pids = self.pids();
-        let cpu_before = cpu_seconds(&pids);
-        let up1 = self.gbps("up", bytes, 1)?;
-        let cpu_after = cpu_seconds(&pids);
-        let down1 = self.gbps("down", bytes, 1)?;
-        let up8 = self.gbps("up", bytes, 8)?;
-        let down8 = self.gbps("down", bytes, 8)?;
-        let gib = bytes as f64 / f64::from(1u32 << 30);
-        Ok(Row {
-            name: "bare quinn".to_string(),
-            gbps: [up1, down1, up8, down8],
-            ttfb_ms: percentiles(self.ask(&format!("ttfb {samples}"))?),
-            echo_ms: percentiles(self.ask(&format!("echo {}", samples * 5))?),
-            cpu_s_per_gib: Some((cpu_after - cpu_before) / gib),
-        })
-    }
-}
-
-impl Drop for QuinnPeer {
-    fn drop(&mut self) {
-        stop([&mut self.client, &mut self.server]);
-    }
+/// The same measurements as [`measure`], over a bare quinn connection's streams instead of
+/// TCP connections.
+fn measure_peer(peer: &mut QuinnPeer, bytes: u64, samples: usize) -> io::Result<Row> {
+    let pids = peer.pids();
+    let cpu_before = cpu_seconds(&pids);
+    let up1 = peer.gbps("up", bytes, 1)?;
+    let cpu_after = cpu_seconds(&pids);
+    let down1 = peer.gbps("down", bytes, 1)?;
+    let up8 = peer.gbps("up", bytes, 8)?;
+    let down8 = peer.gbps("down", bytes, 8)?;
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    Ok(Row {
+        name: "bare quinn".to_string(),
+        gbps: [up1, down1, up8, down8],
+        ttfb_ms: percentiles(peer.ask(&format!("ttfb {samples}"))?),
+        echo_ms: percentiles(peer.ask(&format!("echo {}", samples * 5))?),
+        cpu_s_per_gib: Some((cpu_after - cpu_before) / gib),
+    })
 }
 
 /// stunnel in client mode in front of stunnel in server mode (TLS 1.3, AES-128-GCM, an

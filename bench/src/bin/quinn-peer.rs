@@ -11,7 +11,9 @@
 //! `quinn-peer client --server 127.0.0.1:P` connects once and then takes commands on standard
 //! input, one a line, answering each on standard output with `ok <numbers…>`:
 //! `transfer up|down BYTES STREAMS` (seconds), `ttfb N` (milliseconds to open a stream, send
-//! one byte and get its echo, N times), `echo N` (1 KiB round trips on one stream, ms).
+//! one byte and get its echo, N times), `echo N` (1 KiB round trips on one stream, ms),
+//! `datagrams N SIZE` (round trips of SIZE-byte DATAGRAM frames, one a millisecond, ms; the
+//! server echoes every DATAGRAM frame; a reply not back within a second is left out).
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -87,6 +89,7 @@ async fn serve(listen: SocketAddr) -> Result<()> {
             let Ok(connection) = incoming.await else {
                 return;
             };
+            tokio::spawn(echo_datagrams(connection.clone()));
             while let Ok((send, recv)) = connection.accept_bi().await {
                 tokio::spawn(serve_stream(send, recv));
             }
@@ -112,6 +115,13 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream) -> Result<()> 
     // Keep the stream until the peer has everything.
     let _ = send.stopped().await;
     Ok(())
+}
+
+/// Sends every DATAGRAM frame back.
+async fn echo_datagrams(connection: Connection) {
+    while let Ok(datagram) = connection.read_datagram().await {
+        let _ = connection.send_datagram(datagram);
+    }
 }
 
 /// Sends `len` bytes as clones of one shared chunk: quinn's own cost, nothing else.
@@ -160,6 +170,9 @@ async fn client(server: SocketAddr) -> Result<()> {
             }
             ["ttfb", n] => numbers(ttfb(&connection, n.parse()?).await?),
             ["echo", n] => numbers(echo(&connection, n.parse()?).await?),
+            ["datagrams", n, size] => {
+                numbers(datagrams(&connection, n.parse()?, size.parse()?).await?)
+            }
             [] => continue,
             _ => format!("error unknown command {line:?}"),
         };
@@ -245,5 +258,32 @@ async fn echo(connection: &Connection, n: usize) -> Result<Vec<f64>> {
         out.push(start.elapsed().as_secs_f64() * 1e3);
     }
     send.finish()?;
+    Ok(out)
+}
+
+/// `n` round trips of `size`-byte DATAGRAM frames (at least 8: the sequence number), one a
+/// millisecond; a reply not back within a second is lost and left out.
+async fn datagrams(connection: &Connection, n: u64, size: usize) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(n as usize);
+    let mut payload = vec![0u8; size.max(8)];
+    let start = tokio::time::Instant::now();
+    for seq in 0..n {
+        tokio::time::sleep_until(start + std::time::Duration::from_millis(seq)).await;
+        payload[..8].copy_from_slice(&seq.to_be_bytes());
+        let sent = Instant::now();
+        connection.send_datagram(Bytes::copy_from_slice(&payload))?;
+        let reply = async {
+            loop {
+                let datagram = connection.read_datagram().await?;
+                if datagram.get(..8) == Some(&seq.to_be_bytes()[..]) {
+                    return Ok::<_, quinn::ConnectionError>(());
+                }
+            }
+        };
+        if let Ok(reply) = tokio::time::timeout(std::time::Duration::from_secs(1), reply).await {
+            reply?;
+            out.push(sent.elapsed().as_secs_f64() * 1e3);
+        }
+    }
     Ok(out)
 }
