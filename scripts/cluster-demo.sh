@@ -14,15 +14,11 @@ stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
 for need in "$nginx" "$stream_module"; do
     [ -e "$need" ] || { echo "cluster-demo: $need missing (apt-get install nginx-light libnginx-mod-stream)" >&2; exit 1; }
 done
-for tool in python3 curl; do
-    command -v "$tool" >/dev/null || { echo "cluster-demo: $tool is needed" >&2; exit 1; }
-done
+. scripts/common.sh
+need_tools cluster-demo python3 curl
 
 echo "==> building"
-cargo build --quiet --workspace --release
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-bin=$target_dir/release
+bin=$(release_bin_dir)
 
 work=$(mktemp -d)
 pids=()

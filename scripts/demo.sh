@@ -5,16 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in python3 curl; do
-    command -v "$tool" >/dev/null || { echo "demo: $tool is needed (apt-get install $tool)" >&2; exit 1; }
-done
+. scripts/common.sh
+need_tools demo python3 curl
 
 echo "==> building"
-cargo build --quiet --workspace --release
-# Where cargo put them: ./target, or $CARGO_TARGET_DIR / a config file's target directory.
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-bin=$target_dir/release
+bin=$(release_bin_dir)
 
 work=$(mktemp -d)
 pids=()

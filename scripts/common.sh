@@ -1,0 +1,21 @@
+# Shared by the demo scripts (sourced, not run).
+
+# Fails with one line unless every tool named is on PATH: need_tools SCRIPT TOOL...
+need_tools() {
+    local script=$1 tool
+    shift
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null ||
+            { echo "$script: $tool is needed (apt-get install $tool)" >&2; exit 1; }
+    done
+}
+
+# Builds the workspace in release mode and prints where the binaries are: cargo's target
+# directory (./target, $CARGO_TARGET_DIR or a config file's) + /release.
+release_bin_dir() {
+    cargo build --quiet --workspace --release || return 1
+    local target_dir
+    target_dir=$(cargo metadata --format-version 1 --no-deps |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    echo "$target_dir/release"
+}
