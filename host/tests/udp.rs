@@ -118,9 +118,12 @@ async fn datagrams_of_every_size_echo_byte_exact_to_each_socket_only() {
         tasks.push(tokio::spawn(async move {
             let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(app + 1));
-            // The extremes first: 1 byte and the largest UDP payload.
+            // The extremes first: nothing, 1 byte and the largest UDP payload.
+            echo_once(&socket, to, &[]).await;
             echo_once(&socket, to, &datagram(app, 0, 1)).await;
             echo_once(&socket, to, &datagram(app, 1, MAX)).await;
+            // Empty again, now in a DATAGRAM frame of the open flow.
+            echo_once(&socket, to, &[]).await;
             for seq in 2..EACH {
                 echo_once(&socket, to, &datagram(app, seq, rng.size())).await;
             }
