@@ -119,17 +119,6 @@ async fn one_connection_moved_once(api: SocketAddr) -> Value {
     })
 }
 
-/// A `name=value` field of a text log line.
-fn field_of(line: &str, name: &str) -> String {
-    let start = line.find(&format!(" {name}=")).expect(name) + name.len() + 2;
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_first_server_dies_new_connections_go_through_the_second_within_3_s() {
     let app = app_server_tcp(Behaviour::Echo).await;

@@ -162,14 +162,12 @@ fn set_mode(path: &Path, mode: u32) {
 
 /// The SHA-256 fingerprint the server logged for its certificate.
 fn fingerprint(server: &Running) -> String {
-    server
-        .lines()
+    let lines = server.lines();
+    let line = lines
         .iter()
         .find(|l| l.contains("server certificate"))
-        .and_then(|l| l.split(" fingerprint=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the server logs its certificate's fingerprint")
-        .to_owned()
+        .expect("the server logs its certificate's fingerprint");
+    field_of(line, "fingerprint")
 }
 
 /// The JSON body of `GET path` on a REST API.

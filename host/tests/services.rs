@@ -53,9 +53,7 @@ fn service_addr(log: &[String], service: &str) -> Address {
         .iter()
         .find(|l| l.contains("service ready") && l.contains(&format!("service={service} ")))
         .unwrap_or_else(|| panic!("no ready line for service {service}:\n{}", log.join("\n")));
-    let start = line.find(" listen=").expect("a listen field") + " listen=".len();
-    let value = line[start..].split_whitespace().next().unwrap();
-    value.trim_matches('"').parse().expect("a listen address")
+    field_of(line, "listen").parse().expect("a listen address")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

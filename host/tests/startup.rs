@@ -79,14 +79,3 @@ async fn a_wrong_pin_is_logged_once_refuses_applications_at_once_and_is_retried_
         .count();
     assert_eq!(errors, 1, "{}", client.log());
 }
-
-/// A `name=value` field of a text log line.
-fn field_of(line: &str, name: &str) -> String {
-    let start = line.find(&format!("{name}=")).expect(name) + name.len() + 1;
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned()
-}

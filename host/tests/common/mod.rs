@@ -9,7 +9,7 @@ pub mod spice;
 
 // Not every test binary starts the binaries.
 #[allow(unused_imports)]
-pub use process::Launch;
+pub use process::{Launch, field_of};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

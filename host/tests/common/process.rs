@@ -285,12 +285,18 @@ fn message_is(line: &str, text: &str) -> bool {
     }
 }
 
-/// A field of a log line: `name=value` in the text format, `fields.name` in JSON.
-fn field(line: &str, name: &str) -> Option<String> {
+/// A field of a log line: `name=value` in the text format (quotes taken off), `fields.name`
+/// in JSON.
+pub fn field(line: &str, name: &str) -> Option<String> {
     if let Ok(event) = serde_json::from_str::<serde_json::Value>(line) {
         return event["fields"][name].as_str().map(str::to_owned);
     }
     let start = line.find(&format!(" {name}="))? + name.len() + 2;
     let value = line[start..].split_whitespace().next()?;
-    Some(value.to_owned())
+    Some(value.trim_matches('"').to_owned())
+}
+
+/// A field the line must have (see [`field`]).
+pub fn field_of(line: &str, name: &str) -> String {
+    field(line, name).unwrap_or_else(|| panic!("no {name}= in: {line}"))
 }
