@@ -83,13 +83,7 @@ EOF
 "$nginx" -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log" -g 'daemon off;' &
 nginx_pid=$!
 
-fingerprint=""
-for _ in $(seq 100); do
-    fingerprint=$(grep -o 'sha256:[0-9a-f]\{64\}' "$work/server-1.log" | head -n 1 || true)
-    [ -n "$fingerprint" ] && break
-    sleep 0.1
-done
-[ -n "$fingerprint" ] || { echo "cluster-demo: instance 1 did not start:" >&2; cat "$work/server-1.log" >&2; exit 1; }
+fingerprint=$(server_fingerprint cluster-demo "$work/server-1.log")
 
 echo "==> quictun-client on tcp 127.0.0.1:$tunnel_port, pinned to $fingerprint"
 "$bin/quictun-client" --listen-on "tcp:127.0.0.1:$tunnel_port" \

@@ -19,3 +19,16 @@ release_bin_dir() {
         sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
     echo "$target_dir/release"
 }
+
+# Prints the certificate fingerprint a starting server logs, waiting up to 10 s for it; fails
+# with the server's log when none comes: server_fingerprint SCRIPT LOG
+server_fingerprint() {
+    local script=$1 log=$2 fingerprint=""
+    for _ in $(seq 100); do
+        fingerprint=$(grep -o 'sha256:[0-9a-f]\{64\}' "$log" | head -n 1 || true)
+        [ -n "$fingerprint" ] && break
+        sleep 0.1
+    done
+    [ -n "$fingerprint" ] || { echo "$script: the server did not start:" >&2; cat "$log" >&2; return 1; }
+    echo "$fingerprint"
+}

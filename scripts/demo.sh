@@ -39,13 +39,7 @@ echo "==> quictun-server on udp 127.0.0.1:$quic_port, REST API on 127.0.0.1:$ser
 pids+=($!)
 
 # The server logs its certificate's fingerprint at start: the client pins it.
-fingerprint=""
-for _ in $(seq 100); do
-    fingerprint=$(grep -o 'sha256:[0-9a-f]\{64\}' "$work/server.log" | head -n 1 || true)
-    [ -n "$fingerprint" ] && break
-    sleep 0.1
-done
-[ -n "$fingerprint" ] || { echo "demo: the server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
+fingerprint=$(server_fingerprint demo "$work/server.log")
 echo "    its certificate: $fingerprint"
 
 echo "==> quictun-client on tcp 127.0.0.1:$tunnel_port, token tcp:127.0.0.1:$web_port, REST API on 127.0.0.1:$client_api"
