@@ -8,7 +8,7 @@
 use std::fmt::{Display, Write};
 
 use super::ApiState;
-use crate::tunnel::ServiceStats;
+use crate::tunnel::{ServiceStats, Traffic};
 
 /// A sample's labels, in order.
 type Labels = Vec<(&'static str, String)>;
@@ -82,35 +82,33 @@ fn tunnel_families(out: &mut Exposition, groups: &[(Labels, ServiceStats)]) {
             out.sample_owned("quictun_tunnels_refused_total", &labels, count);
         }
     }
-    out.family(
-        "quictun_bytes_total",
-        "counter",
-        "Bytes relayed since start, by direction (client_to_server: sent by client applications).",
-    );
-    for (labels, stats) in groups {
-        let up = with(labels, &[("direction", "client_to_server")]);
-        out.sample_owned("quictun_bytes_total", &up, stats.traffic.client_to_server);
-        let down = with(labels, &[("direction", "server_to_client")]);
-        out.sample_owned("quictun_bytes_total", &down, stats.traffic.server_to_client);
-    }
-    out.family(
-        "quictun_datagrams_total",
-        "counter",
-        "Datagrams of UDP flows relayed since start, by direction (client_to_server: sent by client applications).",
-    );
-    for (labels, stats) in groups {
-        let up = with(labels, &[("direction", "client_to_server")]);
-        out.sample_owned(
+    let directions = [
+        (
+            "quictun_bytes_total",
+            "Bytes relayed since start, by direction (client_to_server: sent by client applications).",
+            (|t: &Traffic| (t.client_to_server, t.server_to_client)) as fn(&Traffic) -> (u64, u64),
+        ),
+        (
             "quictun_datagrams_total",
-            &up,
-            stats.traffic.client_datagrams,
-        );
-        let down = with(labels, &[("direction", "server_to_client")]);
-        out.sample_owned(
-            "quictun_datagrams_total",
-            &down,
-            stats.traffic.server_datagrams,
-        );
+            "Datagrams of UDP flows relayed since start, by direction (client_to_server: sent by client applications).",
+            |t: &Traffic| (t.client_datagrams, t.server_datagrams),
+        ),
+    ];
+    for (name, help, counts) in directions {
+        out.family(name, "counter", help);
+        for (labels, stats) in groups {
+            let (up, down) = counts(&stats.traffic);
+            out.sample_owned(
+                name,
+                &with(labels, &[("direction", "client_to_server")]),
+                up,
+            );
+            out.sample_owned(
+                name,
+                &with(labels, &[("direction", "server_to_client")]),
+                down,
+            );
+        }
     }
     out.family(
         "quictun_datagrams_dropped_total",
