@@ -885,6 +885,7 @@ async fn a_busy_api_port_is_a_start_up_error() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
         let expected = format!("error: cannot listen on tcp {addr} for the REST API: ");
         assert!(stderr.contains(&expected), "{stderr}");
+        assert_eq!(stderr.matches("os error").count(), 1, "said once: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }

@@ -149,7 +149,7 @@ impl FromStr for ApiListen {
 pub async fn start(listen: &HostPort, state: ApiState) -> Result<SocketAddr, SetupError> {
     let cannot = |source| SetupError::Listen {
         what: format!("tcp {listen} for the REST API"),
-        source,
+        error: source,
     };
     let listener = TcpListener::bind(listen.to_string())
         .await

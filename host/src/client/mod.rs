@@ -293,7 +293,7 @@ async fn bind_service(service: &Service) -> Result<Listener, SetupError> {
         .await
         .map_err(|source| SetupError::Listen {
             what: format!("{} (service {:?})", service.listen, service.name.as_str()),
-            source,
+            error: source,
         })
 }
 

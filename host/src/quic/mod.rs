@@ -117,8 +117,9 @@ pub enum SetupError {
     IdleTimeout(Duration),
     #[error("cannot draw random bytes for the server's keys from the operating system")]
     Random,
-    #[error("cannot listen on {what}: {source}")]
-    Listen { what: String, source: io::Error },
+    // Not `source`: the message already says it, and a chain would say it twice.
+    #[error("cannot listen on {what}: {error}")]
+    Listen { what: String, error: io::Error },
     #[error("no server endpoint given")]
     NoServer,
 }

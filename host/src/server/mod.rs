@@ -143,7 +143,7 @@ impl Server {
         let endpoint = quic::server_endpoint(config.listen, server_config, keys, config.server_id)
             .map_err(|source| SetupError::Listen {
                 what: format!("udp {}", config.listen),
-                source,
+                error: source,
             })?;
         let core = Arc::new(ServerCore {
             draining: AtomicBool::new(false),
