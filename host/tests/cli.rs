@@ -264,6 +264,8 @@ async fn a_certificate_needs_its_key() {
     )
     .await;
     assert_one_line(&output, 1, "cannot read certificate /nonexistent/c.pem");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("os error").count(), 1, "said once: {stderr}");
 }
 
 #[tokio::test]

@@ -418,8 +418,20 @@ pub fn run(
 }
 
 fn fail(error: anyhow::Error) -> ExitCode {
-    eprintln!("{}: error: {error:#}", program());
+    eprintln!("{}: error: {}", program(), error_line(&error));
     ExitCode::FAILURE
+}
+
+/// An error and its causes on one line, a cause left out when the line says it already (most
+/// of our messages quote their cause).
+fn error_line(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1).map(ToString::to_string) {
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
 }
 
 fn program() -> String {
@@ -432,6 +444,21 @@ fn program() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let quoted = anyhow::Error::new(io()).context(format!("cannot read cert.pem: {}", io()));
+        assert_eq!(
+            error_line(&quoted),
+            "cannot read cert.pem: entity not found"
+        );
+        let unquoted = anyhow::Error::new(io()).context("cannot read cert.pem");
+        assert_eq!(
+            error_line(&unquoted),
+            "cannot read cert.pem: entity not found"
+        );
+    }
 
     #[derive(Debug, Parser)]
     struct Flags {
