@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use quictun::quic::path::PathTransports;
 use quictun::quic::{self, TransportOptions};
 use quictun::tls::{self, Identity, Verification};
 use quictun_bench::mode;
@@ -74,19 +75,25 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 
 async fn serve(listen: SocketAddr) -> Result<()> {
     let identity = Identity::self_signed(&["localhost"])?;
-    let mut config =
+    let config =
         quinn::ServerConfig::with_crypto(tls::server_crypto(identity, tls::ClientAuth::Off)?);
     let options = TransportOptions {
         max_streams: 20_000,
         ..TransportOptions::default()
     };
-    config.transport_config(Arc::new(options.build()?));
-    let endpoint = quic::endpoint(listen, Some(config))?;
+    // As the server does: each connection gets the transport of its path.
+    let transports = Arc::new(PathTransports::new(options)?);
+    let endpoint = quic::endpoint(listen, Some(config.clone()))?;
     println!("listening {}", endpoint.local_addr()?);
     std::io::stdout().flush()?;
     while let Some(incoming) = endpoint.accept().await {
+        let mut config = config.clone();
+        config.transport_config(transports.towards(incoming.remote_address()));
         tokio::spawn(async move {
-            let Ok(connection) = incoming.await else {
+            let Ok(connecting) = incoming.accept_with(Arc::new(config)) else {
+                return;
+            };
+            let Ok(connection) = connecting.await else {
                 return;
             };
             tokio::spawn(echo_datagrams(connection.clone()));
@@ -138,7 +145,7 @@ async fn send_bytes(send: &mut SendStream, len: u64) -> Result<()> {
 
 async fn client(server: SocketAddr) -> Result<()> {
     let mut config = quinn::ClientConfig::new(tls::client_crypto(&Verification::Insecure, None)?);
-    config.transport_config(Arc::new(TransportOptions::default().build()?));
+    config.transport_config(PathTransports::new(TransportOptions::default())?.towards(server));
     let local: SocketAddr = if server.is_ipv6() {
         "[::]:0".parse()?
     } else {

@@ -238,6 +238,8 @@ struct ConnectionView {
     remote_endpoint_addr: String,
     created_at: String,
     rtt_ms: f64,
+    /// The largest UDP payload the connection's packets carry now (path MTU discovery).
+    max_udp_payload: u16,
     congestion_window: u64,
     sent_packets: u64,
     lost_packets: u64,
@@ -404,6 +406,7 @@ fn connection_view(c: ConnectionInfo, open_tunnels: usize) -> ConnectionView {
         remote_endpoint_addr: c.remote.to_string(),
         created_at: rfc3339(c.created_at),
         rtt_ms: c.rtt.as_secs_f64() * 1000.0,
+        max_udp_payload: c.max_udp_payload,
         congestion_window: c.congestion_window,
         sent_packets: c.sent_packets,
         lost_packets: c.lost_packets,

@@ -11,6 +11,7 @@ use tracing::{debug, info};
 
 use super::sockets::Sockets;
 use crate::quic::connections::{ConnectionRegistry, HandshakeFailure};
+use crate::quic::path::PathTransports;
 use crate::tls;
 use crate::wire::addr::{Host, HostPort};
 use crate::wire::handshake::Protocol;
@@ -193,6 +194,8 @@ impl std::fmt::Display for ServerEndpoint {
 pub struct ServerSettings {
     pub endpoint: ServerEndpoint,
     pub quic: quinn::ClientConfig,
+    /// The transport for each path (shared by all servers).
+    pub transports: Arc<PathTransports>,
 }
 
 /// Settings of the connector.
@@ -371,11 +374,13 @@ impl Dialer {
             Host::Name(name) => name.clone(),
             Host::Ip(ip) => ip.to_string(),
         };
+        let mut quic = settings.quic.clone();
+        quic.transport_config(settings.transports.towards(addr));
         let connecting = self
             .sockets
             .endpoint_for(addr)
             .map_err(ConnectError::Socket)?
-            .connect_with(settings.quic.clone(), addr, &name)
+            .connect_with(quic, addr, &name)
             .map_err(|source| ConnectError::Start {
                 server: server.clone(),
                 source,
@@ -447,17 +452,15 @@ mod tests {
     /// A connector's settings for `servers`, without a certificate check, with a short
     /// handshake time-out.
     fn config(servers: &[ServerEndpoint]) -> ConnectorConfig {
-        let quic = crate::client::quic_config(
-            &Verification::Insecure,
-            None,
-            &quic::TransportOptions::default(),
-        )
-        .unwrap();
+        let quic = crate::client::quic_config(&Verification::Insecure, None).unwrap();
+        let transports =
+            Arc::new(PathTransports::new(quic::TransportOptions::default()).unwrap());
         let servers = servers
             .iter()
             .map(|endpoint| ServerSettings {
                 endpoint: endpoint.clone(),
                 quic: quic.clone(),
+                transports: transports.clone(),
             })
             .collect();
         ConnectorConfig {

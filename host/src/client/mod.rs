@@ -23,6 +23,7 @@ mod sockets;
 
 use crate::plugins::{Discriminator, TokenSource};
 use crate::quic::connections::ConnectionRegistry;
+use crate::quic::path::PathTransports;
 use crate::quic::{SetupError, TransportOptions};
 use crate::shutdown::Drain;
 use crate::tls::{self, Identity, Verification};
@@ -331,29 +332,28 @@ pub(crate) fn server_settings(
     if servers.is_empty() {
         return Err(SetupError::NoServer);
     }
+    let transports = Arc::new(PathTransports::new(transport.clone())?);
     servers
         .iter()
         .map(|endpoint| {
             let verification = verification.for_endpoint(&endpoint.given);
             Ok(ServerSettings {
                 endpoint: endpoint.clone(),
-                quic: quic_config(&verification, identity.clone(), transport)?,
+                quic: quic_config(&verification, identity.clone())?,
+                transports: transports.clone(),
             })
         })
         .collect()
 }
 
-/// The QUIC client settings: the server's verification, our own certificate if any, and the
-/// transport options.
+/// The QUIC client settings: the server's verification and our own certificate if any. Each
+/// connection gets the transport of its path ([`PathTransports`]).
 pub(crate) fn quic_config(
     verification: &Verification,
     identity: Option<Identity>,
-    transport: &TransportOptions,
 ) -> Result<quinn::ClientConfig, SetupError> {
     let crypto = tls::client_crypto(verification, identity)?;
-    let mut quic = quinn::ClientConfig::new(crypto);
-    quic.transport_config(Arc::new(transport.build()?));
-    Ok(quic)
+    Ok(quinn::ClientConfig::new(crypto))
 }
 
 /// Serves one application connection.

@@ -80,6 +80,9 @@ pub struct ConnectionInfo {
     pub last_path_change: Option<SystemTime>,
     pub created_at: SystemTime,
     pub rtt: Duration,
+    /// The largest UDP payload the connection sends now: its path MTU less the IP and UDP
+    /// headers, as path MTU discovery found it ([`crate::quic::path`]).
+    pub max_udp_payload: u16,
     pub congestion_window: u64,
     pub sent_packets: u64,
     pub lost_packets: u64,
@@ -169,6 +172,7 @@ impl ConnectionRegistry {
                     last_path_change: entry.path.last_change,
                     created_at: entry.created_at,
                     rtt: stats.path.rtt,
+                    max_udp_payload: stats.path.current_mtu,
                     congestion_window: stats.path.cwnd,
                     sent_packets: stats.path.sent_packets,
                     lost_packets: stats.path.lost_packets,

@@ -10,16 +10,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig};
-use quinn::{Endpoint, EndpointConfig, IdleTimeout, TokioRuntime, TransportConfig, VarInt};
+use quinn::{
+    AckFrequencyConfig, Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TokioRuntime,
+    TransportConfig, VarInt,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub mod cid;
 pub mod cluster_key;
 pub mod connections;
 pub mod keys;
+pub mod path;
 
 use cid::ServerCids;
 use keys::EndpointKeys;
+use path::PathPayload;
 
 /// Requested UDP socket buffer size, each way.
 const UDP_BUFFER: usize = 8 * 1024 * 1024;
@@ -44,6 +49,18 @@ const UDP_BUFFER: usize = 8 * 1024 * 1024;
 
 /// Bytes of DATAGRAM frames a connection queues each way; beyond it quinn drops the oldest.
 const DATAGRAM_BUFFER: usize = 1024 * 1024;
+
+// Acknowledgements (the QUIC ACK frequency extension, which both our endpoints speak; a peer
+// that does not, such as the original Go tunnel, keeps acknowledging every second packet).
+// By default a receiver acknowledges every second packet: at 1,452-byte packets that is an ACK
+// frame, a packet and its processing on both sides for every 2.9 KB. We ask the peer to
+// acknowledge every ACK_ELICITING_THRESHOLD + 1 packets, and within MAX_ACK_DELAY when fewer
+// arrive, while packets out of order are still acknowledged at once (reordering threshold 2,
+// quinn's packet threshold less one), so loss is detected as early as before.
+/// Packets a receiver may take in before it must acknowledge.
+const ACK_ELICITING_THRESHOLD: u32 = 9;
+/// How long a receiver may hold an acknowledgement when fewer packets came.
+const MAX_ACK_DELAY: Duration = Duration::from_millis(2);
 
 /// A connection's flow-control windows, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +142,8 @@ pub enum SetupError {
 }
 
 impl TransportOptions {
-    pub fn build(&self) -> Result<TransportConfig, SetupError> {
+    /// The transport for a connection over a path of `path`'s packet sizes ([`path`]).
+    pub fn build(&self, path: PathPayload) -> Result<TransportConfig, SetupError> {
         let mut config = TransportConfig::default();
         let idle = IdleTimeout::try_from(self.idle_timeout)
             .map_err(|_| SetupError::IdleTimeout(self.idle_timeout))?;
@@ -139,7 +157,20 @@ impl TransportOptions {
             .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive))
             // UDP flows' DATAGRAM frames (RFC 9221), bounded each way.
             .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
-            .datagram_send_buffer_size(DATAGRAM_BUFFER);
+            .datagram_send_buffer_size(DATAGRAM_BUFFER)
+            .enable_segmentation_offload(path.segmentation_offload())
+            .initial_mtu(path.initial)
+            .mtu_discovery_config(Some({
+                let mut discovery = MtuDiscoveryConfig::default();
+                discovery.upper_bound(path.max);
+                discovery
+            }))
+            .ack_frequency_config(Some({
+                let mut acks = AckFrequencyConfig::default();
+                acks.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD))
+                    .max_ack_delay(Some(MAX_ACK_DELAY));
+                acks
+            }));
         let factory: Arc<dyn ControllerFactory + Send + Sync> = match self.congestion {
             Congestion::Cubic => Arc::new(CubicConfig::default()),
             Congestion::Newreno => Arc::new(NewRenoConfig::default()),
@@ -174,6 +205,13 @@ pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> io::Re
     endpoint_with(addr, server, EndpointConfig::default())
 }
 
+/// Sets what `config`'s endpoint accepts: datagrams as large as any local interface carries
+/// (what its peers' path MTU discovery may grow to, [`path`]).
+fn accept_large_datagrams(config: &mut EndpointConfig) {
+    // Within quinn's bounds by construction.
+    let _ = config.max_udp_payload_size(path::largest_local_payload());
+}
+
 /// A serving QUIC endpoint with `keys` ([`keys`]), issuing connection IDs that carry
 /// `server_id` ([`cid`]). The server's [`quinn::ServerConfig`] must seal Retry tokens with
 /// `keys.retry`.
@@ -196,8 +234,9 @@ pub fn server_endpoint(
 fn endpoint_with(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
-    config: EndpointConfig,
+    mut config: EndpointConfig,
 ) -> io::Result<Endpoint> {
+    accept_large_datagrams(&mut config);
     let socket = udp_socket(addr)?;
     Endpoint::new(config, server, socket, Arc::new(TokioRuntime))
 }

@@ -43,7 +43,10 @@ pub(super) async fn serve_connection(
 ) {
     let registry = &core.connections_registry;
     let limit = core.admission.handshake_timeout(core.handshake_timeout);
-    let connection = match registry.handshake(incoming, limit).await {
+    let mut quic = core.quic.clone();
+    quic.transport_config(core.transports.towards(incoming.remote_address()));
+    let connecting = async move { incoming.accept_with(Arc::new(quic))?.await };
+    let connection = match registry.handshake(connecting, limit).await {
         Ok(connection) => connection,
         Err(failure) => return warn!("handshake failed: {failure}"),
     };

@@ -22,6 +22,7 @@ mod stream;
 use crate::plugins::{Discriminator, TokenParser};
 use crate::quic::connections::ConnectionRegistry;
 use crate::quic::keys::{EndpointKeys, KeySource};
+use crate::quic::path::PathTransports;
 use crate::quic::{self, SetupError, TransportOptions, Windows};
 use crate::shutdown::Drain;
 use crate::tls::ClientAuth;
@@ -111,6 +112,9 @@ impl Drain for ServerHandle {
 }
 
 struct ServerCore {
+    /// What every connection is accepted with, but for its transport, which is its path's.
+    quic: quinn::ServerConfig,
+    transports: PathTransports,
     draining: AtomicBool,
     parser: TokenParser,
     policy: Policy,
@@ -136,16 +140,22 @@ impl Server {
         let crypto = tls::server_crypto(config.identity, config.client_auth)?;
         let keys = EndpointKeys::new(&config.keys).map_err(|_| SetupError::Random)?;
         let mut server_config = quinn::ServerConfig::new(crypto, keys.retry.clone());
-        server_config.transport_config(Arc::new(handshake_transport(&config.transport).build()?));
+        // Each connection gets the transport for its path ([`quic::path`]); this one is for
+        // a peer whose path is not known.
+        let transports = PathTransports::new(handshake_transport(&config.transport))?;
+        let unknown_path: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
+        server_config.transport_config(transports.towards(unknown_path));
         // A client whose address changes (a NAT rebinding, a new network) keeps its connection
         // and its tunnels (SPEC §12). quinn's default; said here so it stays so.
         server_config.migration(true);
-        let endpoint = quic::server_endpoint(config.listen, server_config, keys, config.server_id)
+        let endpoint = quic::server_endpoint(config.listen, server_config.clone(), keys, config.server_id)
             .map_err(|source| SetupError::Listen {
                 what: format!("udp {}", config.listen),
                 error: source,
             })?;
         let core = Arc::new(ServerCore {
+            quic: server_config.clone(),
+            transports,
             draining: AtomicBool::new(false),
             parser: config.parser,
             policy: config.policy,
