@@ -10,9 +10,17 @@
 //! chunk is handed to QUIC, so an idle tunnel holds none. The other way, quinn's received
 //! chunks (about a packet each) are written to the application a batch at a time with one
 //! vectored write, without a copy. Bytes are counted with one atomic add per chunk or batch.
+//!
+//! Tunnels of one connection share it. quinn sends the streams of one priority in turn, and a
+//! stream of higher priority before any of lower, so a tunnel that has sent much lately (a
+//! file copy) steps down to [`BULK_PRIORITY`] and one that sends little (a shell, a desktop's
+//! input) stays above it: its next bytes leave in the next packet, not after the bulk
+//! tunnels' queued data (SPEC §10). A bulk tunnel that quiets down steps back up. No tunnel
+//! starves: the higher level holds only tunnels that send little.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn::{ConnectionError, ReadError, RecvStream, SendStream, VarInt, WriteError};
@@ -31,6 +39,56 @@ const CHUNK: usize = 64 * 1024;
 /// Chunks at least this big are handed to QUIC without a copy; smaller ones are copied so
 /// the 64 KiB buffer is not kept alive for a few bytes.
 const ZERO_COPY_MIN: usize = 16 * 1024;
+
+/// The priority of a tunnel that sent more than [`BULK_BYTES`] in one [`BULK_PERIOD`]; the
+/// others keep quinn's default, 0.
+const BULK_PRIORITY: i32 = -1;
+/// Bytes within one period from which a tunnel counts as bulk: 8 Mbit/s.
+const BULK_BYTES: u64 = 1024 * 1024;
+/// The period over which a tunnel's sending is judged.
+const BULK_PERIOD: Duration = Duration::from_secs(1);
+
+/// Steps a stream down to [`BULK_PRIORITY`] as soon as it has sent [`BULK_BYTES`] in the
+/// current period, and back up at the end of a period in which it sent less.
+struct Priority {
+    period_start: Instant,
+    sent: u64,
+    bulk: bool,
+}
+
+impl Priority {
+    fn new(now: Instant) -> Priority {
+        Priority {
+            period_start: now,
+            sent: 0,
+            bulk: false,
+        }
+    }
+
+    /// Accounts for `len` bytes about to be written to `send` at `now`.
+    fn sending(&mut self, send: &SendStream, len: usize, now: Instant) {
+        if now.duration_since(self.period_start) >= BULK_PERIOD {
+            // A period with little sent (or several periods without a write) ends the bulk.
+            let quiet = self.sent < BULK_BYTES
+                || now.duration_since(self.period_start) >= 2 * BULK_PERIOD;
+            if self.bulk && quiet {
+                self.set(send, false);
+            }
+            self.period_start = now;
+            self.sent = 0;
+        }
+        self.sent += len as u64;
+        if !self.bulk && self.sent >= BULK_BYTES {
+            self.set(send, true);
+        }
+    }
+
+    fn set(&mut self, send: &SendStream, bulk: bool) {
+        self.bulk = bulk;
+        // A stream already closed needs no priority; the write that follows reports it.
+        let _ = send.set_priority(if bulk { BULK_PRIORITY } else { 0 });
+    }
+}
 
 /// How a tunnel ended.
 #[derive(Debug)]
@@ -245,12 +303,14 @@ impl Way<'_> {
 
 /// Application → QUIC.
 async fn upstream(app: &AppStream, send: &mut SendStream, way: Way<'_>) -> Result<(), Stop> {
+    let mut priority = Priority::new(Instant::now());
     loop {
         app.readable().await.map_err(Abort::App)?;
         let mut buf = BytesMut::with_capacity(CHUNK);
         let eof = fill(app, &mut buf).map_err(Abort::App)?;
         if !buf.is_empty() {
             way.saw(&[&buf[..]]);
+            priority.sending(send, buf.len(), Instant::now());
             let written = if buf.len() >= ZERO_COPY_MIN {
                 send.write_chunk(buf.freeze()).await
             } else {
@@ -336,5 +396,56 @@ fn write_abort(error: WriteError) -> Abort {
         WriteError::Stopped(code) => Abort::PeerStopped(code),
         WriteError::ConnectionLost(error) => Abort::Connection(error),
         other => Abort::Protocol(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use super::*;
+    use crate::quic;
+    use crate::tls::{self, Identity, Verification};
+
+    /// A send stream of a real QUIC connection on loopback.
+    async fn stream() -> (SendStream, quinn::Endpoint) {
+        let identity = Identity::self_signed(&["localhost"]).unwrap();
+        let crypto = tls::server_crypto(identity, tls::ClientAuth::Off).unwrap();
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let server =
+            quic::endpoint(listen, Some(quinn::ServerConfig::with_crypto(crypto))).unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = quic::endpoint(listen, None).unwrap();
+        let config =
+            quinn::ClientConfig::new(tls::client_crypto(&Verification::Insecure, None).unwrap());
+        let connecting = client.connect_with(config, addr, "localhost").unwrap();
+        let (connection, _) = tokio::join!(connecting, async {
+            server.accept().await.unwrap().await.unwrap()
+        });
+        let (send, _recv) = connection.unwrap().open_bi().await.unwrap();
+        (send, server)
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_steps_down_while_it_sends_much_and_back_up_once_quiet() {
+        let (send, _server) = stream().await;
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut priority = Priority::new(start);
+        let level = |send: &SendStream| send.priority().unwrap();
+
+        priority.sending(&send, 512 * 1024, at(0));
+        assert_eq!(level(&send), 0, "half the bulk bytes: still interactive");
+        priority.sending(&send, 600 * 1024, at(500));
+        assert_eq!(level(&send), BULK_PRIORITY, "over a MiB within a second");
+        priority.sending(&send, 10, at(1_100));
+        assert_eq!(level(&send), BULK_PRIORITY, "the period before was bulk");
+        priority.sending(&send, 10, at(2_200));
+        assert_eq!(level(&send), 0, "a quiet period ends the bulk");
+
+        priority.sending(&send, 2 * 1024 * 1024, at(2_300));
+        assert_eq!(level(&send), BULK_PRIORITY);
+        priority.sending(&send, 10, at(9_000));
+        assert_eq!(level(&send), 0, "seconds without a write end it too");
     }
 }
