@@ -459,7 +459,13 @@ impl Model {
             self.min_rtt = Some(rtt);
             self.min_rtt_stamp = now;
         }
-        if expired && !lower && self.state != State::ProbeRtt {
+        // A flow the application keeps below the path's rate (a paced stream, an interactive
+        // session) builds no queue of its own: its samples already show the path's RTT, and
+        // the expired minimum was just replaced by one. Cutting its window to refresh the
+        // minimum would only delay its packets (a 50 Mbit/s stream on a 100 Mbit/s path was
+        // halved for 200 ms every 10 s).
+        let builds_queue = !self.stats.app_limited;
+        if expired && !lower && builds_queue && self.state != State::ProbeRtt {
             self.enter_probe_rtt();
         }
     }

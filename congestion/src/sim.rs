@@ -1673,6 +1673,45 @@ mod tests {
     }
 
     #[test]
+    fn an_application_limited_flow_is_not_cut_to_refresh_its_minimum_rtt() {
+        // A 50 Mbit/s stream on the 100 Mbit/s link, whose route grows 5 ms longer after 2 s,
+        // so the minimum RTT expires 10 s later. The stream builds no queue: ProbeRtt would
+        // only delay it (it once halved such a stream for 200 ms every 10 s, and its packets
+        // waited up to ~190 ms); its own samples give the new minimum.
+        let link = Link::benchmark();
+        let app_rate = 50_000_000;
+        let duration = secs(16.0);
+        let longer = link.rtt + Duration::from_millis(5);
+        let mut scenario = Scenario::single(link.clone(), duration);
+        scenario.flows[0].app_limit = Some((app_rate, duration + secs(1.0)));
+        scenario.changes.push((secs(2.0), Change::Rtt(longer)));
+        let report = scenario.run();
+        let flow = &report.flows[0];
+        let probe_rtt = flow
+            .trace
+            .iter()
+            .any(|p| p.state == Some(State::ProbeRtt));
+        let min_rtt = flow.trace.last().and_then(|p| p.min_rtt);
+        let worst = flow
+            .rtt_samples
+            .iter()
+            .filter(|(at, _)| *at >= secs(3.0))
+            .map(|(_, rtt)| *rtt)
+            .max()
+            .unwrap_or_default();
+        let app_goodput = flow.goodput(secs(3.0), duration, app_rate);
+        eprintln!(
+            "app-limited at 50 Mbit/s, route 20 → 25 ms: ProbeRtt seen: {probe_rtt}, min RTT \
+             at the end {min_rtt:?}, worst RTT {worst:?}, goodput {:.1} % of its rate",
+            100.0 * app_goodput
+        );
+        assert!(!probe_rtt);
+        assert!(min_rtt.is_some_and(|rtt| rtt >= longer));
+        assert!(worst <= longer + Duration::from_millis(5), "worst RTT {worst:?}");
+        assert!(app_goodput >= 0.97);
+    }
+
+    #[test]
     fn sparse_acks_still_fill_the_pipe() {
         for ack_every in [16, 32] {
             let link = Link {
