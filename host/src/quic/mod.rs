@@ -171,10 +171,16 @@ impl TransportOptions {
                     .max_ack_delay(Some(MAX_ACK_DELAY));
                 acks
             }));
+        // quinn's controllers start at a fixed 14,720 bytes, less than one packet where packets
+        // start larger (loopback): RFC 9002's rule, in packets of the path's initial size.
+        let packet = u64::from(path.initial);
+        let window = (10 * packet).min((2 * packet).max(14_720));
         let factory: Arc<dyn ControllerFactory + Send + Sync> = match self.congestion {
-            Congestion::Cubic => Arc::new(CubicConfig::default()),
-            Congestion::Newreno => Arc::new(NewRenoConfig::default()),
-            Congestion::Bbr => Arc::new(BbrConfig::default()),
+            Congestion::Cubic => Arc::new(CubicConfig::default().initial_window(window).clone()),
+            Congestion::Newreno => {
+                Arc::new(NewRenoConfig::default().initial_window(window).clone())
+            }
+            Congestion::Bbr => Arc::new(BbrConfig::default().initial_window(window).clone()),
             Congestion::Adaptive => Arc::new(quictun_congestion::AdaptiveConfig::default()),
         };
         config.congestion_controller_factory(factory);

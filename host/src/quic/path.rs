@@ -87,7 +87,8 @@ fn payload_of(mtu: u32, peer: SocketAddr) -> u16 {
     } else {
         40 + 8
     };
-    let payload = mtu.saturating_sub(headers);
+    // An IP packet's length field has 16 bits, whatever the interface allows.
+    let payload = mtu.min(65_535).saturating_sub(headers);
     u16::try_from(payload)
         .unwrap_or(MAX_PAYLOAD)
         .clamp(MIN_PAYLOAD, MAX_PAYLOAD)
@@ -140,7 +141,7 @@ pub fn largest_local_payload() -> u16 {
         .max();
     match largest {
         // The IPv4 headers: the smaller of the two, so the larger payload.
-        Some(mtu) => u16::try_from(mtu.saturating_sub(28))
+        Some(mtu) => u16::try_from(mtu.min(65_535).saturating_sub(28))
             .unwrap_or(MAX_PAYLOAD)
             .clamp(DEFAULT_PAYLOAD, MAX_PAYLOAD),
         None => DEFAULT_PAYLOAD,
@@ -200,8 +201,8 @@ mod tests {
     fn loopback_paths_start_at_the_interface_size() {
         let v4 = PathPayload::towards("127.0.0.1:4433".parse().unwrap());
         let lo_mtu = std::fs::read_to_string("/sys/class/net/lo/mtu").unwrap();
-        let lo_mtu: u32 = lo_mtu.trim().parse().unwrap();
-        let expected = u16::try_from(lo_mtu - 28).unwrap_or(MAX_PAYLOAD).min(MAX_PAYLOAD);
+        let lo_mtu: u32 = lo_mtu.trim().parse::<u32>().unwrap().min(65_535);
+        let expected = u16::try_from(lo_mtu - 28).unwrap();
         assert_eq!(
             v4,
             PathPayload {
@@ -212,7 +213,7 @@ mod tests {
         let v6 = PathPayload::towards("[::1]:4433".parse().unwrap());
         if v6 != PathPayload::DEFAULT {
             // IPv6 is configured here: 40 bytes of header instead of 20.
-            let expected = u16::try_from(lo_mtu - 48).unwrap_or(MAX_PAYLOAD).min(MAX_PAYLOAD);
+            let expected = u16::try_from(lo_mtu - 48).unwrap();
             assert_eq!(v6.max, expected);
             assert_eq!(v6.initial, expected);
         }
@@ -225,8 +226,9 @@ mod tests {
         assert_eq!(payload_of(1500, v4), 1472);
         assert_eq!(payload_of(1500, v6), 1452);
         assert_eq!(payload_of(9000, v4), 8972);
-        assert_eq!(payload_of(65_536, v4), 65_508);
-        assert_eq!(payload_of(u32::MAX, v4), MAX_PAYLOAD);
+        assert_eq!(payload_of(65_536, v4), 65_507);
+        assert_eq!(payload_of(65_536, v6), 65_487);
+        assert_eq!(payload_of(u32::MAX, v4), 65_507);
         assert_eq!(payload_of(576, v4), MIN_PAYLOAD);
     }
 
@@ -245,7 +247,7 @@ mod tests {
     fn largest_local_payload_covers_loopback() {
         let lo_mtu = std::fs::read_to_string("/sys/class/net/lo/mtu").unwrap();
         let lo_mtu: u32 = lo_mtu.trim().parse().unwrap();
-        assert!(u32::from(largest_local_payload()) >= (lo_mtu - 28).min(65_527));
+        assert!(u32::from(largest_local_payload()) >= lo_mtu.min(65_535) - 28);
     }
 
     #[test]
