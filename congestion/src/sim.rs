@@ -1687,10 +1687,7 @@ mod tests {
         scenario.changes.push((secs(2.0), Change::Rtt(longer)));
         let report = scenario.run();
         let flow = &report.flows[0];
-        let probe_rtt = flow
-            .trace
-            .iter()
-            .any(|p| p.state == Some(State::ProbeRtt));
+        let probe_rtt = flow.trace.iter().any(|p| p.state == Some(State::ProbeRtt));
         let min_rtt = flow.trace.last().and_then(|p| p.min_rtt);
         let worst = flow
             .rtt_samples
@@ -1707,7 +1704,10 @@ mod tests {
         );
         assert!(!probe_rtt);
         assert!(min_rtt.is_some_and(|rtt| rtt >= longer));
-        assert!(worst <= longer + Duration::from_millis(5), "worst RTT {worst:?}");
+        assert!(
+            worst <= longer + Duration::from_millis(5),
+            "worst RTT {worst:?}"
+        );
         assert!(app_goodput >= 0.97);
     }
 

@@ -453,8 +453,7 @@ mod tests {
     /// handshake time-out.
     fn config(servers: &[ServerEndpoint]) -> ConnectorConfig {
         let quic = crate::client::quic_config(&Verification::Insecure, None).unwrap();
-        let transports =
-            Arc::new(PathTransports::new(quic::TransportOptions::default()).unwrap());
+        let transports = Arc::new(PathTransports::new(quic::TransportOptions::default()).unwrap());
         let servers = servers
             .iter()
             .map(|endpoint| ServerSettings {

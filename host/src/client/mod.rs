@@ -28,7 +28,7 @@ use crate::quic::{SetupError, TransportOptions};
 use crate::shutdown::Drain;
 use crate::tls::{self, Identity, Verification};
 use crate::tunnel::app::{AppListener, AppStream};
-use crate::tunnel::relay::{self, End, log_end};
+use crate::tunnel::relay::{self, End, Opening, log_end};
 use crate::tunnel::sniff::Sniffer;
 use crate::tunnel::{Registered, Side, Transport, Tunnel, TunnelRegistry, TunnelSpec};
 use crate::wire::ErrorCode;
@@ -412,7 +412,8 @@ async fn serve_app(
     let registered = service.register(&core.registry, stream_id, client_app, &connection);
     let tunnel = registered.tunnel();
     let sniffer = Sniffer::start(&core.discriminators, tunnel.clone());
-    let end = relay::relay(app, send, recv, tunnel, Some(protocol), sniffer.as_ref()).await;
+    let opening = Some(Opening::ReadAnswer(protocol));
+    let end = relay::relay(app, send, recv, tunnel, opening, sniffer.as_ref()).await;
     if let End::Refused(answer) = &end {
         core.registry
             .count_refused(answer.status, tunnel.service.as_ref());

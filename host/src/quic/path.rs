@@ -234,7 +234,10 @@ mod tests {
 
     #[test]
     fn bursts_are_written_whole_only_while_they_fit_in_one_write() {
-        let at = |max| PathPayload { initial: MIN_PAYLOAD, max };
+        let at = |max| PathPayload {
+            initial: MIN_PAYLOAD,
+            max,
+        };
         assert!(PathPayload::DEFAULT.segmentation_offload());
         assert!(at(1472).segmentation_offload());
         assert!(at(6552).segmentation_offload());

@@ -148,11 +148,12 @@ impl Server {
         // A client whose address changes (a NAT rebinding, a new network) keeps its connection
         // and its tunnels (SPEC §12). quinn's default; said here so it stays so.
         server_config.migration(true);
-        let endpoint = quic::server_endpoint(config.listen, server_config.clone(), keys, config.server_id)
-            .map_err(|source| SetupError::Listen {
-                what: format!("udp {}", config.listen),
-                error: source,
-            })?;
+        let endpoint =
+            quic::server_endpoint(config.listen, server_config.clone(), keys, config.server_id)
+                .map_err(|source| SetupError::Listen {
+                    what: format!("udp {}", config.listen),
+                    error: source,
+                })?;
         let core = Arc::new(ServerCore {
             quic: server_config.clone(),
             transports,

@@ -15,7 +15,7 @@ use super::flow::serve_flow;
 use super::policy::Policy;
 use crate::plugins::TokenParser;
 use crate::tunnel::app::{AppStream, within};
-use crate::tunnel::relay::{self, Abort, log_end};
+use crate::tunnel::relay::{self, Abort, Opening, log_end};
 use crate::tunnel::sniff::Sniffer;
 use crate::tunnel::udp::FlowTable;
 use crate::tunnel::{Side, Transport, Tunnel, TunnelSpec};
@@ -83,9 +83,18 @@ pub(super) async fn serve_stream(
             return refuse(&core, (send, recv), protocol, answer).await;
         }
     };
-    if let Err(error) = handshake::accept(&mut send, protocol).await {
-        return debug!("peer went away before the answer: {error}");
-    }
+    // The original's client waits for the answer before it sends anything: it goes at once.
+    // Ours sends right away, and the answer can wait for the target's first bytes.
+    let answer = protocol.answer_frame(&Answer::ok());
+    let opening = match protocol {
+        Protocol::Legacy => {
+            if let Err(error) = send.write_all(&answer).await {
+                return debug!("peer went away before the answer: {error}");
+            }
+            None
+        }
+        Protocol::V2 => Some(Opening::SendAnswer(answer)),
+    };
     debug!("tunnel open");
     let registered = core.registry.register(Tunnel::new(TunnelSpec {
         stream_id: u64::from(send.id()),
@@ -100,7 +109,7 @@ pub(super) async fn serve_stream(
     let tunnel = registered.tunnel();
     let sniffer = Sniffer::start(&core.discriminators, tunnel.clone());
     log_end(
-        relay::relay(app, send, recv, tunnel, None, sniffer.as_ref()).await,
+        relay::relay(app, send, recv, tunnel, opening, sniffer.as_ref()).await,
         tunnel,
     );
 }

@@ -69,8 +69,8 @@ impl Priority {
     fn sending(&mut self, send: &SendStream, len: usize, now: Instant) {
         if now.duration_since(self.period_start) >= BULK_PERIOD {
             // A period with little sent (or several periods without a write) ends the bulk.
-            let quiet = self.sent < BULK_BYTES
-                || now.duration_since(self.period_start) >= 2 * BULK_PERIOD;
+            let quiet =
+                self.sent < BULK_BYTES || now.duration_since(self.period_start) >= 2 * BULK_PERIOD;
             if self.bulk && quiet {
                 self.set(send, false);
             }
@@ -88,6 +88,23 @@ impl Priority {
         // A stream already closed needs no priority; the write that follows reports it.
         let _ = send.set_priority(if bulk { BULK_PRIORITY } else { 0 });
     }
+}
+
+/// What the server's answer waits for: the target's first bytes, to leave in one packet with
+/// them, but not longer than this. The client reads the answer before any reply, so holding it
+/// delays nothing the application sees; sent apart, it costs the client a wake-up of its own
+/// while the target is answering (on loopback, where that wake-up competes with the target for
+/// the CPU, a measurable part of the time to first byte).
+const ANSWER_HOLD: Duration = Duration::from_millis(1);
+
+/// How the tunnel's stream begins, besides the application's bytes.
+#[derive(Debug)]
+pub enum Opening {
+    /// The client: the server's answer, in this protocol, comes first.
+    ReadAnswer(Protocol),
+    /// The server: this answer goes first, with the target's first bytes when they come
+    /// within [`ANSWER_HOLD`].
+    SendAnswer(Vec<u8>),
 }
 
 /// How a tunnel ended.
@@ -189,16 +206,21 @@ impl From<Abort> for Stop {
 }
 
 /// Relays until both directions are done, one of them fails, or the operator closes the
-/// tunnel. With `answer`, the server's answer in that protocol is read first (the client),
-/// and a refusal ends the tunnel before any byte reaches the application.
+/// tunnel. The client reads the server's answer first ([`Opening::ReadAnswer`]), and a
+/// refusal ends the tunnel before any byte reaches the application; the server sends it.
 pub async fn relay(
     app: AppStream,
     mut send: SendStream,
     mut recv: RecvStream,
     tunnel: &Tunnel,
-    answer: Option<Protocol>,
+    opening: Option<Opening>,
     sniffer: Option<&Sniffer>,
 ) -> End {
+    let (answer_to_read, answer_to_send) = match opening {
+        Some(Opening::ReadAnswer(protocol)) => (Some(protocol), None),
+        Some(Opening::SendAnswer(frame)) => (None, Some(frame)),
+        None => (None, None),
+    };
     let counters = &tunnel.counters;
     let (up, down) = match tunnel.side {
         Side::Client => (
@@ -229,7 +251,10 @@ pub async fn relay(
     let peer_stopped = peer_stopped(send.stopped());
     let outcome = tokio::select! {
         outcome = async {
-            tokio::try_join!(upstream(&app, &mut send, up), downstream(&app, &mut recv, down, answer))
+            tokio::try_join!(
+                upstream(&app, &mut send, up, answer_to_send),
+                downstream(&app, &mut recv, down, answer_to_read)
+            )
         } => outcome,
         () = tunnel.closed() => Err(Stop::Abort(Abort::Operator)),
         abort = peer_stopped => Err(Stop::Abort(abort)),
@@ -302,14 +327,29 @@ impl Way<'_> {
 }
 
 /// Application → QUIC.
-async fn upstream(app: &AppStream, send: &mut SendStream, way: Way<'_>) -> Result<(), Stop> {
+async fn upstream(
+    app: &AppStream,
+    send: &mut SendStream,
+    way: Way<'_>,
+    mut answer: Option<Vec<u8>>,
+) -> Result<(), Stop> {
     let mut priority = Priority::new(Instant::now());
     loop {
-        app.readable().await.map_err(Abort::App)?;
         let mut buf = BytesMut::with_capacity(CHUNK);
+        if let Some(frame) = answer.take() {
+            let readable = tokio::time::timeout(ANSWER_HOLD, app.readable()).await;
+            buf.extend_from_slice(&frame);
+            if readable.is_err() {
+                // Nothing from the target yet: the answer goes alone.
+                write_all_or_stop(send, &buf).await?;
+                continue;
+            }
+        }
+        let prefix = buf.len();
+        app.readable().await.map_err(Abort::App)?;
         let eof = fill(app, &mut buf).map_err(Abort::App)?;
         if !buf.is_empty() {
-            way.saw(&[&buf[..]]);
+            way.saw(&[&buf[prefix..]]);
             priority.sending(send, buf.len(), Instant::now());
             let written = if buf.len() >= ZERO_COPY_MIN {
                 send.write_chunk(buf.freeze()).await
@@ -329,6 +369,13 @@ async fn upstream(app: &AppStream, send: &mut SendStream, way: Way<'_>) -> Resul
             return Ok(());
         }
     }
+}
+
+/// Writes `bytes` whole (an answer).
+async fn write_all_or_stop(send: &mut SendStream, bytes: &[u8]) -> Result<(), Stop> {
+    send.write_all(bytes)
+        .await
+        .map_err(|error| write_abort(error).into())
 }
 
 /// Reads what the socket has, up to [`CHUNK`] bytes, without waiting. Returns whether the
