@@ -2,11 +2,13 @@
 //! QUIC tunnel over the same emulated lossy, rate-limited, delayed link; `cc`, congestion
 //! controllers on it; `hostile`, the server under hostile traffic on loopback; `cluster`,
 //! several server instances behind nginx; `udp`, UDP flows through the tunnel on loopback and
-//! on the link; `peer`, the bare quinn connection to compare with; `process`, what the tools
-//! need from the processes they start.
+//! on the link; `interactive`, an interactive TCP connection through the tunnel beside a bulk
+//! upload of the same client on the link; `peer`, the bare quinn connection to compare with;
+//! `process`, what the tools need from the processes they start.
 pub mod cc;
 pub mod cluster;
 pub mod hostile;
+pub mod interactive;
 pub mod linkem;
 pub mod peer;
 pub mod process;

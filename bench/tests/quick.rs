@@ -1,6 +1,6 @@
-//! Smoke tests of quictun-bench: a `--quick` loopback run, a `--quick` hostile run and the
-//! loopback part of a `--quick` UDP run against freshly built endpoints, the JSON checked for
-//! every path's and every phase's numbers, so
+//! Smoke tests of quictun-bench: a `--quick` loopback run, a `--quick` hostile run, the
+//! loopback part of a `--quick` UDP run and, as root, a `--quick` interactive run against
+//! freshly built endpoints, the JSON checked for every path's and every phase's numbers, so
 //! the tool keeps working as the product changes. They run the build profile of the test
 //! itself (debug under `cargo test`), write their results to temporary files and never touch
 //! bench/results/. They build the endpoints and take minutes: ignored by a plain
@@ -237,5 +237,70 @@ fn quick_udp_run_reports_round_trips_and_flows() {
     let targets = json["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 1, "{targets:?}");
     assert!(targets[0]["met"].is_boolean());
+    assert!(json["loadavg_before"].is_string());
+}
+
+#[test]
+#[ignore = "builds the endpoints and runs the interactive suite quickly (root: the emulated link), under a minute; scripts/test.sh runs it"]
+fn quick_interactive_run_reports_every_case_and_share() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "note: quick_interactive_run_reports_every_case_and_share skipped: the emulated \
+             link needs root (network namespaces, TUN devices)"
+        );
+        return;
+    }
+    let (json, stdout) = quick_run(&["--suite", "interactive"]);
+    let cases = json["cases"].as_array().expect("cases");
+    let names: Vec<&str> = cases.iter().filter_map(|c| c["case"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "tunnel alone",
+            "tunnel beside bulk",
+            "direct alone",
+            "direct beside bulk"
+        ],
+        "--quick: the four cases at 0 % loss\n{stdout}"
+    );
+    for case in cases {
+        let sent = case["sent"].as_u64().unwrap_or(0);
+        assert!(sent >= 100, "3 s of a message every 20 ms: {case}");
+        assert_eq!(case["received"].as_u64(), Some(sent), "{case}");
+        let p50 = case["p50_ms"].as_f64().unwrap_or(0.0);
+        let p99 = case["p99_ms"].as_f64().unwrap_or(0.0);
+        assert!(p50 >= 19.0 && p99 >= p50, "a 20 ms link: {case}");
+        let bulk = &case["bulk"];
+        match case["bulk_beside"].as_bool() {
+            Some(true) => {
+                assert!(bulk["mbit_s"].as_f64().unwrap_or(0.0) > 1.0, "{case}");
+                assert!(bulk["link_a_to_b"]["offered"].as_u64().unwrap_or(0) > 0);
+                assert!(bulk["probe"]["samples"].as_u64().unwrap_or(0) > 0);
+            }
+            _ => assert!(bulk.is_null(), "{case}"),
+        }
+    }
+    let sharing = json["sharing"].as_array().expect("sharing");
+    let competitors: Vec<&str> = sharing
+        .iter()
+        .filter_map(|s| s["competitor"].as_str())
+        .collect();
+    assert_eq!(competitors, ["tcp-bbr", "tcp-cubic"], "{stdout}");
+    for share in sharing {
+        for key in ["ours_mbps", "theirs_mbps"] {
+            assert!(share[key].as_f64().unwrap_or(0.0) > 0.0, "{key}: {share}");
+        }
+    }
+    let targets = json["targets"].as_array().expect("targets");
+    assert_eq!(
+        targets.len(),
+        3,
+        "one echo target (0 % only) and two shares"
+    );
+    for target in targets {
+        assert!(target["met"].is_boolean(), "{target}");
+        assert!(target["measured"].as_str().is_some_and(|m| !m.is_empty()));
+    }
     assert!(json["loadavg_before"].is_string());
 }

@@ -15,7 +15,10 @@
 //! behind nginx's stream module, recovery after one dies, throughput and the cost of a client
 //! (`quictun_bench::cluster`). UDP suite (`--suite udp`): UDP flows through the tunnel on
 //! loopback and, unless `--no-link`, on the emulated link beside a bulk TCP tunnel
-//! (`quictun_bench::udp`). Prints a table and writes JSON.
+//! (`quictun_bench::udp`). Interactive suite (`--suite interactive`, needs root): 1 KiB echo
+//! round trips through the tunnel and directly on the emulated link, alone and beside a bulk
+//! upload, and the tunnel's share against one TCP bbr and one cubic flow
+//! (`quictun_bench::interactive`). Prints a table and writes JSON.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -30,7 +33,7 @@ use quictun_bench::linkem::{Link, LinkConfig};
 use quictun_bench::mode;
 use quictun_bench::peer::{QuinnPeer, peer_binary};
 use quictun_bench::process::{TempDir, cpu_seconds, free_port, status_kib, stop};
-use quictun_bench::{cluster, hostile, udp};
+use quictun_bench::{cluster, hostile, interactive, udp};
 
 const BUF: usize = 256 * 1024;
 
@@ -44,7 +47,7 @@ struct Args {
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
     /// Where the JSON results go [default: bench/results/loopback.json, link.json,
-    /// ceiling.json, hostile.json or udp.json after the suite].
+    /// ceiling.json, hostile.json, udp.json or interactive.json after the suite].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Which measurements: loopback, or the emulated link (needs root, `ip`, /dev/net/tun).
@@ -78,6 +81,9 @@ enum Suite {
     /// UDP flows through the tunnel: loopback, then the emulated link (root; about two
     /// minutes in all).
     Udp,
+    /// An interactive connection's echo round trips beside a bulk upload on the emulated
+    /// link, and sharing the link with Linux TCP (root; about four minutes).
+    Interactive,
 }
 
 fn main() {
@@ -91,6 +97,7 @@ fn main() {
         (None, None, Suite::Hostile) => hostile_suite(args),
         (None, None, Suite::Cluster) => cluster_suite(args),
         (None, None, Suite::Udp) => udp_suite(args),
+        (None, None, Suite::Interactive) => interactive_suite(args),
     };
     if let Err(error) = result {
         eprintln!("quictun-bench: {error}");
@@ -248,6 +255,19 @@ fn udp_suite(args: Args) -> Result<(), String> {
     };
     report_suite(args.out, "bench/results/udp.json", || {
         let report = udp::run(&options)?;
+        Ok((report.table(), move |context: &str| report.json(context)))
+    })
+}
+
+/// Interactive traffic beside a bulk upload through the same client, and sharing the link.
+fn interactive_suite(args: Args) -> Result<(), String> {
+    raise_nofile();
+    let options = interactive::Options {
+        bin_dir: args.bin_dir.clone(),
+        quick: args.quick,
+    };
+    report_suite(args.out, "bench/results/interactive.json", || {
+        let report = interactive::run(&options)?;
         Ok((report.table(), move |context: &str| report.json(context)))
     })
 }

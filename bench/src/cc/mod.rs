@@ -268,7 +268,8 @@ pub fn run_share(
     })
 }
 
-fn start_link(config: LinkConfig) -> Result<Link, String> {
+/// A fresh link with TCP's buffer limits raised in both namespaces.
+pub(crate) fn start_link(config: LinkConfig) -> Result<Link, String> {
     let link = Link::start(config).map_err(|e| e.to_string())?;
     // Linux's default buffer limits (4 / 6 MB) are below 2 × BDP at 200 ms: let TCP grow.
     for key in ["net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"] {

@@ -110,7 +110,7 @@ fn flow_json(f: &FlowResult) -> String {
     )
 }
 
-fn share_json(s: &ShareResult) -> String {
+pub fn share_json(s: &ShareResult) -> String {
     format!(
         "{{\"ours\":\"{}\",\"competitor\":\"{}\",\"rtt_ms\":{},\"loss\":{},\"duration_s\":{},\
          \"ours_mbps\":{:.2},\"theirs_mbps\":{:.2},\"ours_share\":{:.4},\"queue_drop_share\":{:.5},\
