@@ -11,10 +11,11 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use quinn::Endpoint;
+use quinn::{Endpoint, TokioRuntime};
 
 use crate::lock::lock;
 use crate::quic;
+use crate::quic::socket::WholeWrites;
 
 /// The client's QUIC endpoints: IPv4 and IPv6, each opened on first use.
 #[derive(Debug, Default)]
@@ -52,7 +53,7 @@ impl Sockets {
         for endpoint in endpoints.iter().flatten() {
             let from = endpoint.local_addr()?;
             let socket = quic::udp_socket(unspecified(from))?;
-            endpoint.rebind(socket)?;
+            endpoint.rebind_abstract(WholeWrites::wrap(socket, &TokioRuntime)?)?;
             moved.push(Moved {
                 from,
                 to: endpoint.local_addr()?,

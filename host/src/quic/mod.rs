@@ -21,6 +21,7 @@ pub mod cluster_key;
 pub mod connections;
 pub mod keys;
 pub mod path;
+pub mod socket;
 
 use cid::ServerCids;
 use keys::EndpointKeys;
@@ -158,7 +159,6 @@ impl TransportOptions {
             // UDP flows' DATAGRAM frames (RFC 9221), bounded each way.
             .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
             .datagram_send_buffer_size(DATAGRAM_BUFFER)
-            .enable_segmentation_offload(path.segmentation_offload())
             .initial_mtu(path.initial)
             .mtu_discovery_config(Some({
                 let mut discovery = MtuDiscoveryConfig::default();
@@ -243,6 +243,6 @@ fn endpoint_with(
     mut config: EndpointConfig,
 ) -> io::Result<Endpoint> {
     accept_large_datagrams(&mut config);
-    let socket = udp_socket(addr)?;
-    Endpoint::new(config, server, socket, Arc::new(TokioRuntime))
+    let socket = socket::WholeWrites::wrap(udp_socket(addr)?, &TokioRuntime)?;
+    Endpoint::new_with_abstract_socket(config, server, socket, Arc::new(TokioRuntime))
 }

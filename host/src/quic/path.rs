@@ -66,20 +66,6 @@ impl PathPayload {
     }
 }
 
-impl PathPayload {
-    /// Whether to send a burst of packets as one GSO write. The kernel takes at most 64 KiB
-    /// in one write, and quinn hands it up to ten packets without checking their total: a
-    /// larger write fails and the whole burst is lost (for path MTU probes that failure is
-    /// the intended answer, so quinn does not report it). Packets that can grow past a tenth
-    /// of 64 KiB are sent one per write, which at those sizes costs as few system calls.
-    pub fn segmentation_offload(&self) -> bool {
-        usize::from(self.max) * GSO_SEGMENTS <= usize::from(MAX_PAYLOAD)
-    }
-}
-
-/// Packets quinn puts in one GSO write at most.
-const GSO_SEGMENTS: usize = 10;
-
 /// The UDP payload an IP packet of `mtu` bytes carries to `peer`.
 fn payload_of(mtu: u32, peer: SocketAddr) -> u16 {
     let headers = if peer.is_ipv4() || mapped_loopback(peer) {
@@ -230,20 +216,6 @@ mod tests {
         assert_eq!(payload_of(65_536, v6), 65_487);
         assert_eq!(payload_of(u32::MAX, v4), 65_507);
         assert_eq!(payload_of(576, v4), MIN_PAYLOAD);
-    }
-
-    #[test]
-    fn bursts_are_written_whole_only_while_they_fit_in_one_write() {
-        let at = |max| PathPayload {
-            initial: MIN_PAYLOAD,
-            max,
-        };
-        assert!(PathPayload::DEFAULT.segmentation_offload());
-        assert!(at(1472).segmentation_offload());
-        assert!(at(6552).segmentation_offload());
-        assert!(!at(6553).segmentation_offload());
-        assert!(!at(8972).segmentation_offload());
-        assert!(!at(65_508).segmentation_offload());
     }
 
     #[test]
