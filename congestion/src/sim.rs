@@ -693,7 +693,9 @@ impl AppSource {
             return Ok(());
         }
         let wait = (MTU as f64 - self.buffered) / self.bytes_per_sec;
-        Err((now + Duration::from_secs_f64(wait)).min(self.until))
+        // At least a microsecond, or rounding could wake the sender at `now` for ever.
+        let wait = Duration::from_secs_f64(wait).max(Duration::from_micros(1));
+        Err((now + wait).min(self.until))
     }
 
     fn take(&mut self) {
