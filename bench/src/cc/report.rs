@@ -60,27 +60,31 @@ pub fn table(flows: &[FlowResult], shares: &[ShareResult]) -> String {
         let _ = writeln!(out);
     }
     for share in shares {
-        let _ = writeln!(
-            out,
-            "sharing {:.0} s ({}, {} % loss): {} {:.1} Mbit/s ({:.0} %) vs {} {:.1} Mbit/s ({:.0} %); \
-             queue drops {:.2} %, median RTT {:.1} ms",
-            share.duration.as_secs_f64(),
-            format_ms(share.rtt.as_secs_f64() * 1e3),
-            share.loss * 100.0,
-            share.ours.name(),
-            share.ours_mbps,
-            share.ours_share() * 100.0,
-            share.competitor.name(),
-            share.theirs_mbps,
-            (1.0 - share.ours_share()) * 100.0,
-            share.queue_drop_share() * 100.0,
-            median_ms(&share.rtt_samples_ms),
-        );
+        let _ = writeln!(out, "{}", share_line(share));
     }
     out
 }
 
 /// Everything as one JSON object.
+/// One sharing run in a line.
+pub fn share_line(share: &ShareResult) -> String {
+    format!(
+        "sharing {:.0} s ({}, {} % loss): {} {:.1} Mbit/s ({:.1} %) vs {} {:.1} Mbit/s \
+         ({:.1} %); queue drops {:.2} %, median RTT {:.1} ms",
+        share.duration.as_secs_f64(),
+        format_ms(share.rtt.as_secs_f64() * 1e3),
+        share.loss * 100.0,
+        share.ours.name(),
+        share.ours_mbps,
+        share.ours_share() * 100.0,
+        share.competitor.name(),
+        share.theirs_mbps,
+        (1.0 - share.ours_share()) * 100.0,
+        share.queue_drop_share() * 100.0,
+        median_ms(&share.rtt_samples_ms),
+    )
+}
+
 pub fn json(flows: &[FlowResult], shares: &[ShareResult], context: &str) -> String {
     let flows: Vec<String> = flows.iter().map(flow_json).collect();
     let shares: Vec<String> = shares.iter().map(share_json).collect();

@@ -87,7 +87,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
     let mut shares = Vec::new();
     for competitor in [Sender::TcpBbr, Sender::TcpCubic] {
         let share = share(competitor, &plan, options)?;
-        println!("{}", report::share_line(&share));
+        println!("{}", crate::cc::report::share_line(&share));
         shares.push(share);
     }
     Ok(Report {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::Plan;
 use super::case::{Case, CaseResult, Path};
 use super::echo::{INTERVAL, MESSAGE};
-use crate::cc::report::quantile;
+use crate::cc::report::{quantile, share_line};
 use crate::cc::{QUEUE, RATE_BPS, Sender, ShareResult};
 use crate::udp::delay::ms;
 
@@ -205,23 +205,6 @@ pub fn case_line(result: &CaseResult) -> String {
         );
     }
     line
-}
-
-/// One sharing run in a line.
-pub fn share_line(share: &ShareResult) -> String {
-    format!(
-        "sharing {:.0} s, 20 ms, 0 % loss: tunnel ({}) {:.1} Mbit/s ({:.1} %) vs {} {:.1} Mbit/s \
-         ({:.1} %); queue drops {:.2} %, UDP probe median {} ms",
-        share.duration.as_secs_f64(),
-        share.ours.name(),
-        share.ours_mbps,
-        share.ours_share() * 100.0,
-        share.competitor.name(),
-        share.theirs_mbps,
-        (1.0 - share.ours_share()) * 100.0,
-        share.queue_drop_share() * 100.0,
-        ms1(quantile(&share.rtt_samples_ms, 0.5))
-    )
 }
 
 /// Milliseconds with one decimal, or `-`.

@@ -422,8 +422,7 @@ mod tests {
 
     use super::*;
     use crate::quic;
-    use crate::tls::Identity;
-    use crate::tls::{self, Verification};
+    use crate::tls::Verification;
 
     /// A server whose name resolves to two addresses, the first with nothing behind it (here
     /// IPv6, as when a host has an AAAA record but no IPv6 route): the first attempt fails on
@@ -431,11 +430,7 @@ mod tests {
     /// from an endpoint of the other family, and later attempts stay with it.
     /// A QUIC server on loopback that accepts every connection and holds it until closed.
     fn live_server() -> SocketAddr {
-        let identity = Identity::self_signed(&["localhost"]).unwrap();
-        let crypto = tls::server_crypto(identity, tls::ClientAuth::Off).unwrap();
-        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let server =
-            quic::endpoint(listen, Some(quinn::ServerConfig::with_crypto(crypto))).unwrap();
+        let server = quic::loopback_server();
         let live = server.local_addr().unwrap();
         tokio::spawn(async move {
             while let Some(incoming) = server.accept().await {

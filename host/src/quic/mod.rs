@@ -246,3 +246,13 @@ fn endpoint_with(
     let socket = socket::WholeWrites::wrap(udp_socket(addr)?, &TokioRuntime)?;
     Endpoint::new_with_abstract_socket(config, server, socket, Arc::new(TokioRuntime))
 }
+
+/// A serving endpoint on 127.0.0.1 with a fresh self-signed certificate for `localhost`.
+#[cfg(test)]
+pub(crate) fn loopback_server() -> Endpoint {
+    use crate::tls::{self, Identity};
+    let identity = Identity::self_signed(&["localhost"]).unwrap();
+    let crypto = tls::server_crypto(identity, tls::ClientAuth::Off).unwrap();
+    let listen = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+    endpoint(listen, Some(quinn::ServerConfig::with_crypto(crypto))).unwrap()
+}

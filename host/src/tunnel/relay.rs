@@ -452,17 +452,13 @@ mod tests {
 
     use super::*;
     use crate::quic;
-    use crate::tls::{self, Identity, Verification};
+    use crate::tls::{self, Verification};
 
     /// A send stream of a real QUIC connection on loopback.
     async fn stream() -> (SendStream, quinn::Endpoint) {
-        let identity = Identity::self_signed(&["localhost"]).unwrap();
-        let crypto = tls::server_crypto(identity, tls::ClientAuth::Off).unwrap();
-        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let server =
-            quic::endpoint(listen, Some(quinn::ServerConfig::with_crypto(crypto))).unwrap();
+        let server = quic::loopback_server();
         let addr = server.local_addr().unwrap();
-        let client = quic::endpoint(listen, None).unwrap();
+        let client = quic::endpoint(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), None).unwrap();
         let config =
             quinn::ClientConfig::new(tls::client_crypto(&Verification::Insecure, None).unwrap());
         let connecting = client.connect_with(config, addr, "localhost").unwrap();
