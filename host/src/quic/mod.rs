@@ -162,7 +162,9 @@ impl TransportOptions {
             .initial_mtu(path.initial)
             .mtu_discovery_config(Some({
                 let mut discovery = MtuDiscoveryConfig::default();
-                discovery.upper_bound(path.max);
+                discovery
+                    .upper_bound(path.max)
+                    .black_hole_cooldown(path.black_hole_cooldown());
                 discovery
             }))
             .ack_frequency_config(Some({

@@ -21,6 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use quinn::TransportConfig;
 use socket2::{Domain, Socket, Type};
@@ -63,6 +64,22 @@ impl PathPayload {
             MIN_PAYLOAD
         };
         PathPayload { initial, max }
+    }
+}
+
+impl PathPayload {
+    /// How long a connection stays at 1,200-byte packets after quinn judged that its large ones
+    /// vanish in a black hole (several bursts of them lost). On a path known whole (loopback:
+    /// the bound is the interface itself) such losses can only be congestion — a receive
+    /// buffer overflowing under load — and 1,200-byte packets there cost fifty times the
+    /// per-packet work, which deepens the overload; so the connection probes back up after a
+    /// second instead of quinn's minute.
+    pub fn black_hole_cooldown(&self) -> Duration {
+        if self.initial == self.max {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(60)
+        }
     }
 }
 
@@ -195,6 +212,11 @@ mod tests {
                 initial: expected,
                 max: expected
             }
+        );
+        assert_eq!(v4.black_hole_cooldown(), Duration::from_secs(1));
+        assert_eq!(
+            PathPayload::DEFAULT.black_hole_cooldown(),
+            Duration::from_secs(60)
         );
         let v6 = PathPayload::towards("[::1]:4433".parse().unwrap());
         if v6 != PathPayload::DEFAULT {
