@@ -2,7 +2,8 @@
 //! QUIC tunnel over the same emulated lossy, rate-limited, delayed link; `cc`, congestion
 //! controllers on it; `hostile`, the server under hostile traffic on loopback; `cluster`,
 //! several server instances behind nginx; `udp`, UDP flows through the tunnel on loopback and
-//! on the link; `peer`, the bare quinn connection to compare with; `process`, what the tools
+//! on the link; `peer`, the bare quinn connection to compare with; `target`, the TCP target
+//! (sink, source, echo) and the application's side of a transfer; `process`, what the tools
 //! need from the processes they start.
 pub mod cc;
 pub mod cluster;
@@ -10,6 +11,7 @@ pub mod hostile;
 pub mod linkem;
 pub mod peer;
 pub mod process;
+pub mod target;
 pub mod udp;
 
 /// The first byte of a benchmark connection or stream picks what the far end does, for

@@ -30,9 +30,8 @@ use quictun_bench::linkem::{Link, LinkConfig};
 use quictun_bench::mode;
 use quictun_bench::peer::{QuinnPeer, peer_binary};
 use quictun_bench::process::{TempDir, cpu_seconds, free_port, status_kib, stop};
+use quictun_bench::target::{self, BUF, serve_on};
 use quictun_bench::{cluster, hostile, udp};
-
-const BUF: usize = 256 * 1024;
 
 #[derive(Parser)]
 #[command(about = "Loopback benchmarks: direct TCP and the tunnel side by side")]
@@ -369,7 +368,7 @@ fn transfer(addr: SocketAddr, bytes: u64, conns: u64, mode: u8) -> io::Result<f6
     let each = bytes / conns;
     let start = Instant::now();
     let workers: Vec<_> = (0..conns)
-        .map(|_| thread::spawn(move || one_transfer(addr, each, mode)))
+        .map(|_| thread::spawn(move || target::transfer(addr, each, mode)))
         .collect();
     for worker in workers {
         worker
@@ -377,36 +376,6 @@ fn transfer(addr: SocketAddr, bytes: u64, conns: u64, mode: u8) -> io::Result<f6
             .map_err(|_| io::Error::other("transfer thread panicked"))??;
     }
     Ok((each * conns) as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9)
-}
-
-fn one_transfer(addr: SocketAddr, bytes: u64, mode: u8) -> io::Result<()> {
-    let mut stream = TcpStream::connect(addr)?;
-    let mut header = [0u8; 9];
-    header[0] = mode;
-    header[1..].copy_from_slice(&bytes.to_be_bytes());
-    stream.write_all(&header)?;
-    let mut buf = vec![0u8; BUF];
-    if mode == mode::SINK {
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(BUF as u64) as usize;
-            stream.write_all(&buf[..n])?;
-            left -= n as u64;
-        }
-        stream.shutdown(Shutdown::Write)?;
-    }
-    // The sink answers with EOF once it has read everything; the source ends with EOF.
-    let mut got = 0u64;
-    loop {
-        match stream.read(&mut buf)? {
-            0 => break,
-            n => got += n as u64,
-        }
-    }
-    if mode == mode::SOURCE && got != bytes {
-        return Err(io::Error::other(format!("received {got} of {bytes} bytes")));
-    }
-    Ok(())
 }
 
 /// Connect, send one byte, wait for its echo: milliseconds per new connection.
@@ -520,46 +489,6 @@ fn raise_nofile() {
 /// The target: one port, the first byte picks sink, source or echo.
 fn start_target() -> io::Result<SocketAddr> {
     serve_on(TcpListener::bind("127.0.0.1:0")?)
-}
-
-fn serve_on(listener: TcpListener) -> io::Result<SocketAddr> {
-    let addr = listener.local_addr()?;
-    thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || serve(stream))
-                .ok();
-        }
-    });
-    Ok(addr)
-}
-
-fn serve(mut stream: TcpStream) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut header = [0u8; 9];
-    stream.read_exact(&mut header)?;
-    let len = u64::from_be_bytes(header[1..].try_into().unwrap_or_default());
-    let mut buf = vec![0u8; if header[0] == mode::ECHO { 4096 } else { BUF }];
-    match header[0] {
-        mode::SOURCE => {
-            let mut left = len;
-            while left > 0 {
-                let n = left.min(BUF as u64) as usize;
-                stream.write_all(&buf[..n])?;
-                left -= n as u64;
-            }
-        }
-        mode::SINK => while stream.read(&mut buf)? > 0 {},
-        _ => loop {
-            let n = stream.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            stream.write_all(&buf[..n])?;
-        },
-    }
-    stream.shutdown(Shutdown::Write)
 }
 
 /// A plain user-space TCP relay in front of the target, in a helper process (this binary

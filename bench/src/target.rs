@@ -1,0 +1,93 @@
+//! quictun-bench's TCP target and the application's side of a transfer to it.
+//!
+//! One port; the first byte of a connection picks what the target does ([`crate::mode`]): a
+//! sink reads to the end and then closes, a source sends the 8-byte big-endian length that
+//! follows its byte, an echo sends everything back. A thread serves each connection.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::thread;
+
+use crate::mode;
+
+/// The size of every read and write of bulk data, on both sides.
+pub const BUF: usize = 256 * 1024;
+
+/// Serves the target on `listener` until the process ends; the listener's address.
+pub fn serve_on(listener: TcpListener) -> io::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            serve_connection(stream);
+        }
+    });
+    Ok(addr)
+}
+
+/// The application's side of one transfer to the target at `addr`: sends the header for
+/// `mode` (sink or source) and `bytes`, then the bytes when uploading, and reads until the
+/// target closes (a sink closes once it has read everything).
+pub fn transfer(addr: SocketAddr, bytes: u64, mode: u8) -> io::Result<()> {
+    let mut stream = TcpStream::connect(addr)?;
+    let mut header = [0u8; 9];
+    header[0] = mode;
+    header[1..].copy_from_slice(&bytes.to_be_bytes());
+    stream.write_all(&header)?;
+    let mut buf = vec![0u8; BUF];
+    if mode == mode::SINK {
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(BUF as u64) as usize;
+            stream.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        stream.shutdown(Shutdown::Write)?;
+    }
+    // The sink answers with EOF once it has read everything; the source ends with EOF.
+    let mut got = 0u64;
+    loop {
+        match stream.read(&mut buf)? {
+            0 => break,
+            n => got += n as u64,
+        }
+    }
+    if mode == mode::SOURCE && got != bytes {
+        return Err(io::Error::other(format!("received {got} of {bytes} bytes")));
+    }
+    Ok(())
+}
+
+/// Serves one accepted connection on a thread of its own.
+fn serve_connection(stream: TcpStream) {
+    thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || serve(stream))
+        .ok();
+}
+
+fn serve(mut stream: TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header)?;
+    let len = u64::from_be_bytes(header[1..].try_into().unwrap_or_default());
+    let mut buf = vec![0u8; if header[0] == mode::ECHO { 4096 } else { BUF }];
+    match header[0] {
+        mode::SOURCE => {
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(BUF as u64) as usize;
+                stream.write_all(&buf[..n])?;
+                left -= n as u64;
+            }
+        }
+        mode::SINK => while stream.read(&mut buf)? > 0 {},
+        _ => loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&buf[..n])?;
+        },
+    }
+    stream.shutdown(Shutdown::Write)
+}
