@@ -24,7 +24,9 @@ pub fn client_config() -> Result<quinn::ClientConfig, String> {
     let crypto = tls::client_crypto(&Verification::Insecure, None).map_err(|e| e.to_string())?;
     let mut config = quinn::ClientConfig::new(crypto);
     let transport = TransportOptions::default()
-        .build(PathPayload::towards("127.0.0.1:1".parse().map_err(|_| "address")?))
+        .build(PathPayload::towards(
+            "127.0.0.1:1".parse().map_err(|_| "address")?,
+        ))
         .map_err(|e| e.to_string())?;
     config.transport_config(Arc::new(transport));
     Ok(config)
