@@ -29,7 +29,9 @@ use quictun_bench::cc::{self, Scenario, Sender};
 use quictun_bench::linkem::{Link, LinkConfig};
 use quictun_bench::mode;
 use quictun_bench::peer::{QuinnPeer, peer_binary};
-use quictun_bench::process::{TempDir, cpu_seconds, free_port, status_kib, stop};
+use quictun_bench::process::{
+    TempDir, cpu_seconds, free_port, machine_busy_seconds, status_kib, stop,
+};
 use quictun_bench::target::{self, BUF, serve_on};
 use quictun_bench::{cluster, hostile, udp};
 
@@ -750,29 +752,6 @@ fn sampled(bytes: u64, pids: &[u32], run: impl FnOnce() -> io::Result<f64>) -> i
         core_s_per_gib: (machine_busy_seconds() - machine) / gib,
         own_s_per_gib: (cpu_seconds(pids) - own) / gib,
     })
-}
-
-/// Busy CPU seconds of the whole machine so far, all cores (/proc/stat: user, nice, system,
-/// irq, softirq): work done anywhere on a path's behalf is counted — its processes, this
-/// tool's application threads, the kernel's packet processing.
-fn machine_busy_seconds() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq ...
-    [0, 1, 2, 5, 6]
-        .iter()
-        .filter_map(|&i| fields.get(i))
-        .sum::<f64>()
-        / ticks
 }
 
 /// The release server and client on loopback, the client's tokens naming the target.
