@@ -2,7 +2,8 @@
 //! QUIC tunnel over the same emulated lossy, rate-limited, delayed link; `cc`, congestion
 //! controllers on it; `hostile`, the server under hostile traffic on loopback; `cluster`,
 //! several server instances behind nginx; `udp`, UDP flows through the tunnel on loopback and
-//! on the link; `peer`, the bare quinn connection to compare with; `target`, the TCP target
+//! on the link; `veth`, direct TCP, the tunnel and bare quinn across a kernel veth pair at
+//! Ethernet MTUs; `peer`, the bare quinn connection to compare with; `target`, the TCP target
 //! (sink, source, echo) and the application's side of a transfer; `process`, what the tools
 //! need from the processes they start.
 pub mod cc;
@@ -13,6 +14,7 @@ pub mod peer;
 pub mod process;
 pub mod target;
 pub mod udp;
+pub mod veth;
 
 /// The first byte of a benchmark connection or stream picks what the far end does, for
 /// quictun-bench's target and quinn-peer's server alike; a sink or source byte is followed

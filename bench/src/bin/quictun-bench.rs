@@ -15,7 +15,9 @@
 //! behind nginx's stream module, recovery after one dies, throughput and the cost of a client
 //! (`quictun_bench::cluster`). UDP suite (`--suite udp`): UDP flows through the tunnel on
 //! loopback and, unless `--no-link`, on the emulated link beside a bulk TCP tunnel
-//! (`quictun_bench::udp`). Prints a table and writes JSON.
+//! (`quictun_bench::udp`). Veth suite (`--suite veth`, root): direct TCP, the tunnel and bare
+//! quinn across a kernel veth pair at MTU 1500 and 9000 (`quictun_bench::veth`). Prints a
+//! table and writes JSON.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -33,7 +35,7 @@ use quictun_bench::process::{
     TempDir, cpu_seconds, free_port, machine_busy_seconds, status_kib, stop,
 };
 use quictun_bench::target::{self, BUF, serve_on};
-use quictun_bench::{cluster, hostile, udp};
+use quictun_bench::{cluster, hostile, udp, veth};
 
 #[derive(Parser)]
 #[command(about = "Loopback benchmarks: direct TCP and the tunnel side by side")]
@@ -45,7 +47,7 @@ struct Args {
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
     /// Where the JSON results go [default: bench/results/loopback.json, link.json,
-    /// ceiling.json, hostile.json or udp.json after the suite].
+    /// ceiling.json, hostile.json, udp.json or veth.json after the suite].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Which measurements: loopback, or the emulated link (needs root, `ip`, /dev/net/tun).
@@ -54,6 +56,9 @@ struct Args {
     /// UDP suite: the loopback part only (the emulated-link part needs root).
     #[arg(long)]
     no_link: bool,
+    /// Veth suite: the MTUs of the veth pair, each measured in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1500,9000")]
+    mtus: Vec<u32>,
     /// Internal: hold N idle tunnels through ADDR (the application side of the idle test).
     #[arg(long, hide = true, value_name = "ADDR")]
     idle_helper: Option<SocketAddr>,
@@ -79,6 +84,9 @@ enum Suite {
     /// UDP flows through the tunnel: loopback, then the emulated link (root; about two
     /// minutes in all).
     Udp,
+    /// Direct TCP, the tunnel and bare quinn across a kernel veth pair at each of `--mtus`
+    /// (root).
+    Veth,
 }
 
 fn main() {
@@ -92,6 +100,7 @@ fn main() {
         (None, None, Suite::Hostile) => hostile_suite(args),
         (None, None, Suite::Cluster) => cluster_suite(args),
         (None, None, Suite::Udp) => udp_suite(args),
+        (None, None, Suite::Veth) => veth_suite(args),
     };
     if let Err(error) = result {
         eprintln!("quictun-bench: {error}");
@@ -249,6 +258,19 @@ fn udp_suite(args: Args) -> Result<(), String> {
     };
     report_suite(args.out, "bench/results/udp.json", || {
         let report = udp::run(&options)?;
+        Ok((report.table(), move |context: &str| report.json(context)))
+    })
+}
+
+/// Direct TCP, the tunnel and bare quinn across a veth pair at Ethernet MTUs.
+fn veth_suite(args: Args) -> Result<(), String> {
+    let options = veth::Options {
+        bin_dir: args.bin_dir.clone(),
+        mtus: args.mtus.clone(),
+        quick: args.quick,
+    };
+    report_suite(args.out, "bench/results/veth.json", || {
+        let report = veth::run(&options)?;
         Ok((report.table(), move |context: &str| report.json(context)))
     })
 }
