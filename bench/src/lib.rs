@@ -1,12 +1,14 @@
 //! Benchmarks for quic-tun: `linkem`, a user-space link emulator that puts direct TCP and the
 //! QUIC tunnel over the same emulated lossy, rate-limited, delayed link; `cc`, congestion
 //! controllers on it; `hostile`, the server under hostile traffic on loopback; `cluster`,
-//! several server instances behind nginx; `udp`, UDP flows through the tunnel on loopback and
-//! on the link; `veth`, direct TCP, the tunnel and bare quinn across a kernel veth pair at
-//! Ethernet MTUs; `peer`, the bare quinn connection to compare with; `target`, the TCP target
-//! (sink, source, echo) and the application's side of a transfer; `process`, what the tools
-//! need from the processes they start.
+//! several server instances behind nginx; `clients`, many clients of one server at once;
+//! `udp`, UDP flows through the tunnel on loopback and on the link; `veth`, direct TCP, the
+//! tunnel and bare quinn across a kernel veth pair at Ethernet MTUs; `peer`, the bare quinn
+//! connection to compare with; `target`, the TCP target (sink, source, echo) and the
+//! application's side of a transfer; `process`, what the tools need from the processes they
+//! start.
 pub mod cc;
+pub mod clients;
 pub mod cluster;
 pub mod hostile;
 pub mod linkem;

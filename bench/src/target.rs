@@ -71,15 +71,26 @@ impl Drop for Target {
     }
 }
 
-/// The application's side of one transfer to the target at `addr`: sends the header for
-/// `mode` (sink or source) and `bytes`, then the bytes when uploading, and reads until the
-/// target closes (a sink closes once it has read everything).
+/// The application's side of one transfer to the target at `addr`: [`connect`], then
+/// [`transfer_on`].
 pub fn transfer(addr: SocketAddr, bytes: u64, mode: u8) -> io::Result<()> {
+    transfer_on(connect(addr, mode, bytes)?, bytes, mode)
+}
+
+/// A connection to the target at `addr` that has announced `mode` (sink or source) and
+/// `bytes`, with no data moved yet (so that several can be made first and started together).
+pub fn connect(addr: SocketAddr, mode: u8, bytes: u64) -> io::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr)?;
     let mut header = [0u8; 9];
     header[0] = mode;
     header[1..].copy_from_slice(&bytes.to_be_bytes());
     stream.write_all(&header)?;
+    Ok(stream)
+}
+
+/// Moves the `bytes` announced on `stream` ([`connect`]): sends them when uploading, and
+/// reads until the target closes (a sink closes once it has read everything).
+pub fn transfer_on(mut stream: TcpStream, bytes: u64, mode: u8) -> io::Result<()> {
     let mut buf = vec![0u8; BUF];
     if mode == mode::SINK {
         let mut left = bytes;

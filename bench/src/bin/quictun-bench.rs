@@ -16,8 +16,9 @@
 //! (`quictun_bench::cluster`). UDP suite (`--suite udp`): UDP flows through the tunnel on
 //! loopback and, unless `--no-link`, on the emulated link beside a bulk TCP tunnel
 //! (`quictun_bench::udp`). Veth suite (`--suite veth`, root): direct TCP, the tunnel and bare
-//! quinn across a kernel veth pair at MTU 1500 and 9000 (`quictun_bench::veth`). Prints a
-//! table and writes JSON.
+//! quinn across a kernel veth pair at MTU 1500 and 9000 (`quictun_bench::veth`). Clients
+//! suite (`--suite clients`): 50 clients uploading through one server at once, against one
+//! alone (`quictun_bench::clients`). Prints a table and writes JSON.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -35,7 +36,7 @@ use quictun_bench::process::{
     TempDir, cpu_seconds, free_port, machine_busy_seconds, status_kib, stop,
 };
 use quictun_bench::target::{self, BUF, serve_on};
-use quictun_bench::{cluster, hostile, udp, veth};
+use quictun_bench::{clients, cluster, hostile, udp, veth};
 
 #[derive(Parser)]
 #[command(about = "Loopback benchmarks: direct TCP and the tunnel side by side")]
@@ -47,7 +48,7 @@ struct Args {
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
     /// Where the JSON results go [default: bench/results/loopback.json, link.json,
-    /// ceiling.json, hostile.json, udp.json or veth.json after the suite].
+    /// ceiling.json, hostile.json, udp.json, veth.json or clients.json after the suite].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Which measurements: loopback, or the emulated link (needs root, `ip`, /dev/net/tun).
@@ -59,6 +60,9 @@ struct Args {
     /// Veth suite: the MTUs of the veth pair, each measured in turn.
     #[arg(long, value_delimiter = ',', default_value = "1500,9000")]
     mtus: Vec<u32>,
+    /// Clients suite: how many clients upload at once [default: 50, 5 with --quick].
+    #[arg(long)]
+    clients: Option<usize>,
     /// Internal: hold N idle tunnels through ADDR (the application side of the idle test).
     #[arg(long, hide = true, value_name = "ADDR")]
     idle_helper: Option<SocketAddr>,
@@ -87,6 +91,9 @@ enum Suite {
     /// Direct TCP, the tunnel and bare quinn across a kernel veth pair at each of `--mtus`
     /// (root).
     Veth,
+    /// Many clients of one server uploading at once, against one alone (about three
+    /// minutes).
+    Clients,
 }
 
 fn main() {
@@ -101,6 +108,7 @@ fn main() {
         (None, None, Suite::Cluster) => cluster_suite(args),
         (None, None, Suite::Udp) => udp_suite(args),
         (None, None, Suite::Veth) => veth_suite(args),
+        (None, None, Suite::Clients) => clients_suite(args),
     };
     if let Err(error) = result {
         eprintln!("quictun-bench: {error}");
@@ -271,6 +279,20 @@ fn veth_suite(args: Args) -> Result<(), String> {
     };
     report_suite(args.out, "bench/results/veth.json", || {
         let report = veth::run(&options)?;
+        Ok((report.table(), move |context: &str| report.json(context)))
+    })
+}
+
+/// Many clients of one server at once (`--clients`), with the server's `--threads 1` and 2.
+fn clients_suite(args: Args) -> Result<(), String> {
+    raise_nofile();
+    let options = clients::Options {
+        bin_dir: args.bin_dir.clone(),
+        clients: args.clients,
+        quick: args.quick,
+    };
+    report_suite(args.out, "bench/results/clients.json", || {
+        let report = clients::run(&options)?;
         Ok((report.table(), move |context: &str| report.json(context)))
     })
 }

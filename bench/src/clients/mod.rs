@@ -1,0 +1,206 @@
+//! The many-clients suite (`quictun-bench --suite clients`): one release quictun-server on
+//! loopback and N quictun-client processes (50 by default), each with its own listener and
+//! state directory, all uploading at the same moment into the target's sink; then one of them
+//! alone, moving as much as all of them together (at least 1 GiB, at most 4 GiB). Once with the
+//! server's `--threads 1` and once with `--threads 2`.
+//!
+//! Each upload is one connection made before a barrier and started when all are made, so the
+//! tunnels' set-up is outside the timing. Measured: the aggregate throughput (all bytes over
+//! the wall time from the common start to the last finish), each client's own, the CPU time
+//! per GiB of the server and of all clients together, and how busy the whole machine was
+//! ([`crate::process::MachineTimes`]), from which [`Phase::limit`] says what held it back.
+
+mod report;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Instant;
+
+use crate::hostile::good::wait_tunnel;
+use crate::hostile::server::ServerProcess;
+use crate::hostile::stall::ClientProcess;
+use crate::mode;
+use crate::process::{MachineTimes, cpu_seconds, own_cpu_seconds};
+use crate::target::{self, Target};
+pub use report::Report;
+
+/// The server's worker threads, one setting after the other.
+const THREADS: [u16; 2] = [1, 2];
+/// The single client's upload: at least this much...
+const ALONE_MIN: u64 = 1 << 30;
+/// ...and at most this much, whatever the clients move together.
+const ALONE_MAX: u64 = 4 << 30;
+
+/// What the suite needs.
+pub struct Options {
+    /// Where quictun-server and quictun-client are.
+    pub bin_dir: PathBuf,
+    /// How many clients [default: 50, or 5 with `quick`].
+    pub clients: Option<usize>,
+    /// Fewer clients and smaller uploads, for a smoke run.
+    pub quick: bool,
+}
+
+/// One server setting's two phases.
+pub struct ThreadsRun {
+    pub threads: u16,
+    /// Every client at once.
+    pub together: Phase,
+    /// The first client alone.
+    pub alone: Phase,
+}
+
+/// One phase's uploads.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    /// Uploads at once.
+    pub clients: usize,
+    /// All clients' bytes together.
+    pub bytes: u64,
+    /// From the common start to the last finish.
+    pub seconds: f64,
+    /// Each client's own Gbit/s, from the common start to its finish.
+    pub per_client_gbps: Vec<f64>,
+    pub server_cpu_s: f64,
+    /// All client processes together (also those idle in the phase).
+    pub clients_cpu_s: f64,
+    /// This tool: the applications' side of the uploads and the target.
+    pub tool_cpu_s: f64,
+    /// The whole machine's busy share over the phase, 0 to 1.
+    pub busy_share: f64,
+    /// The machine's cores.
+    pub cores: usize,
+    /// The server's `--threads`.
+    pub threads: u16,
+}
+
+/// Runs both server settings.
+pub fn run(options: &Options) -> Result<Report, String> {
+    let clients = options
+        .clients
+        .unwrap_or(if options.quick { 5 } else { 50 });
+    if clients == 0 {
+        return Err("--clients must be at least 1".into());
+    }
+    let each: u64 = if options.quick { 16 << 20 } else { 256 << 20 };
+    let total = each * clients as u64;
+    let alone = match options.quick {
+        true => total,
+        false => total.clamp(ALONE_MIN, ALONE_MAX),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("target: {e}"))?;
+    let target = Target::serve(listener).map_err(|e| format!("target: {e}"))?;
+    let mut runs = Vec::new();
+    for threads in THREADS {
+        let run = run_threads(options, &target, threads, clients, each, alone)?;
+        print!("{}", run.table());
+        runs.push(run);
+    }
+    Ok(Report {
+        quick: options.quick,
+        clients,
+        each_bytes: each,
+        alone_bytes: alone,
+        runs,
+    })
+}
+
+/// A fresh server with `--threads threads` and `clients` clients: all uploading `each` at
+/// once, then the first uploading `alone` by itself.
+fn run_threads(
+    options: &Options,
+    target: &Target,
+    threads: u16,
+    clients: usize,
+    each: u64,
+    alone: u64,
+) -> Result<ThreadsRun, String> {
+    let threads_arg = threads.to_string();
+    // Every client connects at start: let all their handshakes in at once.
+    let extra = [
+        "--threads",
+        &threads_arg,
+        "--max-handshakes-per-address",
+        "1000",
+    ];
+    let server = ServerProcess::start(&options.bin_dir, &[target.addr()], &extra)?;
+    let mut processes = Vec::with_capacity(clients);
+    for n in 0..clients {
+        let name = format!("clients-{n}");
+        let client = ClientProcess::start(&options.bin_dir, server.addr, target.addr(), &name)?;
+        wait_tunnel(client.app).map_err(|e| format!("client {n}: {e}"))?;
+        processes.push(client);
+    }
+    let apps: Vec<SocketAddr> = processes.iter().map(|c| c.app).collect();
+    let pids = Pids {
+        server: server.pid(),
+        clients: processes.iter().map(ClientProcess::pid).collect(),
+        threads,
+    };
+    let together = pids
+        .measure(&apps, each)
+        .map_err(|e| format!("--threads {threads}, {clients} clients together: {e}"))?;
+    let alone = pids
+        .measure(&apps[..1], alone)
+        .map_err(|e| format!("--threads {threads}, one client alone: {e}"))?;
+    Ok(ThreadsRun {
+        threads,
+        together,
+        alone,
+    })
+}
+
+/// The processes whose CPU time a phase reads.
+struct Pids {
+    server: u32,
+    clients: Vec<u32>,
+    threads: u16,
+}
+
+impl Pids {
+    /// Uploads `each` through every application address in `apps` at once.
+    fn measure(&self, apps: &[SocketAddr], each: u64) -> Result<Phase, String> {
+        let barrier = Arc::new(Barrier::new(apps.len() + 1));
+        let uploads: Vec<_> = apps
+            .iter()
+            .map(|&app| {
+                let barrier = barrier.clone();
+                thread::spawn(move || {
+                    // Every thread reaches the barrier, also one that could not connect.
+                    let stream = target::connect(app, mode::SINK, each);
+                    barrier.wait();
+                    target::transfer_on(stream?, each, mode::SINK)?;
+                    Ok::<_, std::io::Error>(Instant::now())
+                })
+            })
+            .collect();
+        let (server, clients) = (cpu_seconds(&[self.server]), cpu_seconds(&self.clients));
+        let (tool, machine) = (own_cpu_seconds(), MachineTimes::now());
+        barrier.wait();
+        let start = Instant::now();
+        let mut finishes = Vec::with_capacity(uploads.len());
+        for upload in uploads {
+            let finish = upload.join().map_err(|_| "an upload thread panicked")?;
+            finishes.push(finish.map_err(|e| e.to_string())?);
+        }
+        let last = finishes.iter().max().copied().unwrap_or(start);
+        let seconds = (last - start).as_secs_f64();
+        Ok(Phase {
+            clients: apps.len(),
+            bytes: each * apps.len() as u64,
+            seconds,
+            per_client_gbps: finishes
+                .iter()
+                .map(|f| each as f64 * 8.0 / (*f - start).as_secs_f64() / 1e9)
+                .collect(),
+            server_cpu_s: cpu_seconds(&[self.server]) - server,
+            clients_cpu_s: cpu_seconds(&self.clients) - clients,
+            tool_cpu_s: own_cpu_seconds() - tool,
+            busy_share: MachineTimes::now().busy_share_since(&machine),
+            cores: thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: self.threads,
+        })
+    }
+}
