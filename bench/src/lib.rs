@@ -6,7 +6,7 @@
 //! tunnel and bare quinn across a kernel veth pair at Ethernet MTUs; `peer`, the bare quinn
 //! connection to compare with; `target`, the TCP target (sink, source, echo) and the
 //! application's side of a transfer; `process`, what the tools need from the processes they
-//! start.
+//! start; `rest`, what they read from the endpoints' REST APIs.
 pub mod cc;
 pub mod clients;
 pub mod cluster;
@@ -14,6 +14,7 @@ pub mod hostile;
 pub mod linkem;
 pub mod peer;
 pub mod process;
+pub mod rest;
 pub mod target;
 pub mod udp;
 pub mod veth;

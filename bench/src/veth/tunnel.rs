@@ -8,12 +8,11 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use super::pair::{ADDR_B, VethPair};
 use crate::hostile::good::wait_tunnel;
-use crate::hostile::server::http_get;
 use crate::process::{TempDir, stop};
+use crate::rest;
 
 /// The server's QUIC port on B's end of the pair.
 const QUIC_PORT: u16 = 7500;
@@ -92,15 +91,17 @@ impl Tunnel {
     /// `maxUdpPayload` of the one connection each endpoint lists.
     pub fn payloads(&self, pair: &VethPair) -> Result<Payloads, String> {
         let read = |name: &str, port: u16, ns_b: bool| {
-            let get = move || http_get(loopback(port), "/connections", Duration::from_secs(5));
-            let (status, body) = match ns_b {
+            let get = move || rest::max_udp_payloads(loopback(port));
+            let payloads = match ns_b {
                 true => pair.run_in_b(get)?,
                 false => pair.run_in_a(get)?,
-            }?;
-            match max_udp_payloads(&body).as_slice() {
-                [one] if status == 200 => Ok(*one),
-                _ => Err(format!(
-                    "quictun-{name}'s GET /connections answered {status}, not one connection: {body}"
+            }
+            .map_err(|e| format!("quictun-{name}: {e}"))?;
+            match payloads.as_slice() {
+                [one] => Ok(*one),
+                all => Err(format!(
+                    "quictun-{name} lists {} connections, not one",
+                    all.len()
                 )),
             }
         };
@@ -155,31 +156,4 @@ fn spawn(mut command: Command, dir: &TempDir, name: &str) -> Result<Child, Strin
                 command.get_program().to_string_lossy()
             )
         })
-}
-
-/// The `maxUdpPayload` of each connection in a `GET /connections` body.
-fn max_udp_payloads(body: &str) -> Vec<u16> {
-    body.split("\"maxUdpPayload\":")
-        .skip(1)
-        .filter_map(|rest| {
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_are_read_from_each_connection() {
-        let body = r#"[{"id":1,"rttMs":0.2,"maxUdpPayload":1472,"congestionWindow":9},
-                       {"id":2,"maxUdpPayload":8972}]"#;
-        assert_eq!(max_udp_payloads(body), [1472, 8972]);
-        assert_eq!(max_udp_payloads("[]"), [0u16; 0]);
-        assert_eq!(max_udp_payloads(r#"{"maxUdpPayload":"x"}"#), [0u16; 0]);
-    }
 }
