@@ -269,6 +269,10 @@ fn quick_clients_run_reports_both_server_settings() {
                 "{phase}: {spread}"
             );
             assert!(p["limit"].as_str().is_some_and(|l| !l.is_empty()), "{p}");
+            assert!(p["udp"]["in_datagrams"].as_u64().unwrap_or(0) > 0, "{p}");
+            let sizes = p["max_udp_payloads"].as_array().expect("max_udp_payloads");
+            assert_eq!(sizes.len() as u64, clients, "{p}");
+            assert!(sizes.iter().all(|s| s.as_u64() >= Some(1200)), "{p}");
         }
     }
     assert!(json["loadavg_before"].is_string());

@@ -8,11 +8,13 @@
 //! tunnels' set-up is outside the timing. Measured: the aggregate throughput (all bytes over
 //! the wall time from the common start to the last finish), each client's own, the CPU time
 //! per GiB of the server and of all clients together, and how busy the whole machine was
-//! ([`crate::process::MachineTimes`]), from which [`Phase::limit`] says what held it back.
+//! ([`crate::process::MachineTimes`]), from which [`Phase::limit`] says what held it back, and
+//! how many datagrams the kernel dropped at full UDP receive buffers.
 
 mod report;
+mod watch;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -24,7 +26,9 @@ use crate::hostile::stall::ClientProcess;
 use crate::mode;
 use crate::process::{MachineTimes, cpu_seconds, own_cpu_seconds};
 use crate::target::{self, Target};
+use crate::udp::snmp::UdpCounters;
 pub use report::Report;
+use watch::{PayloadWatch, payloads};
 
 /// The server's worker threads, one setting after the other.
 const THREADS: [u16; 2] = [1, 2];
@@ -70,6 +74,14 @@ pub struct Phase {
     pub tool_cpu_s: f64,
     /// The whole machine's busy share over the phase, 0 to 1.
     pub busy_share: f64,
+    /// The kernel's UDP counters over the phase (this namespace, so other processes' UDP
+    /// too): the datagrams received, and those dropped at a full receive buffer.
+    pub udp: UdpCounters,
+    /// Each uploading client's `maxUdpPayload` at the end of the phase: how large its
+    /// packets were by then.
+    pub payloads: Vec<u16>,
+    /// The smallest each had during the phase, read once a second (`None`: never read).
+    pub smallest_payloads: Vec<Option<u16>>,
     /// The machine's cores.
     pub cores: usize,
     /// The server's `--threads`.
@@ -117,33 +129,12 @@ fn run_threads(
     each: u64,
     alone: u64,
 ) -> Result<ThreadsRun, String> {
-    let threads_arg = threads.to_string();
-    // Every client connects at start: let all their handshakes in at once.
-    let extra = [
-        "--threads",
-        &threads_arg,
-        "--max-handshakes-per-address",
-        "1000",
-    ];
-    let server = ServerProcess::start(&options.bin_dir, &[target.addr()], &extra)?;
-    let mut processes = Vec::with_capacity(clients);
-    for n in 0..clients {
-        let name = format!("clients-{n}");
-        let client = ClientProcess::start(&options.bin_dir, server.addr, target.addr(), &name)?;
-        wait_tunnel(client.app).map_err(|e| format!("client {n}: {e}"))?;
-        processes.push(client);
-    }
-    let apps: Vec<SocketAddr> = processes.iter().map(|c| c.app).collect();
-    let pids = Pids {
-        server: server.pid(),
-        clients: processes.iter().map(ClientProcess::pid).collect(),
-        threads,
-    };
-    let together = pids
-        .measure(&apps, each)
+    let fleet = Fleet::start(options, target, threads, clients)?;
+    let together = fleet
+        .measure(clients, each)
         .map_err(|e| format!("--threads {threads}, {clients} clients together: {e}"))?;
-    let alone = pids
-        .measure(&apps[..1], alone)
+    let alone = fleet
+        .measure(1, alone)
         .map_err(|e| format!("--threads {threads}, one client alone: {e}"))?;
     Ok(ThreadsRun {
         threads,
@@ -152,21 +143,48 @@ fn run_threads(
     })
 }
 
-/// The processes whose CPU time a phase reads.
-struct Pids {
-    server: u32,
-    clients: Vec<u32>,
+/// One server and its clients, each client connected.
+struct Fleet {
+    server: ServerProcess,
+    clients: Vec<ClientProcess>,
     threads: u16,
 }
 
-impl Pids {
-    /// Uploads `each` through every application address in `apps` at once.
-    fn measure(&self, apps: &[SocketAddr], each: u64) -> Result<Phase, String> {
-        let barrier = Arc::new(Barrier::new(apps.len() + 1));
-        let uploads: Vec<_> = apps
+impl Fleet {
+    /// Starts the server, then the clients one at a time, each waited for with an echo.
+    fn start(
+        options: &Options,
+        target: &Target,
+        threads: u16,
+        clients: usize,
+    ) -> Result<Fleet, String> {
+        let threads_arg = threads.to_string();
+        let extra = ["--threads", threads_arg.as_str()];
+        let server = ServerProcess::start(&options.bin_dir, &[target.addr()], &extra)?;
+        let mut started = Vec::with_capacity(clients);
+        for n in 0..clients {
+            let name = format!("clients-{n}");
+            let client =
+                ClientProcess::start_with_api(&options.bin_dir, server.addr, target.addr(), &name)?;
+            wait_tunnel(client.app).map_err(|e| format!("client {n}: {e}"))?;
+            started.push(client);
+        }
+        Ok(Fleet {
+            server,
+            clients: started,
+            threads,
+        })
+    }
+
+    /// The first `movers` clients each upload `each` at once; CPU time of the server and of
+    /// every client.
+    fn measure(&self, movers: usize, each: u64) -> Result<Phase, String> {
+        let movers = &self.clients[..movers.min(self.clients.len())];
+        let barrier = Arc::new(Barrier::new(movers.len() + 1));
+        let uploads: Vec<_> = movers
             .iter()
-            .map(|&app| {
-                let barrier = barrier.clone();
+            .map(|client| {
+                let (app, barrier) = (client.app, barrier.clone());
                 thread::spawn(move || {
                     // Every thread reaches the barrier, also one that could not connect.
                     let stream = target::connect(app, mode::SINK, each);
@@ -176,8 +194,11 @@ impl Pids {
                 })
             })
             .collect();
-        let (server, clients) = (cpu_seconds(&[self.server]), cpu_seconds(&self.clients));
-        let (tool, machine) = (own_cpu_seconds(), MachineTimes::now());
+        let server_pid = [self.server.pid()];
+        let client_pids: Vec<u32> = self.clients.iter().map(ClientProcess::pid).collect();
+        let (server, clients) = (cpu_seconds(&server_pid), cpu_seconds(&client_pids));
+        let (tool, machine, udp) = (own_cpu_seconds(), MachineTimes::now(), UdpCounters::read());
+        let watch = PayloadWatch::start(movers);
         barrier.wait();
         let start = Instant::now();
         let mut finishes = Vec::with_capacity(uploads.len());
@@ -186,19 +207,23 @@ impl Pids {
             finishes.push(finish.map_err(|e| e.to_string())?);
         }
         let last = finishes.iter().max().copied().unwrap_or(start);
-        let seconds = (last - start).as_secs_f64();
+        // Fields are evaluated in the order written: the readings at the end come first, then
+        // the watch (which may be mid-round) is stopped.
         Ok(Phase {
-            clients: apps.len(),
-            bytes: each * apps.len() as u64,
-            seconds,
+            clients: movers.len(),
+            bytes: each * movers.len() as u64,
+            seconds: (last - start).as_secs_f64(),
             per_client_gbps: finishes
                 .iter()
                 .map(|f| each as f64 * 8.0 / (*f - start).as_secs_f64() / 1e9)
                 .collect(),
-            server_cpu_s: cpu_seconds(&[self.server]) - server,
-            clients_cpu_s: cpu_seconds(&self.clients) - clients,
+            server_cpu_s: cpu_seconds(&server_pid) - server,
+            clients_cpu_s: cpu_seconds(&client_pids) - clients,
             tool_cpu_s: own_cpu_seconds() - tool,
             busy_share: MachineTimes::now().busy_share_since(&machine),
+            udp: UdpCounters::read().since(&udp),
+            smallest_payloads: watch.finish(),
+            payloads: payloads(movers)?,
             cores: thread::available_parallelism().map_or(1, |n| n.get()),
             threads: self.threads,
         })

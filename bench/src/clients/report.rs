@@ -1,8 +1,11 @@
 //! The many-clients suite's results: what each phase moved and spent, what held it back, and
 //! the JSON of quictun-bench's other suites.
 
+use quictun::quic::path::MIN_PAYLOAD;
+
 use super::{Phase, ThreadsRun};
 use crate::cc::report::quantile;
+use crate::udp::snmp::UdpCounters;
 
 /// The server's share of its worker threads' cores from which it counts as the limit.
 const SATURATED: f64 = 0.85;
@@ -97,6 +100,13 @@ impl ThreadsRun {
             + &self.alone.row(&alone)
             + &format!("  limit together: {}\n", self.together.limit())
             + &format!("  limit alone:    {}\n", self.alone.limit())
+            + &format!(
+                "  UDP datagrams dropped at full receive buffers: together {}, alone {}\n",
+                self.together.drops(),
+                self.alone.drops()
+            )
+            + &format!("  packets together: {}\n", self.together.packets())
+            + &format!("  packets alone:    {}\n", self.alone.packets())
     }
 }
 
@@ -157,6 +167,41 @@ impl Phase {
         format!("{reason} ({shares})")
     }
 
+    /// The datagrams dropped at full UDP receive buffers, of those received.
+    pub fn drops(&self) -> String {
+        let UdpCounters {
+            in_datagrams,
+            rcvbuf_errors,
+            ..
+        } = self.udp;
+        let all = in_datagrams + rcvbuf_errors;
+        format!(
+            "{rcvbuf_errors} of {all} ({:.2} %)",
+            rcvbuf_errors as f64 * 100.0 / all.max(1) as f64
+        )
+    }
+
+    /// The clients' packet sizes (`maxUdpPayload`): the smallest, the median and the largest
+    /// at the end, and how many clients were down to QUIC's minimum at a reading during the
+    /// phase and at its end.
+    pub fn packets(&self) -> String {
+        let sizes: Vec<f64> = self.payloads.iter().map(|&p| f64::from(p)).collect();
+        let [min, median, max] = [0.0, 0.5, 1.0].map(|q| quantile(&sizes, q).unwrap_or(f64::NAN));
+        let minimal = |p: &u16| *p <= MIN_PAYLOAD;
+        format!(
+            "maxUdpPayload at the end min/median/max {min:.0} / {median:.0} / {max:.0} bytes; \
+             down to {MIN_PAYLOAD} bytes: {} of {} clients at some reading during the phase, \
+             {} at its end",
+            self.smallest_payloads
+                .iter()
+                .flatten()
+                .filter(|p| minimal(p))
+                .count(),
+            self.clients,
+            self.payloads.iter().filter(|p| minimal(p)).count(),
+        )
+    }
+
     fn gib(&self) -> f64 {
         self.bytes as f64 / f64::from(1u32 << 30)
     }
@@ -188,7 +233,8 @@ impl Phase {
              \"per_client_gbps\":{{\"min\":{min:.4},\"median\":{median:.4},\"max\":{max:.4}}},\
              \"server_cpu_s_per_gib\":{:.3},\"clients_cpu_s_per_gib\":{:.3},\
              \"server_cores\":{:.3},\"clients_cores\":{:.3},\"tool_cores\":{:.3},\
-             \"machine_busy_share\":{:.3},\"cores\":{},\"limit\":{}}}",
+             \"machine_busy_share\":{:.3},\"cores\":{},\"udp\":{},\"max_udp_payloads\":[{}],\
+             \"smallest_max_udp_payloads\":[{}],\"limit\":{}}}",
             self.clients,
             self.bytes,
             self.seconds,
@@ -200,9 +246,20 @@ impl Phase {
             self.tool_cpu_s / self.seconds,
             self.busy_share,
             self.cores,
+            self.udp.json(),
+            list(self.payloads.iter().map(u16::to_string)),
+            list(
+                self.smallest_payloads
+                    .iter()
+                    .map(|p| p.map_or("null".into(), |p| p.to_string()))
+            ),
             crate::hostile::good::json_string(&self.limit())
         )
     }
+}
+
+fn list(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
@@ -211,7 +268,7 @@ mod tests {
 
     fn phase(server_cpu_s: f64, busy_share: f64) -> Phase {
         Phase {
-            clients: 2,
+            clients: 3,
             bytes: 2 << 30,
             seconds: 10.0,
             per_client_gbps: vec![1.0, 3.0, 2.0],
@@ -219,6 +276,13 @@ mod tests {
             clients_cpu_s: 5.0,
             tool_cpu_s: 3.0,
             busy_share,
+            udp: UdpCounters {
+                in_datagrams: 990,
+                rcvbuf_errors: 10,
+                sndbuf_errors: 0,
+            },
+            payloads: vec![1200, 65507, 65507],
+            smallest_payloads: vec![Some(1200), Some(1200), None],
             cores: 2,
             threads: 1,
         }
@@ -236,5 +300,11 @@ mod tests {
         assert!(phase(4.0, 0.5).limit().starts_with("neither"));
         assert_eq!(p.spread(), [1.0, 2.0, 3.0]);
         assert!((p.server_s_per_gib() - 4.9).abs() < 1e-9);
+        assert_eq!(p.drops(), "10 of 1000 (1.00 %)");
+        assert_eq!(
+            p.packets(),
+            "maxUdpPayload at the end min/median/max 1200 / 65507 / 65507 bytes; down to 1200 \
+             bytes: 2 of 3 clients at some reading during the phase, 1 at its end"
+        );
     }
 }
