@@ -1,8 +1,10 @@
 //! The many-clients suite (`quictun-bench --suite clients`): one release quictun-server on
-//! loopback and N quictun-client processes (50 by default), each with its own listener and
-//! state directory, all uploading at the same moment into the target's sink; then one of them
-//! alone, moving as much as all of them together (at least 1 GiB, at most 4 GiB). Once with the
-//! server's `--threads 1` and once with `--threads 2`.
+//! loopback and N quictun-client processes (50 by default), each with its own listener, state
+//! directory and REST API: first one of them uploads alone into the target's sink, as much as
+//! all of them will together (at least 1 GiB, at most 4 GiB), then all upload at the same
+//! moment. Once with the server's `--threads 1` and once with `--threads 2`. The lone upload
+//! comes first so that it starts from a fresh connection: losses in the crowd can leave a
+//! connection sending small packets for a minute afterwards ([`watch`]).
 //!
 //! Each upload is one connection made before a barrier and started when all are made, so the
 //! tunnels' set-up is outside the timing. Measured: the aggregate throughput (all bytes over
@@ -119,8 +121,8 @@ pub fn run(options: &Options) -> Result<Report, String> {
     })
 }
 
-/// A fresh server with `--threads threads` and `clients` clients: all uploading `each` at
-/// once, then the first uploading `alone` by itself.
+/// A fresh server with `--threads threads` and `clients` clients: the first uploading `alone`
+/// by itself, then all uploading `each` at once.
 fn run_threads(
     options: &Options,
     target: &Target,
@@ -130,12 +132,12 @@ fn run_threads(
     alone: u64,
 ) -> Result<ThreadsRun, String> {
     let fleet = Fleet::start(options, target, threads, clients)?;
-    let together = fleet
-        .measure(clients, each)
-        .map_err(|e| format!("--threads {threads}, {clients} clients together: {e}"))?;
     let alone = fleet
         .measure(1, alone)
         .map_err(|e| format!("--threads {threads}, one client alone: {e}"))?;
+    let together = fleet
+        .measure(clients, each)
+        .map_err(|e| format!("--threads {threads}, {clients} clients together: {e}"))?;
     Ok(ThreadsRun {
         threads,
         together,
