@@ -3,9 +3,11 @@
 //! measuring tools to compare the tunnel with.
 
 use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+use crate::linkem::netns;
 use crate::process::stop;
 
 /// Where quinn-peer is: next to this binary (both are built by `cargo build -p quictun-bench`).
@@ -26,9 +28,26 @@ pub struct QuinnPeer {
 }
 
 impl QuinnPeer {
+    /// Both processes on loopback.
     pub fn start(binary: &Path) -> Result<QuinnPeer, String> {
-        let spawn = |args: &[&str]| {
-            Command::new(binary)
+        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        QuinnPeer::start_in(binary, loopback, None, None)
+    }
+
+    /// The server listening on `listen` inside network namespace `server_ns`, the client
+    /// inside `client_ns` (`None`: this process's namespace).
+    pub fn start_in(
+        binary: &Path,
+        listen: SocketAddr,
+        server_ns: Option<&str>,
+        client_ns: Option<&str>,
+    ) -> Result<QuinnPeer, String> {
+        let spawn = |ns: Option<&str>, args: &[&str]| {
+            let mut command = match ns {
+                Some(ns) => netns::command_in(ns, binary).map_err(|e| e.to_string())?,
+                None => Command::new(binary),
+            };
+            command
                 .args(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -40,17 +59,16 @@ impl QuinnPeer {
                     )
                 })
         };
-        let mut server = spawn(&["server", "--listen", "127.0.0.1:0"])?;
+        let mut server = spawn(server_ns, &["server", "--listen", &listen.to_string()])?;
         let mut first = String::new();
         if let Some(out) = server.stdout.take() {
             let _ = BufReader::new(out).read_line(&mut first);
         }
-        let addr = first
-            .trim()
-            .strip_prefix("listening ")
-            .ok_or_else(|| format!("quinn-peer server did not start: {first:?}"))?
-            .to_string();
-        let mut client = match spawn(&["client", "--server", &addr]) {
+        let Some(addr) = first.trim().strip_prefix("listening ").map(str::to_string) else {
+            stop([&mut server]);
+            return Err(format!("quinn-peer server did not start: {first:?}"));
+        };
+        let mut client = match spawn(client_ns, &["client", "--server", &addr]) {
             Ok(client) => client,
             Err(e) => {
                 stop([&mut server]);

@@ -1,5 +1,6 @@
 //! What the measuring tools need from the processes they start: ending them, reading their
-//! memory and CPU time, a scratch directory, a free loopback port.
+//! memory and CPU time, the whole machine's CPU time, a scratch directory, a free loopback
+//! port.
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -45,6 +46,18 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
+/// utime + stime of this process alone (all its threads, none of its children), in seconds.
+pub fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes the struct it is given; zeroes are a valid rusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a plain system call on a local struct.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 fn with_descendants(pids: &[u32]) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
         .into_iter()
@@ -74,6 +87,51 @@ fn with_descendants(pids: &[u32]) -> Vec<u32> {
         i += 1;
     }
     all
+}
+
+/// The whole machine's CPU time so far, all cores added, in seconds (/proc/stat).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MachineTimes {
+    /// user, nice, system, irq and softirq: work done anywhere on a path's behalf — its
+    /// processes, this tool's application threads, the kernel's packet processing.
+    pub busy: f64,
+    /// All of it: busy, idle, iowait and steal.
+    pub total: f64,
+}
+
+impl MachineTimes {
+    pub fn now() -> MachineTimes {
+        let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+        MachineTimes::parse(stat.lines().next().unwrap_or_default())
+    }
+
+    /// The share of the machine that was busy between `earlier` and now (0 to 1).
+    pub fn busy_share_since(&self, earlier: &MachineTimes) -> f64 {
+        (self.busy - earlier.busy) / (self.total - earlier.total)
+    }
+
+    /// The `cpu` line of /proc/stat: `cpu user nice system idle iowait irq softirq steal ...`
+    /// in clock ticks.
+    fn parse(line: &str) -> MachineTimes {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let fields: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let sum =
+            |indices: &[usize]| indices.iter().filter_map(|&i| fields.get(i)).sum::<f64>() / ticks;
+        MachineTimes {
+            busy: sum(&[0, 1, 2, 5, 6]),
+            total: sum(&[0, 1, 2, 3, 4, 5, 6, 7]),
+        }
+    }
+}
+
+/// Busy CPU seconds of the whole machine so far ([`MachineTimes::busy`]).
+pub fn machine_busy_seconds() -> f64 {
+    MachineTimes::now().busy
 }
 
 /// A free port on 127.0.0.1 (UDP or TCP), as the OS hands it out.
@@ -109,5 +167,22 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_times_add_the_busy_and_all_fields() {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let times = MachineTimes::parse("cpu  10 1 5 100 4 2 3 7 0 0");
+        assert_eq!(times.busy, 21.0 / ticks);
+        assert_eq!(times.total, 132.0 / ticks);
+        let later = MachineTimes::parse("cpu  20 1 5 110 4 2 3 7 0 0");
+        assert!((later.busy_share_since(&times) - 0.5).abs() < 1e-9);
+        assert_eq!(MachineTimes::parse("cpu"), MachineTimes::default());
     }
 }

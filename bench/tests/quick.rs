@@ -1,7 +1,13 @@
 //! Smoke tests of quictun-bench: a `--quick` loopback run, a `--quick` hostile run, the
+<<<<<<< HEAD
 //! loopback part of a `--quick` UDP run and, as root, a `--quick` interactive run against
 //! freshly built endpoints, the JSON checked for every path's and every phase's numbers, so
 //! the tool keeps working as the product changes. They run the build profile of the test
+=======
+//! loopback part of a `--quick` UDP run, a `--quick` many-clients run and (as root) a `--quick`
+//! veth run against freshly built endpoints, the JSON checked for every path's and every
+//! phase's numbers, so the tool keeps working as the product changes. They run the build profile of the test
+>>>>>>> eff-veth
 //! itself (debug under `cargo test`), write their results to temporary files and never touch
 //! bench/results/. They build the endpoints and take minutes: ignored by a plain
 //! `cargo test`, run by `scripts/test.sh`.
@@ -241,6 +247,7 @@ fn quick_udp_run_reports_round_trips_and_flows() {
 }
 
 #[test]
+<<<<<<< HEAD
 #[ignore = "builds the endpoints and runs the interactive suite quickly (root: the emulated link), under a minute; scripts/test.sh runs it"]
 fn quick_interactive_run_reports_every_case_and_share() {
     // SAFETY: geteuid has no preconditions.
@@ -302,5 +309,94 @@ fn quick_interactive_run_reports_every_case_and_share() {
         assert!(target["met"].is_boolean(), "{target}");
         assert!(target["measured"].as_str().is_some_and(|m| !m.is_empty()));
     }
+=======
+#[ignore = "builds the endpoints and runs the many-clients suite quickly (5 clients), under a minute; scripts/test.sh runs it"]
+fn quick_clients_run_reports_both_server_settings() {
+    let (json, stdout) = quick_run(&["--suite", "clients"]);
+    assert_eq!(json["clients"].as_u64(), Some(5), "{stdout}");
+    let runs = json["runs"].as_array().expect("runs");
+    let threads: Vec<u64> = runs.iter().filter_map(|r| r["threads"].as_u64()).collect();
+    assert_eq!(threads, [1, 2], "{stdout}");
+    for run in runs {
+        for (phase, clients) in [("together", 5), ("alone", 1)] {
+            let p = &run[phase];
+            assert_eq!(p["clients"].as_u64(), Some(clients), "{phase}: {p}");
+            for key in [
+                "gbps",
+                "server_cpu_s_per_gib",
+                "clients_cpu_s_per_gib",
+                "machine_busy_share",
+            ] {
+                let value = p[key].as_f64().unwrap_or(f64::NAN);
+                assert!(value > 0.0 && value.is_finite(), "{phase}: {key} = {value}");
+            }
+            let spread = &p["per_client_gbps"];
+            let [min, median, max] =
+                ["min", "median", "max"].map(|k| spread[k].as_f64().unwrap_or(f64::NAN));
+            assert!(
+                0.0 < min && min <= median && median <= max,
+                "{phase}: {spread}"
+            );
+            assert!(p["limit"].as_str().is_some_and(|l| !l.is_empty()), "{p}");
+            assert!(p["udp"]["in_datagrams"].as_u64().unwrap_or(0) > 0, "{p}");
+            let sizes = p["max_udp_payloads"].as_array().expect("max_udp_payloads");
+            assert_eq!(sizes.len() as u64, clients, "{p}");
+            assert!(sizes.iter().all(|s| s.as_u64() >= Some(1200)), "{p}");
+        }
+    }
+    assert!(json["loadavg_before"].is_string());
+}
+
+#[test]
+#[ignore = "needs root and `ip` (network namespaces, a veth pair); builds the endpoints and moves 256 MiB each way per path and MTU, minutes in debug; scripts/test.sh runs it"]
+fn quick_veth_run_reports_both_mtus() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: the veth suite needs root (network namespaces and a veth pair)");
+        return;
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        println!("skipped: the veth suite needs the ip command (package iproute2)");
+        return;
+    }
+    let (json, stdout) = quick_run(&["--suite", "veth"]);
+    assert_eq!(json["rounds"].as_u64(), Some(1), "{stdout}");
+    let mtus = json["mtus"].as_array().expect("mtus");
+    let listed: Vec<u64> = mtus.iter().filter_map(|m| m["mtu"].as_u64()).collect();
+    assert_eq!(listed, [1500, 9000], "{stdout}");
+    for mtu in mtus {
+        let names: Vec<&str> = mtu["paths"]
+            .as_array()
+            .expect("paths")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(names, ["direct TCP", "tunnel", "bare quinn"], "{mtu}");
+        for path in mtu["paths"].as_array().expect("paths") {
+            for way in ["up", "down"] {
+                let gbps = path[way]["gbps"].as_f64().unwrap_or(f64::NAN);
+                assert!(gbps > 0.0 && gbps.is_finite(), "{path}");
+                let cpu = &path[way]["cpu_s_per_gib"];
+                match path["name"].as_str() {
+                    Some("direct TCP") => assert!(cpu.is_null(), "{path}"),
+                    _ => assert!(cpu.as_f64().is_some_and(|c| c > 0.0), "{path}"),
+                }
+            }
+        }
+        for way in ["up", "down"] {
+            let ratio = mtu["tunnel_of_quinn"][way]["cpu_s_per_gib"].as_f64();
+            assert!(ratio.is_some_and(|r| r > 0.0 && r.is_finite()), "{mtu}");
+        }
+        let payloads = mtu["max_udp_payload"].as_array().expect("max_udp_payload");
+        assert_eq!(payloads.len(), 1, "{mtu}");
+        let expected = mtu["mtu"].as_u64().unwrap_or(0) - 28;
+        assert_eq!(mtu["expected_max_udp_payload"].as_u64(), Some(expected));
+        if expected == 1472 {
+            for side in ["client", "server"] {
+                assert_eq!(payloads[0][side].as_u64(), Some(1472), "{mtu}");
+            }
+        }
+    }
+>>>>>>> eff-veth
     assert!(json["loadavg_before"].is_string());
 }

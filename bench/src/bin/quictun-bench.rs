@@ -18,7 +18,10 @@
 //! (`quictun_bench::udp`). Interactive suite (`--suite interactive`, needs root): 1 KiB echo
 //! round trips through the tunnel and directly on the emulated link, alone and beside a bulk
 //! upload, and the tunnel's share against one TCP bbr and one cubic flow
-//! (`quictun_bench::interactive`). Prints a table and writes JSON.
+//! (`quictun_bench::interactive`). //! Veth suite (`--suite veth`, root): direct TCP, the tunnel and bare
+//! quinn across a kernel veth pair at MTU 1500 and 9000 (`quictun_bench::veth`). Clients
+//! suite (`--suite clients`): 50 clients uploading through one server at once, against one
+//! alone (`quictun_bench::clients`). Prints a table and writes JSON.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -32,12 +35,13 @@ use quictun_bench::cc::{self, Scenario, Sender};
 use quictun_bench::linkem::{Link, LinkConfig};
 use quictun_bench::mode;
 use quictun_bench::peer::{QuinnPeer, peer_binary};
-use quictun_bench::process::{TempDir, cpu_seconds, free_port, status_kib, stop};
-use quictun_bench::{cluster, hostile, interactive, udp};
+use quictun_bench::process::{
+    TempDir, cpu_seconds, free_port, machine_busy_seconds, status_kib, stop,
+};
+use quictun_bench::target::{self, BUF, serve_on};
+use quictun_bench::{clients, cluster, hostile, interactive, udp, veth};
 
-const BUF: usize = 256 * 1024;
-
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(about = "Loopback benchmarks: direct TCP and the tunnel side by side")]
 struct Args {
     /// A short smoke run (small transfers, few samples).
@@ -47,7 +51,8 @@ struct Args {
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
     /// Where the JSON results go [default: bench/results/loopback.json, link.json,
-    /// ceiling.json, hostile.json, udp.json or interactive.json after the suite].
+    /// ceiling.json, hostile.json, udp.json, interactive.json, veth.json or clients.json
+    /// after the suite].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Which measurements: loopback, or the emulated link (needs root, `ip`, /dev/net/tun).
@@ -56,6 +61,12 @@ struct Args {
     /// UDP suite: the loopback part only (the emulated-link part needs root).
     #[arg(long)]
     no_link: bool,
+    /// Veth suite: the MTUs of the veth pair, each measured in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1500,9000")]
+    mtus: Vec<u32>,
+    /// Clients suite: how many clients upload at once [default: 50, 5 with --quick].
+    #[arg(long)]
+    clients: Option<usize>,
     /// Internal: hold N idle tunnels through ADDR (the application side of the idle test).
     #[arg(long, hide = true, value_name = "ADDR")]
     idle_helper: Option<SocketAddr>,
@@ -84,6 +95,16 @@ enum Suite {
     /// An interactive connection's echo round trips beside a bulk upload on the emulated
     /// link, and sharing the link with Linux TCP (root; about four minutes).
     Interactive,
+    /// Direct TCP, the tunnel and bare quinn across a kernel veth pair at each of `--mtus`
+    /// (root).
+    Veth,
+    /// Many clients of one server uploading at once, against one alone (about three
+    /// minutes).
+    Clients,
+    /// Issue 22's measurements in one run, each suite writing its own results file:
+    /// loopback, veth, clients, interactive (with the sharing runs) and link (root; about
+    /// twenty minutes).
+    Efficiency,
 }
 
 fn main() {
@@ -98,6 +119,9 @@ fn main() {
         (None, None, Suite::Cluster) => cluster_suite(args),
         (None, None, Suite::Udp) => udp_suite(args),
         (None, None, Suite::Interactive) => interactive_suite(args),
+        (None, None, Suite::Veth) => veth_suite(args),
+        (None, None, Suite::Clients) => clients_suite(args),
+        (None, None, Suite::Efficiency) => efficiency_suite(args),
     };
     if let Err(error) = result {
         eprintln!("quictun-bench: {error}");
@@ -272,6 +296,64 @@ fn interactive_suite(args: Args) -> Result<(), String> {
     })
 }
 
+/// Direct TCP, the tunnel and bare quinn across a veth pair at Ethernet MTUs.
+fn veth_suite(args: Args) -> Result<(), String> {
+    let options = veth::Options {
+        bin_dir: args.bin_dir.clone(),
+        mtus: args.mtus.clone(),
+        quick: args.quick,
+    };
+    report_suite(args.out, "bench/results/veth.json", || {
+        let report = veth::run(&options)?;
+        Ok((report.table(), move |context: &str| report.json(context)))
+    })
+}
+
+/// Many clients of one server at once (`--clients`), with the server's `--threads 1` and 2.
+fn clients_suite(args: Args) -> Result<(), String> {
+    raise_nofile();
+    let options = clients::Options {
+        bin_dir: args.bin_dir.clone(),
+        clients: args.clients,
+        quick: args.quick,
+    };
+    report_suite(args.out, "bench/results/clients.json", || {
+        let report = clients::run(&options)?;
+        Ok((report.table(), move |context: &str| report.json(context)))
+    })
+}
+
+/// The suites that measure the data path's efficiency, one after the other on the same
+/// binaries; the first failure stops the run.
+fn efficiency_suite(args: Args) -> Result<(), String> {
+    if args.out.is_some() {
+        return Err("--suite efficiency writes each suite's own results file; no --out".into());
+    }
+    let suites = [
+        (Suite::Loopback, "loopback"),
+        (Suite::Veth, "veth"),
+        (Suite::Clients, "clients"),
+        (Suite::Interactive, "interactive"),
+        (Suite::Link, "link"),
+    ];
+    for (suite, name) in suites {
+        println!("== suite {name}");
+        let args = Args {
+            suite,
+            ..args.clone()
+        };
+        let result = match suite {
+            Suite::Loopback => run(args),
+            Suite::Veth => veth_suite(args),
+            Suite::Clients => clients_suite(args),
+            Suite::Interactive => interactive_suite(args),
+            _ => link_suite(args),
+        };
+        result.map_err(|error| format!("suite {name}: {error}"))?;
+    }
+    Ok(())
+}
+
 /// Runs a suite of the library: prints its table and the machine's load around it, and
 /// writes its JSON (given the time and load as context) to `out` or `default_out`.
 fn report_suite<J: FnOnce(&str) -> String>(
@@ -389,7 +471,7 @@ fn transfer(addr: SocketAddr, bytes: u64, conns: u64, mode: u8) -> io::Result<f6
     let each = bytes / conns;
     let start = Instant::now();
     let workers: Vec<_> = (0..conns)
-        .map(|_| thread::spawn(move || one_transfer(addr, each, mode)))
+        .map(|_| thread::spawn(move || target::transfer(addr, each, mode)))
         .collect();
     for worker in workers {
         worker
@@ -397,36 +479,6 @@ fn transfer(addr: SocketAddr, bytes: u64, conns: u64, mode: u8) -> io::Result<f6
             .map_err(|_| io::Error::other("transfer thread panicked"))??;
     }
     Ok((each * conns) as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9)
-}
-
-fn one_transfer(addr: SocketAddr, bytes: u64, mode: u8) -> io::Result<()> {
-    let mut stream = TcpStream::connect(addr)?;
-    let mut header = [0u8; 9];
-    header[0] = mode;
-    header[1..].copy_from_slice(&bytes.to_be_bytes());
-    stream.write_all(&header)?;
-    let mut buf = vec![0u8; BUF];
-    if mode == mode::SINK {
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(BUF as u64) as usize;
-            stream.write_all(&buf[..n])?;
-            left -= n as u64;
-        }
-        stream.shutdown(Shutdown::Write)?;
-    }
-    // The sink answers with EOF once it has read everything; the source ends with EOF.
-    let mut got = 0u64;
-    loop {
-        match stream.read(&mut buf)? {
-            0 => break,
-            n => got += n as u64,
-        }
-    }
-    if mode == mode::SOURCE && got != bytes {
-        return Err(io::Error::other(format!("received {got} of {bytes} bytes")));
-    }
-    Ok(())
 }
 
 /// Connect, send one byte, wait for its echo: milliseconds per new connection.
@@ -540,46 +592,6 @@ fn raise_nofile() {
 /// The target: one port, the first byte picks sink, source or echo.
 fn start_target() -> io::Result<SocketAddr> {
     serve_on(TcpListener::bind("127.0.0.1:0")?)
-}
-
-fn serve_on(listener: TcpListener) -> io::Result<SocketAddr> {
-    let addr = listener.local_addr()?;
-    thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || serve(stream))
-                .ok();
-        }
-    });
-    Ok(addr)
-}
-
-fn serve(mut stream: TcpStream) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut header = [0u8; 9];
-    stream.read_exact(&mut header)?;
-    let len = u64::from_be_bytes(header[1..].try_into().unwrap_or_default());
-    let mut buf = vec![0u8; if header[0] == mode::ECHO { 4096 } else { BUF }];
-    match header[0] {
-        mode::SOURCE => {
-            let mut left = len;
-            while left > 0 {
-                let n = left.min(BUF as u64) as usize;
-                stream.write_all(&buf[..n])?;
-                left -= n as u64;
-            }
-        }
-        mode::SINK => while stream.read(&mut buf)? > 0 {},
-        _ => loop {
-            let n = stream.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            stream.write_all(&buf[..n])?;
-        },
-    }
-    stream.shutdown(Shutdown::Write)
 }
 
 /// A plain user-space TCP relay in front of the target, in a helper process (this binary
@@ -841,29 +853,6 @@ fn sampled(bytes: u64, pids: &[u32], run: impl FnOnce() -> io::Result<f64>) -> i
         core_s_per_gib: (machine_busy_seconds() - machine) / gib,
         own_s_per_gib: (cpu_seconds(pids) - own) / gib,
     })
-}
-
-/// Busy CPU seconds of the whole machine so far, all cores (/proc/stat: user, nice, system,
-/// irq, softirq): work done anywhere on a path's behalf is counted — its processes, this
-/// tool's application threads, the kernel's packet processing.
-fn machine_busy_seconds() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq ...
-    [0, 1, 2, 5, 6]
-        .iter()
-        .filter_map(|&i| fields.get(i))
-        .sum::<f64>()
-        / ticks
 }
 
 /// The release server and client on loopback, the client's tokens naming the target.

@@ -56,6 +56,8 @@ impl Drop for NeverReads {
 pub struct ClientProcess {
     /// Where applications connect.
     pub app: SocketAddr,
+    /// Its REST API, when it has one.
+    pub api: Option<SocketAddr>,
     child: Child,
     _dir: TempDir,
 }
@@ -78,14 +80,37 @@ impl ClientProcess {
         name: &str,
         extra: &[&str],
     ) -> Result<ClientProcess, String> {
+        ClientProcess::spawn(bin_dir, server, target, name, None, extra)
+    }
+
+    /// Started with its REST API on a free loopback port.
+    pub fn start_with_api(
+        bin_dir: &Path,
+        server: SocketAddr,
+        target: SocketAddr,
+        name: &str,
+    ) -> Result<ClientProcess, String> {
+        let api = free_port(false)?;
+        ClientProcess::spawn(bin_dir, server, target, name, Some(api), &[])
+    }
+
+    fn spawn(
+        bin_dir: &Path,
+        server: SocketAddr,
+        target: SocketAddr,
+        name: &str,
+        api: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> Result<ClientProcess, String> {
         let dir = TempDir::named(name)?;
         let app = free_port(false)?;
         let path = bin_dir.join("quictun-client");
+        let httpd = api.map_or(String::new(), |a| a.to_string());
         let child = Command::new(&path)
             .args(["--listen-on", &format!("tcp:{app}")])
             .args(["--server-endpoint", &server.to_string()])
             .args(["--token-source", &format!("tcp:{target}")])
-            .args(["--insecure-skip-verify", "--httpd-listen-on", ""])
+            .args(["--insecure-skip-verify", "--httpd-listen-on", &httpd])
             .arg("--state-dir")
             .arg(&dir.0)
             .args(["--log-level", "error"])
@@ -97,6 +122,7 @@ impl ClientProcess {
             .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
         Ok(ClientProcess {
             app,
+            api,
             child,
             _dir: dir,
         })
