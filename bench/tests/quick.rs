@@ -1,13 +1,8 @@
 //! Smoke tests of quictun-bench: a `--quick` loopback run, a `--quick` hostile run, the
-<<<<<<< HEAD
-//! loopback part of a `--quick` UDP run and, as root, a `--quick` interactive run against
-//! freshly built endpoints, the JSON checked for every path's and every phase's numbers, so
-//! the tool keeps working as the product changes. They run the build profile of the test
-=======
-//! loopback part of a `--quick` UDP run, a `--quick` many-clients run and (as root) a `--quick`
-//! veth run against freshly built endpoints, the JSON checked for every path's and every
-//! phase's numbers, so the tool keeps working as the product changes. They run the build profile of the test
->>>>>>> eff-veth
+//! loopback part of a `--quick` UDP run, a `--quick` many-clients run and, as root, `--quick`
+//! interactive and veth runs against freshly built endpoints, the JSON checked for every
+//! path's and every phase's numbers, so the tool keeps working as the product changes. They
+//! run the build profile of the test
 //! itself (debug under `cargo test`), write their results to temporary files and never touch
 //! bench/results/. They build the endpoints and take minutes: ignored by a plain
 //! `cargo test`, run by `scripts/test.sh`.
@@ -247,7 +242,6 @@ fn quick_udp_run_reports_round_trips_and_flows() {
 }
 
 #[test]
-<<<<<<< HEAD
 #[ignore = "builds the endpoints and runs the interactive suite quickly (root: the emulated link), under a minute; scripts/test.sh runs it"]
 fn quick_interactive_run_reports_every_case_and_share() {
     // SAFETY: geteuid has no preconditions.
@@ -309,7 +303,10 @@ fn quick_interactive_run_reports_every_case_and_share() {
         assert!(target["met"].is_boolean(), "{target}");
         assert!(target["measured"].as_str().is_some_and(|m| !m.is_empty()));
     }
-=======
+    assert!(json["loadavg_before"].is_string());
+}
+
+#[test]
 #[ignore = "builds the endpoints and runs the many-clients suite quickly (5 clients), under a minute; scripts/test.sh runs it"]
 fn quick_clients_run_reports_both_server_settings() {
     let (json, stdout) = quick_run(&["--suite", "clients"]);
@@ -397,6 +394,5 @@ fn quick_veth_run_reports_both_mtus() {
             }
         }
     }
->>>>>>> eff-veth
     assert!(json["loadavg_before"].is_string());
 }
