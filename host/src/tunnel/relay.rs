@@ -335,18 +335,23 @@ async fn upstream(
 ) -> Result<(), Stop> {
     let mut priority = Priority::new(Instant::now());
     loop {
-        let mut buf = BytesMut::with_capacity(CHUNK);
+        let mut prefix = None;
         if let Some(frame) = answer.take() {
-            let readable = tokio::time::timeout(ANSWER_HOLD, app.readable()).await;
-            buf.extend_from_slice(&frame);
-            if readable.is_err() {
+            if tokio::time::timeout(ANSWER_HOLD, app.readable())
+                .await
+                .is_err()
+            {
                 // Nothing from the target yet: the answer goes alone.
-                write_all_or_stop(send, &buf).await?;
+                write_all_or_stop(send, &frame).await?;
                 continue;
             }
+            prefix = Some(frame);
         }
-        let prefix = buf.len();
         app.readable().await.map_err(Abort::App)?;
+        // Taken only now: an idle tunnel holds no copy buffer.
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        buf.extend_from_slice(prefix.as_deref().unwrap_or_default());
+        let prefix = buf.len();
         let eof = fill(app, &mut buf).map_err(Abort::App)?;
         if !buf.is_empty() {
             way.saw(&[&buf[prefix..]]);
