@@ -71,7 +71,8 @@ async fn every_connection_id_metric_and_log_line_carries_the_server_id() {
         .args(["--token-source", &echo.addr.to_string()])
         .start()
         .await;
-    let data = pattern(256 * 1024, 7);
+    // Enough for dozens of packets even at loopback's 64 KiB packets, one ACK per ten.
+    let data = pattern(4 << 20, 7);
     let back = within(
         30,
         exchange(connect(&client.app_addr()).await, data.clone()),
