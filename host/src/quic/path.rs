@@ -174,6 +174,11 @@ impl PathTransports {
         })
     }
 
+    /// The transport for a path not known yet: quinn's packet sizes.
+    pub fn unknown(&self) -> Arc<TransportConfig> {
+        self.for_path(PathPayload::DEFAULT)
+    }
+
     /// The transport for a connection to `peer`.
     pub fn towards(&self, peer: SocketAddr) -> Arc<TransportConfig> {
         self.for_path(PathPayload::towards(peer))

@@ -143,8 +143,7 @@ impl Server {
         // Each connection gets the transport for its path ([`quic::path`]); this one is for
         // a peer whose path is not known.
         let transports = PathTransports::new(handshake_transport(&config.transport))?;
-        let unknown_path: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
-        server_config.transport_config(transports.towards(unknown_path));
+        server_config.transport_config(transports.unknown());
         // A client whose address changes (a NAT rebinding, a new network) keeps its connection
         // and its tunnels (SPEC §12). quinn's default; said here so it stays so.
         server_config.migration(true);
