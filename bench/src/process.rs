@@ -186,3 +186,30 @@ mod tests {
         assert_eq!(MachineTimes::parse("cpu"), MachineTimes::default());
     }
 }
+
+/// Runs an endpoint (`quictun-server` or `quictun-client`, flags already given) with its
+/// standard error in `dir/NAME.log` and its state in `dir/NAME`, logging warnings only.
+pub fn spawn_endpoint(
+    mut command: std::process::Command,
+    dir: &TempDir,
+    name: &str,
+) -> Result<std::process::Child, String> {
+    use std::process::Stdio;
+    let log = dir.0.join(format!("{name}.log"));
+    let log_file = std::fs::File::create(&log)
+        .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    command
+        .args(["--log-level", "warn"])
+        .arg("--state-dir")
+        .arg(dir.0.join(name))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot run {} (cargo build --release --workspace): {e}",
+                command.get_program().to_string_lossy()
+            )
+        })
+}

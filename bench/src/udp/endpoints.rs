@@ -9,10 +9,10 @@
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use crate::linkem::Link;
-use crate::process::{TempDir, free_port, stop};
+use crate::process::{TempDir, free_port, spawn_endpoint, stop};
 
 /// Ports in namespace A (the client's listeners) and B (the server's QUIC endpoint).
 const LINK_UDP_PORT: u16 = 6600;
@@ -153,25 +153,9 @@ impl Drop for Endpoints {
 /// only, the client trusting the server's self-signed certificate), its log in the scratch
 /// directory.
 fn spawn(mut command: Command, dir: &TempDir, name: &str) -> Result<Child, String> {
-    let log = dir.0.join(format!("{name}.log"));
-    let log_file =
-        fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    command
-        .args(["--httpd-listen-on", "", "--log-level", "warn"])
-        .arg("--state-dir")
-        .arg(dir.0.join(name));
+    command.args(["--httpd-listen-on", ""]);
     if name == "client" {
         command.arg("--insecure-skip-verify");
     }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot run {} (cargo build --release --workspace): {e}",
-                command.get_program().to_string_lossy()
-            )
-        })
+    spawn_endpoint(command, dir, name)
 }

@@ -7,11 +7,11 @@ use std::fmt::Display;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use super::pair::{ADDR_B, VethPair};
 use crate::hostile::good::wait_tunnel;
-use crate::process::{TempDir, stop};
+use crate::process::{TempDir, spawn_endpoint as spawn, stop};
 use crate::rest;
 
 /// The server's QUIC port on B's end of the pair.
@@ -137,23 +137,3 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
-/// Starts an endpoint with its own state directory and a log of warnings.
-fn spawn(mut command: Command, dir: &TempDir, name: &str) -> Result<Child, String> {
-    let log = dir.0.join(format!("{name}.log"));
-    let log_file =
-        fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    command
-        .args(["--log-level", "warn"])
-        .arg("--state-dir")
-        .arg(dir.0.join(name))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot run {} (cargo build --release --workspace): {e}",
-                command.get_program().to_string_lossy()
-            )
-        })
-}
