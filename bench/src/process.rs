@@ -196,8 +196,8 @@ pub fn spawn_endpoint(
 ) -> Result<std::process::Child, String> {
     use std::process::Stdio;
     let log = dir.0.join(format!("{name}.log"));
-    let log_file = std::fs::File::create(&log)
-        .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let log_file =
+        std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     command
         .args(["--log-level", "warn"])
         .arg("--state-dir")

@@ -136,4 +136,3 @@ impl Drop for Tunnel {
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
-
