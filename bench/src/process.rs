@@ -170,23 +170,6 @@ impl Drop for TempDir {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn machine_times_add_the_busy_and_all_fields() {
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let times = MachineTimes::parse("cpu  10 1 5 100 4 2 3 7 0 0");
-        assert_eq!(times.busy, 21.0 / ticks);
-        assert_eq!(times.total, 132.0 / ticks);
-        let later = MachineTimes::parse("cpu  20 1 5 110 4 2 3 7 0 0");
-        assert!((later.busy_share_since(&times) - 0.5).abs() < 1e-9);
-        assert_eq!(MachineTimes::parse("cpu"), MachineTimes::default());
-    }
-}
-
 /// Runs an endpoint (`quictun-server` or `quictun-client`, flags already given) with its
 /// standard error in `dir/NAME.log` and its state in `dir/NAME`, logging warnings only.
 pub fn spawn_endpoint(
@@ -212,4 +195,21 @@ pub fn spawn_endpoint(
                 command.get_program().to_string_lossy()
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_times_add_the_busy_and_all_fields() {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let times = MachineTimes::parse("cpu  10 1 5 100 4 2 3 7 0 0");
+        assert_eq!(times.busy, 21.0 / ticks);
+        assert_eq!(times.total, 132.0 / ticks);
+        let later = MachineTimes::parse("cpu  20 1 5 110 4 2 3 7 0 0");
+        assert!((later.busy_share_since(&times) - 0.5).abs() < 1e-9);
+        assert_eq!(MachineTimes::parse("cpu"), MachineTimes::default());
+    }
 }
