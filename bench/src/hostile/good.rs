@@ -225,6 +225,15 @@ pub fn ms(value: Option<f64>) -> String {
     value.map_or("-".into(), |v| format!("{v:.0} ms"))
 }
 
+/// One aim of a suite as JSON: what it asks, what was measured, whether that meets it.
+pub fn aim_json(name: &str, measured: &str, met: bool) -> String {
+    format!(
+        "{{\"name\":{},\"measured\":{},\"met\":{met}}}",
+        json_string(name),
+        json_string(measured)
+    )
+}
+
 pub fn json_string(text: &str) -> String {
     let mut out = String::from("\"");
     for c in text.chars() {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::good::{json_string, number};
+use super::good::{aim_json, json_string, number};
 use super::rest::StalledRest;
 use super::{HandshakePhase, StallPhase, TokenPhase};
 use crate::cc::report::quantile;
@@ -118,14 +118,7 @@ impl Report {
         let targets: Vec<String> = self
             .targets()
             .iter()
-            .map(|t| {
-                format!(
-                    "{{\"name\":{},\"measured\":{},\"met\":{}}}",
-                    json_string(t.name),
-                    json_string(&t.measured),
-                    t.met
-                )
-            })
+            .map(|t| aim_json(t.name, &t.measured, t.met))
             .collect();
         format!(
             "{{{context},\"quick\":{},\"handshake_flood\":{},\"handshake_flood_many\":{},\

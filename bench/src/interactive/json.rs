@@ -8,7 +8,7 @@ use super::echo::{INTERVAL, MESSAGE};
 use super::report::{BASE_RTT_MS, Report};
 use crate::cc::report::{quantile, share_json};
 use crate::cc::{QUEUE, RATE_BPS};
-use crate::hostile::good::json_string;
+use crate::hostile::good::aim_json;
 use crate::udp::delay::json_ms;
 use crate::udp::link::dir_json;
 
@@ -31,14 +31,7 @@ impl Report {
         let aims: Vec<String> = self
             .aims()
             .iter()
-            .map(|a| {
-                format!(
-                    "{{\"name\":{},\"measured\":{},\"met\":{}}}",
-                    json_string(&a.name),
-                    json_string(&a.measured),
-                    a.met
-                )
-            })
+            .map(|a| aim_json(&a.name, &a.measured, a.met))
             .collect();
         format!(
             "{{{context},\"quick\":{},\"config\":{{\"rtt_ms\":{BASE_RTT_MS},\"rate_bps\":{RATE_BPS},\

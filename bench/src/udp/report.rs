@@ -5,7 +5,7 @@ use super::Plan;
 use super::delay::ms;
 use super::link::OverLink;
 use super::loopback::Loopback;
-use crate::hostile::good::json_string;
+use crate::hostile::good::aim_json;
 
 /// Everything the suite measured.
 pub struct Report {
@@ -84,14 +84,7 @@ impl Report {
         let targets: Vec<String> = self
             .aims()
             .iter()
-            .map(|t| {
-                format!(
-                    "{{\"name\":{},\"measured\":{},\"met\":{}}}",
-                    json_string(t.name),
-                    json_string(&t.measured),
-                    t.met
-                )
-            })
+            .map(|t| aim_json(t.name, &t.measured, t.met))
             .collect();
         let link = self.link.as_ref().map_or("null".into(), OverLink::json);
         format!(
